@@ -1,0 +1,248 @@
+"""The DEQ layer: solve ``z* = f(x, z*)`` without a graph, then attach gradients.
+
+Gradients, selected by ``backward_kwargs["method"]``:
+
+- ``backprop`` (recurrent backpropagation): from the detached fixed point, ``iter`` more
+  differentiable (damped) Picard steps; autograd differentiates through those only.
+- ``full_adjoint`` (implicit function theorem): one differentiable step ``z = f(z*)`` whose
+  incoming gradient ``v`` is replaced by the solution of the adjoint fixed point
+  ``g = J^T g + v`` (``J = df/dz`` at ``z*``), solved with vector-Jacobian products.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .solvers import COMMON_OPTIONS, SolverStats, get_solver, relative_residual
+
+BACKWARD_METHODS = ("backprop", "full_adjoint")
+Logger = Callable[[str, float], Any]
+
+
+@dataclass
+class _Observer:
+    on_solve: Optional[Callable[[SolverStats], None]]
+    on_iterate: Optional[Callable[[int, Tensor], None]]
+
+
+class ObserverHandle:
+    """Returned by :meth:`DEQ.observe`; ``remove()`` it, or use it as a context manager."""
+
+    def __init__(self, observers: List[_Observer], observer: _Observer):
+        self._observers, self._observer = observers, observer
+
+    def remove(self) -> None:
+        if self._observer in self._observers:
+            self._observers.remove(self._observer)
+
+    def __enter__(self) -> "ObserverHandle":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def _check_kwargs(kind: str, kwargs: Mapping[str, Any], extra: frozenset) -> Dict[str, Any]:
+    kwargs = dict(kwargs)
+    if "solver" not in kwargs or "iter" not in kwargs:
+        raise ValueError(f"{kind} needs 'solver' and 'iter'; got keys {sorted(kwargs)}")
+    spec = get_solver(kwargs["solver"])
+    allowed = {"solver", "iter"} | COMMON_OPTIONS | spec.options | extra
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown {kind} option(s) {unknown} for solver {kwargs['solver']!r}; "
+            f"valid options: {sorted(allowed)}"
+        )
+    n = kwargs["iter"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{kind}['iter'] must be an integer >= 1, got {n!r}")
+    tol = kwargs.get("tol")
+    if tol is not None and not tol > 0:
+        raise ValueError(f"{kind}['tol'] must be a positive number or None, got {tol!r}")
+    return kwargs
+
+
+class DEQ(nn.Module):
+    """A Deep Equilibrium layer around ``f_module``.
+
+    Args:
+        f_module: ``nn.Module`` with ``preprocess_inputs(x) -> Ux`` (computed once per call) and
+            ``forward(Ux, z) -> f(z)``; if ``z_init`` is ``None`` it must declare ``state_size``.
+        z_init: initial state, ``(D,)`` or ``(1, D)`` broadcast to the batch, or ``(B, D)``;
+            ``None`` means zeros of width ``f_module.state_size``.
+        logger: optional ``callable(name, value)`` receiving ``rel_residual_forward`` and
+            ``rel_residual_backward`` (batch means) after each solve.
+        forward_kwargs: ``{solver, iter}`` plus ``tol``, ``trace`` and solver options
+            (``m``, ``lam`` for Anderson).
+        backward_kwargs: ``{solver, iter, method}``; ``method`` is ``backprop`` (Picard only)
+            or ``full_adjoint`` (which also accepts ``tol`` and solver options).
+        damping_factor: ``d`` in ``[0, 1)``; every step is ``z <- d z + (1 - d) f(z)``,
+            forward Euler with step ``1 - d``.
+
+    ``deq(x)`` returns the equilibrium state, differentiable w.r.t. ``x`` and the parameters of
+    ``f_module``. Statistics of the latest solves are in ``last_forward_stats`` and
+    ``last_backward_stats``; :meth:`observe` gives them (and the iterates) to callers.
+    """
+
+    def __init__(
+        self,
+        f_module: nn.Module,
+        z_init: Optional[Tensor] = None,
+        logger: Optional[Logger] = None,
+        forward_kwargs: Optional[Mapping[str, Any]] = None,
+        backward_kwargs: Optional[Mapping[str, Any]] = None,
+        damping_factor: float = 0.0,
+    ):
+        super().__init__()
+        self.f_module = f_module
+        self.logger = logger
+        self.forward_kwargs = _check_kwargs(
+            "forward_kwargs", forward_kwargs or dict(solver="anderson", iter=40), frozenset()
+        )
+        bkw = dict(backward_kwargs or dict(solver="picard", iter=8, method="backprop"))
+        method = bkw.setdefault("method", "backprop")
+        if method not in BACKWARD_METHODS:
+            raise ValueError(f"unknown backward method {method!r}; valid: {list(BACKWARD_METHODS)}")
+        self.backward_kwargs = _check_kwargs("backward_kwargs", bkw, frozenset({"method"}))
+        if method == "backprop":
+            extra = sorted(set(bkw) - {"solver", "iter", "method"})
+            if bkw["solver"] != "picard" or extra:
+                raise ValueError(
+                    "backward method 'backprop' unrolls plain Picard steps: it takes only "
+                    f"solver='picard', iter and method; got solver={bkw['solver']!r}, extra {extra}"
+                )
+        if isinstance(damping_factor, bool) or not 0.0 <= damping_factor < 1.0:
+            raise ValueError(f"damping_factor must be in [0, 1), got {damping_factor!r}")
+        self.damping_factor = float(damping_factor)
+        if z_init is None and not isinstance(getattr(f_module, "state_size", None), int):
+            raise ValueError("z_init=None needs f_module.state_size (an int) to build zeros")
+        self.register_buffer("z_init", None if z_init is None else z_init.detach().clone())
+        self.last_forward_stats: Optional[SolverStats] = None
+        self.last_backward_stats: Optional[SolverStats] = None
+        self._observers: List[_Observer] = []
+
+    # -- observation -------------------------------------------------------------------
+    def observe(
+        self,
+        on_solve: Optional[Callable[[SolverStats], None]] = None,
+        on_iterate: Optional[Callable[[int, Tensor], None]] = None,
+    ) -> ObserverHandle:
+        """Register an observer of the forward solves.
+
+        ``on_solve(stats)`` is called after every forward solve with the per-iteration residual
+        trace filled in; ``on_iterate(n, z_{n+1})`` with every new iterate (detached). Returns a
+        handle: call ``remove()`` or use ``with deq.observe(...):``. Observers never change the
+        result, and several can be active at once.
+        """
+        observer = _Observer(on_solve, on_iterate)
+        self._observers.append(observer)
+        return ObserverHandle(self._observers, observer)
+
+    def _on_iterate(self) -> Optional[Callable[[int, Tensor], None]]:
+        hooks = [o.on_iterate for o in self._observers if o.on_iterate is not None]
+        if not hooks:
+            return None
+
+        def call_all(n: int, z: Tensor) -> None:
+            for hook in hooks:
+                hook(n, z)
+
+        return call_all
+
+    # -- the map -------------------------------------------------------------------------
+    def _step(self, Ux: Tensor) -> Callable[[Tensor], Tensor]:
+        f, d = self.f_module, self.damping_factor
+        if d == 0.0:
+            return lambda z: f(Ux, z)
+        return lambda z: d * z + (1.0 - d) * f(Ux, z)
+
+    def initial_state(self, Ux: Tensor) -> Tensor:
+        """The starting state for a batch whose preprocessed input is ``Ux``."""
+        batch = Ux.shape[0]
+        if self.z_init is None:
+            return Ux.new_zeros(batch, self.f_module.state_size)
+        z0 = self.z_init.to(dtype=Ux.dtype)
+        if z0.dim() == 1 or z0.shape[0] == 1:
+            return z0.reshape(1, -1).expand(batch, -1)
+        if z0.shape[0] != batch:
+            raise ValueError(f"z_init has batch {z0.shape[0]} but the input has batch {batch}")
+        return z0
+
+    def _solve(self, step: Callable[[Tensor], Tensor], z0: Tensor, kwargs: Mapping[str, Any],
+               on_iterate=None, trace: bool = False):
+        options = {k: v for k, v in kwargs.items() if k not in ("solver", "iter", "method")}
+        options["trace"] = bool(options.get("trace", False)) or trace
+        spec = get_solver(kwargs["solver"])
+        return spec.fn(step, z0, max_iter=kwargs["iter"], on_iterate=on_iterate, **options)
+
+    def _log(self, name: str, stats: SolverStats) -> None:
+        if self.logger is not None:
+            self.logger(name, stats.rel_residual.mean().detach())
+
+    # -- forward -------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        Ux = self.f_module.preprocess_inputs(x)
+        with torch.no_grad():
+            step = self._step(Ux.detach())
+            z_star, stats = self._solve(
+                step, self.initial_state(Ux), self.forward_kwargs,
+                on_iterate=self._on_iterate(), trace=bool(self._observers),
+            )
+        self.last_forward_stats = stats
+        self._log("rel_residual_forward", stats)
+        for observer in list(self._observers):
+            if observer.on_solve is not None:
+                observer.on_solve(stats)
+        z_star = z_star.detach()
+        if not (torch.is_grad_enabled() and (Ux.requires_grad or self._has_trainable_params())):
+            return z_star
+        if self.backward_kwargs["method"] == "backprop":
+            return self._backprop(Ux, z_star)
+        return self._full_adjoint(Ux, z_star)
+
+    def _has_trainable_params(self) -> bool:
+        return any(p.requires_grad for p in self.f_module.parameters())
+
+    def _backprop(self, Ux: Tensor, z_star: Tensor) -> Tensor:
+        step = self._step(Ux)
+        z = z_star
+        for _ in range(self.backward_kwargs["iter"]):
+            z_prev, z = z, step(z)
+        stats = SolverStats("picard", self.backward_kwargs["iter"],
+                            relative_residual(z.detach(), z_prev.detach()))
+        self.last_backward_stats = stats
+        self._log("rel_residual_backward", stats)
+        return z
+
+    def _full_adjoint(self, Ux: Tensor, z_star: Tensor) -> Tensor:
+        z = self._step(Ux)(z_star)  # carries the gradient to Ux and the parameters
+        z_leaf = z_star.clone().requires_grad_(True)
+        with torch.enable_grad():
+            fz_leaf = self._step(Ux.detach())(z_leaf)  # its graph gives J^T g by autograd
+
+        def adjoint(v: Optional[Tensor]) -> Optional[Tensor]:
+            if v is None:  # an undefined incoming gradient stays undefined
+                return None
+
+            def vjp_step(g: Tensor) -> Tensor:
+                (jtg,) = torch.autograd.grad(fz_leaf, z_leaf, g, retain_graph=True)
+                return jtg + v
+
+            with torch.no_grad():
+                g, stats = self._solve(vjp_step, torch.zeros_like(v), self.backward_kwargs)
+            self.last_backward_stats = stats
+            self._log("rel_residual_backward", stats)
+            return g
+
+        if z.requires_grad:
+            z.register_hook(adjoint)
+        return z
+
+    def extra_repr(self) -> str:
+        return (f"forward_kwargs={self.forward_kwargs}, backward_kwargs={self.backward_kwargs}, "
+                f"damping_factor={self.damping_factor}")

@@ -1,0 +1,176 @@
+"""Fixed-point solvers: one signature, one registry.
+
+Every solver is a plain function
+
+    solver(f, z0, *, max_iter, tol=None, trace=False, on_iterate=None, **options) -> (z, SolverStats)
+
+that looks for ``z = f(z)`` starting from ``z0`` (shape ``(B, ...)``; the first dimension is the
+batch). ``f`` is evaluated exactly once per iteration. The relative residual of iteration ``n`` is
+``|f(z_n) - z_n| / |f(z_n)|`` per sample, i.e. ``|s_{n+1} - s_n| / |s_{n+1}|`` in the papers'
+notation. Without ``tol`` a solver runs exactly ``max_iter`` iterations and never synchronises
+with the host; with ``tol`` it stops once every sample of the batch is below it (one ``.item()``
+per iteration, the price of deciding on the host).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, FrozenSet, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+FixedPointMap = Callable[[Tensor], Tensor]
+IterateCallback = Callable[[int, Tensor], None]
+
+# Keeps 0/0 finite when a state is exactly zero; tiny enough not to matter otherwise.
+_EPS = 1e-30
+
+
+@dataclass
+class SolverStats:
+    """What a solve did.
+
+    Attributes:
+        solver: registry name of the solver.
+        n_iter: number of iterations (evaluations of ``f``) performed.
+        rel_residual: ``(B,)`` final relative residual of each sample.
+        trace: ``(n_iter, B)`` relative residual of each sample at every iteration, or ``None``
+            when not requested.
+    """
+
+    solver: str
+    n_iter: int
+    rel_residual: Tensor
+    trace: Optional[Tensor] = field(default=None, repr=False)
+
+
+def relative_residual(fz: Tensor, z: Tensor) -> Tensor:
+    """``|f(z) - z| / |f(z)|`` per sample (all dimensions but the first are flattened)."""
+    diff = (fz - z).flatten(1).norm(dim=1)
+    return diff / (fz.flatten(1).norm(dim=1) + _EPS)
+
+
+def _converged(res: Tensor, tol: Optional[float]) -> bool:
+    return tol is not None and bool((res < tol).all())
+
+
+def picard(
+    f: FixedPointMap,
+    z0: Tensor,
+    *,
+    max_iter: int,
+    tol: Optional[float] = None,
+    trace: bool = False,
+    on_iterate: Optional[IterateCallback] = None,
+) -> Tuple[Tensor, SolverStats]:
+    """Plain fixed-point iteration ``z_{n+1} = f(z_n)`` (forward Euler with step 1)."""
+    z = z0
+    residuals = []
+    for n in range(max_iter):
+        fz = f(z)
+        res = relative_residual(fz, z)
+        if trace:
+            residuals.append(res)
+        z = fz
+        if on_iterate is not None:
+            on_iterate(n, z)
+        if _converged(res, tol):
+            break
+    stacked = torch.stack(residuals) if trace else None
+    return z, SolverStats("picard", n + 1, res, stacked)
+
+
+def anderson(
+    f: FixedPointMap,
+    z0: Tensor,
+    *,
+    max_iter: int,
+    tol: Optional[float] = None,
+    trace: bool = False,
+    on_iterate: Optional[IterateCallback] = None,
+    m: int = 4,
+    lam: float = 1e-10,
+) -> Tuple[Tensor, SolverStats]:
+    """Safeguarded Anderson acceleration (type II, mixing parameter 1), batched per sample.
+
+    With the last ``k <= m`` pairs ``(z_i, f(z_i))`` and residuals ``g_i = f(z_i) - z_i``, the
+    next point is ``sum_i alpha_i f(z_i)`` with ``alpha`` minimising ``|sum_i alpha_i g_i|``
+    subject to ``sum_i alpha_i = 1``: ``alpha ∝ (G G^T + lam' I)^{-1} 1``. The Tikhonov term
+    ``lam' = lam * mean(diag(G G^T)) + tiny`` scales with the matrix, so the system stays
+    solvable when iterates converge exactly or the state is tiny; a sample whose solve still
+    fails or gives a non-finite mix takes the plain step instead.
+
+    Safeguard: a sample whose residual at the point just evaluated is larger than at its best
+    point so far restarts from the plain step ``f(z_best)``, which costs no extra evaluation.
+    The returned ``z`` is ``f(z_best)``, the image of each sample's best point.
+    """
+    if m < 1:
+        raise ValueError(f"anderson: m must be >= 1, got {m!r}")
+    if lam < 0:
+        raise ValueError(f"anderson: lam must be >= 0, got {lam!r}")
+    batch = z0.shape[0]
+    shape = z0.shape
+    x = z0.reshape(batch, -1)
+    width = x.shape[1]
+    X = x.new_zeros(batch, m, width)  # ring buffer of evaluated points
+    F = x.new_zeros(batch, m, width)  # ... and their images
+    best_fx = best_res = None
+    residuals = []
+    for n in range(max_iter):
+        fx = f(x.view(shape)).reshape(batch, -1)
+        res = relative_residual(fx, x)
+        if trace:
+            residuals.append(res)
+        if best_res is None:
+            improved = torch.ones_like(res, dtype=torch.bool)
+            best_fx, best_res = fx, res
+        else:
+            improved = res <= best_res
+            best_fx = torch.where(improved[:, None], fx, best_fx)
+            best_res = torch.where(improved, res, best_res)
+        slot = n % m
+        X[:, slot] = x
+        F[:, slot] = fx
+        k = min(n + 1, m)
+        G = F[:, :k] - X[:, :k]
+        gram = G @ G.transpose(1, 2)
+        scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1)
+        reg = lam * scale + torch.finfo(x.dtype).tiny ** 0.5
+        eye = torch.eye(k, dtype=x.dtype, device=x.device)
+        ones = x.new_ones(batch, k, 1)
+        sol, info = torch.linalg.solve_ex(gram + reg[:, None, None] * eye, ones)
+        alpha = sol[..., 0] / sol[..., 0].sum(dim=1, keepdim=True)
+        mixed = (alpha[:, None, :] @ F[:, :k])[:, 0]
+        ok = (info == 0) & torch.isfinite(alpha).all(dim=1)
+        # Plain step where the mix is unusable; restart from the best point where we got worse.
+        x = torch.where(ok[:, None], mixed, fx)
+        x = torch.where(improved[:, None], x, best_fx)
+        if on_iterate is not None:
+            on_iterate(n, x.view(shape))
+        if _converged(best_res, tol):
+            break
+    stacked = torch.stack(residuals) if trace else None
+    return best_fx.view(shape), SolverStats("anderson", n + 1, best_res, stacked)
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """A registered solver and the extra keyword options it accepts."""
+
+    fn: Callable[..., Tuple[Tensor, SolverStats]]
+    options: FrozenSet[str]
+
+
+SOLVERS: Dict[str, SolverSpec] = {
+    "picard": SolverSpec(picard, frozenset()),
+    "anderson": SolverSpec(anderson, frozenset({"m", "lam"})),
+}
+COMMON_OPTIONS = frozenset({"tol", "trace"})
+
+
+def get_solver(name: str) -> SolverSpec:
+    """Look a solver up by name; an unknown name is a ``ValueError`` listing the valid ones."""
+    try:
+        return SOLVERS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown solver {name!r}; valid solvers: {sorted(SOLVERS)}") from None

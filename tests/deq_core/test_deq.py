@@ -1,0 +1,227 @@
+import gc
+
+import pytest
+import torch
+from torch import nn
+
+from deq_core import DEQ, relative_residual
+
+F64 = torch.float64
+TIGHT = dict(solver="anderson", iter=200, tol=1e-13)
+BACKWARDS = {
+    "backprop": dict(solver="picard", iter=150, method="backprop"),
+    "full_adjoint": dict(solver="anderson", iter=200, tol=1e-13, method="full_adjoint"),
+}
+
+
+def unrolled(module, x, n=300, damping=0.0):
+    """Reference: autograd through a long plain Picard chain from zero."""
+    Ux = module.preprocess_inputs(x)
+    z = torch.zeros(x.shape[0], module.state_size, dtype=x.dtype)
+    for _ in range(n):
+        z = damping * z + (1 - damping) * module(Ux, z)
+    return z
+
+
+def grads(module, x, out):
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+    loss = (weights * out).sum() + (out**2).sum()
+    params = list(module.parameters())
+    return torch.autograd.grad(loss, [x] + params)
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("method", list(BACKWARDS))
+@pytest.mark.parametrize("damping", [0.0, 0.5])
+def test_gradients_match_unrolled_reference(method, damping, make_tanh_map):
+    module = make_tanh_map(contraction=0.9)
+    x = torch.randn(5, 5, dtype=F64, requires_grad=True)
+    deq = DEQ(module, None, forward_kwargs=TIGHT, backward_kwargs=BACKWARDS[method],
+              damping_factor=damping)
+    got = grads(module, x, deq(x))
+    want = grads(module, x, unrolled(module, x, n=600, damping=damping))
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 1e-5
+
+
+@pytest.mark.parametrize("method", list(BACKWARDS))
+def test_gradients_match_finite_differences(method, make_tanh_map):
+    module = make_tanh_map(width=6, n_in=3)
+    x = torch.randn(2, 3, dtype=F64, requires_grad=True)
+    deq = DEQ(module, None, forward_kwargs=TIGHT, backward_kwargs=BACKWARDS[method])
+    assert torch.autograd.gradcheck(deq, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
+    # Parameters: central differences of a scalar loss along a random direction.
+    loss = lambda: (deq(x.detach()) ** 3).sum()  # noqa: E731
+    module.zero_grad()
+    loss().backward()
+    for p in module.parameters():
+        direction = torch.randn_like(p)
+        analytic = (p.grad * direction).sum().item()
+        with torch.no_grad():
+            p += 1e-6 * direction
+            up = loss().item()
+            p -= 2e-6 * direction
+            down = loss().item()
+            p += 1e-6 * direction
+        numeric = (up - down) / 2e-6
+        assert abs(analytic - numeric) < 1e-5 * max(1.0, abs(numeric))
+
+
+@pytest.mark.parametrize("method", list(BACKWARDS))
+def test_parameter_gradients_without_input_gradient(method, tanh_map):
+    x = torch.randn(4, 5, dtype=F64)
+    deq = DEQ(tanh_map, None, forward_kwargs=TIGHT, backward_kwargs=BACKWARDS[method])
+    out = deq(x)
+    out.sum().backward()
+    assert not x.requires_grad and x.grad is None
+    want = torch.autograd.grad(unrolled(tanh_map, x).sum(), list(tanh_map.parameters()))
+    for p, w in zip(tanh_map.parameters(), want):
+        assert rel_err(p.grad, w) < 1e-5
+
+
+def test_damping_keeps_fixed_point_and_follows_damped_steps(tanh_map):
+    x = torch.randn(3, 5, dtype=F64)
+    with torch.no_grad():
+        plain = DEQ(tanh_map, None, forward_kwargs=TIGHT)(x)
+        damped = DEQ(tanh_map, None, forward_kwargs=TIGHT, damping_factor=0.5)(x)
+        assert torch.allclose(plain, damped, atol=1e-10)
+        few = DEQ(tanh_map, None, forward_kwargs=dict(solver="picard", iter=3), damping_factor=0.3)(x)
+        Ux = tanh_map.preprocess_inputs(x)
+        z = torch.zeros(3, 12, dtype=F64)
+        for _ in range(3):
+            z = 0.3 * z + 0.7 * tanh_map(Ux, z)
+        assert torch.allclose(few, z)
+
+
+@pytest.mark.parametrize("shape", [(12,), (1, 12)])
+def test_any_batch_size_with_one_z_init(shape, tanh_map):
+    z_init = 0.1 * torch.ones(shape, dtype=F64)
+    deq = DEQ(tanh_map, z_init, forward_kwargs=dict(solver="picard", iter=60))
+    for batch in (1, 7, 64):
+        x = torch.randn(batch, 5, dtype=F64)
+        z = deq(x)
+        assert z.shape == (batch, 12)
+        assert relative_residual(tanh_map(tanh_map.preprocess_inputs(x), z), z).max() < 1e-5
+    with pytest.raises(ValueError, match="z_init has batch 3 but the input has batch 7"):
+        DEQ(tanh_map, torch.zeros(3, 12, dtype=F64))(torch.randn(7, 5, dtype=F64))
+
+
+def test_inside_sequential_train_and_eval(tanh_map):
+    model = nn.Sequential(DEQ(tanh_map, None), nn.Linear(12, 3, dtype=F64))
+    x = torch.randn(8, 5, dtype=F64)
+    model.train()
+    model(x).pow(2).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        out_ng = model(x)
+    with torch.inference_mode():
+        out_inf = model(x)
+    assert out_ng.grad_fn is None and out_inf.grad_fn is None
+    assert torch.allclose(out_ng, out_inf)
+
+
+def test_eval_without_grad_returns_the_solver_fixed_point(tanh_map):
+    x = torch.randn(4, 5, dtype=F64)
+    deq = DEQ(tanh_map, None, forward_kwargs=dict(solver="anderson", iter=40))
+    with torch.no_grad():
+        z = deq(x)
+    assert deq.last_forward_stats.n_iter == 40
+    assert relative_residual(tanh_map(tanh_map.preprocess_inputs(x), z), z).max() < 1e-8
+
+
+@pytest.mark.filterwarnings("ignore:.*reduce_op.*:FutureWarning")  # from gc.get_objects()
+@pytest.mark.parametrize("method", list(BACKWARDS))
+def test_repeated_calls_do_not_accumulate_graphs(method, tanh_map):
+    deq = DEQ(tanh_map, None, forward_kwargs=dict(solver="anderson", iter=20),
+              backward_kwargs=dict(BACKWARDS[method], iter=10))
+    x = torch.randn(16, 5, dtype=F64)
+
+    def live_tensors():
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if torch.is_tensor(o))
+
+    deq(x).sum().backward()
+    before = live_tensors()
+    for _ in range(10):
+        deq(x).sum().backward()
+    assert live_tensors() <= before
+    assert not deq.last_forward_stats.rel_residual.requires_grad
+    assert not deq.last_backward_stats.rel_residual.requires_grad
+
+
+@pytest.mark.parametrize("method", list(BACKWARDS))
+def test_logger_gets_forward_and_backward_residuals(method, tanh_map):
+    logged = {}
+    deq = DEQ(tanh_map, None, logger=lambda k, v: logged.__setitem__(k, float(v)),
+              backward_kwargs=dict(BACKWARDS[method], iter=50))
+    deq(torch.randn(3, 5, dtype=F64)).sum().backward()
+    assert set(logged) == {"rel_residual_forward", "rel_residual_backward"}
+    assert 0 <= logged["rel_residual_forward"] < 1e-6
+    assert 0 <= logged["rel_residual_backward"] < 1e-3
+
+
+def test_observers_see_trace_and_iterates(tanh_map):
+    deq = DEQ(tanh_map, None, forward_kwargs=dict(solver="picard", iter=9))
+    x = torch.randn(5, 5, dtype=F64)
+    stats_seen, iterates = [], []
+    with deq.observe(on_solve=stats_seen.append):
+        handle = deq.observe(on_iterate=lambda n, z: iterates.append(z.clone()))
+        out = deq(x)
+        handle.remove()
+        deq(x)
+    deq(x)
+    assert len(stats_seen) == 2 and len(iterates) == 9
+    assert stats_seen[0].trace.shape == (9, 5)
+    assert not deq._observers
+    # The iterates are the plain Picard sequence, and the traced residual is theirs.
+    Ux = tanh_map.preprocess_inputs(x)
+    z = torch.zeros(5, 12, dtype=F64)
+    for n in range(9):
+        fz = tanh_map(Ux, z)
+        assert torch.allclose(iterates[n], fz)
+        assert torch.allclose(stats_seen[0].trace[n], relative_residual(fz, z))
+        z = fz
+    assert deq.last_forward_stats.trace is None  # no observer, no trace cost
+    assert torch.allclose(out.detach(), deq(x).detach())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(forward_kwargs=dict(solver="newton", iter=5)), r"unknown solver 'newton'.*anderson"),
+        (dict(forward_kwargs=dict(solver="anderson", iter=5, tolerance=1e-3)),
+         r"unknown forward_kwargs option\(s\) \['tolerance'\].*valid options.*'tol'"),
+        (dict(forward_kwargs=dict(solver="picard", iter=5, m=3)), r"\['m'\].*'picard'"),
+        (dict(forward_kwargs=dict(solver="picard", iter=0)), r"'iter'\] must be an integer >= 1, got 0"),
+        (dict(forward_kwargs=dict(solver="picard", iter=2.5)), r"got 2.5"),
+        (dict(forward_kwargs=dict(solver="picard")), r"needs 'solver' and 'iter'"),
+        (dict(forward_kwargs=dict(solver="picard", iter=3, tol=-1.0)), r"'tol'\] must be a positive"),
+        (dict(backward_kwargs=dict(solver="picard", iter=3, method="implicit")),
+         r"unknown backward method 'implicit'.*'backprop', 'full_adjoint'"),
+        (dict(backward_kwargs=dict(solver="picard", iter=3, method="backprop", mm=4)),
+         r"unknown backward_kwargs option\(s\) \['mm'\]"),
+        (dict(backward_kwargs=dict(solver="anderson", iter=3, method="backprop")),
+         r"'backprop'.*solver='anderson'"),
+        (dict(damping_factor=1.0), r"damping_factor must be in \[0, 1\), got 1.0"),
+        (dict(damping_factor=-0.1), r"got -0.1"),
+    ],
+)
+def test_bad_options_are_refused_with_the_valid_choices(kwargs, message, tanh_map):
+    with pytest.raises(ValueError, match=message):
+        DEQ(tanh_map, None, **kwargs)
+
+
+def test_z_init_none_needs_state_size():
+    class NoSize(nn.Module):
+        def preprocess_inputs(self, x):
+            return x
+
+        def forward(self, Ux, z):
+            return z
+
+    with pytest.raises(ValueError, match="state_size"):
+        DEQ(NoSize(), None)

@@ -1,0 +1,134 @@
+import pytest
+import torch
+
+from deq_core import SOLVERS, anderson, get_solver, picard, relative_residual
+
+
+def fixed_map(module, x):
+    Ux = module.preprocess_inputs(x).detach()
+    return lambda z: module(Ux, z)
+
+
+@pytest.mark.parametrize("solver", [picard, anderson])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reaches_fixed_point_on_contraction(solver, dtype, make_tanh_map):
+    module = make_tanh_map(dtype=dtype)
+    x = torch.randn(9, 5, dtype=dtype)
+    f = fixed_map(module, x)
+    with torch.no_grad():
+        z, stats = solver(f, torch.zeros(9, 12, dtype=dtype), max_iter=200, tol=1e-6)
+        # Checked independently of the solver's own bookkeeping.
+        assert relative_residual(f(z), z).max() < 1e-6
+    assert z.dtype == dtype
+    assert stats.rel_residual.shape == (9,)
+    assert (stats.rel_residual < 1e-6).all()
+    assert stats.n_iter < 200
+
+
+def test_anderson_beats_picard_on_slow_contraction(linear_map):
+    x = torch.randn(8, 4, dtype=torch.float64)
+    f = fixed_map(linear_map, x)
+    z0 = torch.zeros(8, 30, dtype=torch.float64)
+    with torch.no_grad():
+        z_p, st_p = picard(f, z0, max_iter=5000, tol=1e-6)
+        z_a, st_a = anderson(f, z0, max_iter=5000, tol=1e-6)
+    # Picard contracts at rate 0.98: about log(1e-6)/log(0.98) ~ 680 steps.
+    assert st_p.n_iter > 400
+    assert st_a.n_iter < st_p.n_iter / 3  # measured: 141 vs 536 iterations
+    exact = torch.linalg.solve(torch.eye(30, dtype=torch.float64) - linear_map.A.T,
+                               linear_map.preprocess_inputs(x).T).T
+    # Error bound of a contraction at rate q: residual * q / (1 - q) relative, q = 0.98.
+    err = (z_a - exact).norm(dim=1) / exact.norm(dim=1)
+    assert (err < 1e-6 * 0.98 / 0.02).all()
+
+
+@pytest.mark.parametrize("solver", [picard, anderson])
+def test_without_tol_runs_exactly_max_iter(solver, tanh_map):
+    f = fixed_map(tanh_map, torch.randn(3, 5, dtype=torch.float64))
+    seen = []
+    with torch.no_grad():
+        _, stats = solver(f, torch.zeros(3, 12, dtype=torch.float64), max_iter=17, trace=True,
+                          on_iterate=lambda n, z: seen.append((n, z.shape)))
+    assert stats.n_iter == 17
+    assert stats.trace.shape == (17, 3)
+    assert seen == [(n, (3, 12)) for n in range(17)]
+
+
+def test_picard_trace_is_the_relative_residual_of_each_step(tanh_map):
+    f = fixed_map(tanh_map, torch.randn(4, 5, dtype=torch.float64))
+    z = torch.zeros(4, 12, dtype=torch.float64)
+    with torch.no_grad():
+        _, stats = picard(f, z, max_iter=6, trace=True)
+        for n in range(6):
+            fz = f(z)
+            expected = (fz - z).norm(dim=1) / fz.norm(dim=1)
+            assert torch.allclose(stats.trace[n], expected)
+            z = fz
+    assert torch.equal(stats.trace[-1], stats.rel_residual)
+
+
+def test_anderson_returns_its_best_point(linear_map):
+    f = fixed_map(linear_map, torch.randn(5, 4, dtype=torch.float64))
+    with torch.no_grad():
+        z, stats = anderson(f, torch.zeros(5, 30, dtype=torch.float64), max_iter=30, trace=True)
+    assert torch.equal(stats.rel_residual, stats.trace.min(dim=0).values)
+
+
+@pytest.mark.parametrize("solver", [picard, anderson])
+def test_tolerance_stops_early_with_the_same_answer(solver, tanh_map):
+    f = fixed_map(tanh_map, torch.randn(6, 5, dtype=torch.float64))
+    z0 = torch.zeros(6, 12, dtype=torch.float64)
+    with torch.no_grad():
+        z_full, _ = solver(f, z0, max_iter=300)
+        z_tol, stats = solver(f, z0, max_iter=300, tol=1e-5)
+    assert stats.n_iter < 300
+    assert (stats.rel_residual < 1e-5).all()
+    err = (z_tol - z_full).norm(dim=1) / z_full.norm(dim=1)
+    # A contraction at rate q: distance to z* <= residual * q / (1 - q); q = 0.8 here.
+    assert (err < 1e-5 * 0.8 / 0.2).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_anderson_survives_singular_gram_matrix(dtype):
+    """Iterates that converge exactly (and states that are tiny or zero) make G G^T singular;
+    a plain linear solve of the Anderson system dies there."""
+    target = torch.randn(4, 10, dtype=dtype)
+    target[1] = 1e-30  # tiny state: the Gram matrix underflows to zero in float32
+    target[2] = 0.0  # exact zero state: residual 0/0
+    const = lambda z: target  # noqa: E731  exact fixed point after one step
+    z0 = torch.zeros(4, 10, dtype=dtype)
+    # The reference design (unregularised solve of the Gram system) fails on this data.
+    G = torch.stack([target - z0, target - target], dim=1)
+    with pytest.raises(RuntimeError):
+        torch.linalg.solve(G @ G.transpose(1, 2), torch.ones(4, 2, 1, dtype=dtype))
+    z, stats = anderson(const, z0, max_iter=12, trace=True)
+    assert torch.isfinite(z).all() and torch.isfinite(stats.trace).all()
+    assert torch.equal(z, target)
+    assert (stats.rel_residual == 0).all()
+
+
+def test_anderson_mixed_batch_with_exactly_converged_samples(tanh_map):
+    """Per-sample fallback: samples whose system is singular must not spoil the others."""
+    x = torch.randn(6, 5, dtype=torch.float64)
+    f_tanh = fixed_map(tanh_map, x)
+    frozen = torch.tensor([True, False, True, False, False, True])
+    f = lambda z: torch.where(frozen[:, None], 0.5, f_tanh(z))  # noqa: E731
+    with torch.no_grad():
+        z, stats = anderson(f, torch.zeros(6, 12, dtype=torch.float64), max_iter=60)
+        assert relative_residual(f(z), z).max() < 1e-8
+    assert torch.isfinite(z).all()
+
+
+def test_registry_and_unknown_solver():
+    assert set(SOLVERS) == {"picard", "anderson"}
+    assert get_solver("anderson").fn is anderson
+    with pytest.raises(ValueError, match=r"'broyden'.*\['anderson', 'picard'\]"):
+        get_solver("broyden")
+
+
+def test_anderson_option_validation():
+    f = lambda z: z  # noqa: E731
+    with pytest.raises(ValueError, match="m must be >= 1, got 0"):
+        anderson(f, torch.zeros(1, 2), max_iter=1, m=0)
+    with pytest.raises(ValueError, match="lam must be >= 0, got -1"):
+        anderson(f, torch.zeros(1, 2), max_iter=1, lam=-1.0)

@@ -1,0 +1,264 @@
+"""Tests for madam.Madam against the update rule written out independently here."""
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from madam import Madam
+
+
+def _param(values, dtype=torch.float64) -> torch.nn.Parameter:
+    return torch.nn.Parameter(torch.tensor(values, dtype=dtype))
+
+
+def _step_with_grad(opt: Madam, p: torch.Tensor, grad) -> None:
+    p.grad = torch.as_tensor(grad, dtype=p.dtype).clone()
+    opt.step()
+
+
+def _reference(p0, grads, lr, p_scale, g_bound, beta, eps):
+    """Madam written in numpy: returns the parameter after each gradient."""
+    p = np.array(p0, dtype=np.float64)
+    p_max = p_scale * math.sqrt(np.mean(p**2))
+    v = np.zeros_like(p)
+    out = []
+    for t, g in enumerate(grads, start=1):
+        g = np.asarray(g, dtype=np.float64)
+        v = beta * v + (1 - beta) * g**2
+        v_hat = v / (1 - beta**t)
+        g_n = np.clip(g / (np.sqrt(v_hat) + eps), -g_bound, g_bound)
+        p = np.clip(p * np.exp(-lr * g_n * np.sign(p)), -p_max, p_max)
+        out.append(p.copy())
+    return out
+
+
+def test_single_step_is_multiplicative_in_the_right_direction():
+    p0 = [0.5, -0.3, 0.2, -0.4, 0.1, -0.6]
+    g = [2.0, 1.0, -3.0, -0.5, 1e-3, 0.0]
+    lr = 0.1
+    p = _param(p0)
+    opt = Madam([p], lr=lr)
+    _step_with_grad(opt, p, g)
+
+    # First step: v_hat = g**2, so the normalised gradient is sign(g) up to eps.
+    p0_t, g_t = torch.tensor(p0, dtype=torch.float64), torch.tensor(g, dtype=torch.float64)
+    g_n = torch.clamp(g_t / (g_t.abs() + 1e-8), -10.0, 10.0)
+    expected = p0_t * torch.exp(-lr * g_n * torch.sign(p0_t))
+    torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(g_n[:5], torch.sign(g_t[:5]), rtol=1e-5, atol=0.0)
+
+    push = g_t * torch.sign(p0_t)
+    assert torch.all(p.detach().abs()[push > 0] < p0_t.abs()[push > 0])
+    assert torch.all(p.detach().abs()[push < 0] > p0_t.abs()[push < 0])
+    assert p.detach()[5] == p0_t[5]  # zero gradient entry untouched
+    assert torch.equal(torch.sign(p.detach()), torch.sign(p0_t))  # signs never flip
+
+
+def test_several_steps_match_numpy_reference():
+    rng = np.random.default_rng(0)
+    p0 = rng.normal(size=(5, 7))
+    # Gradients of varying scale so that the running mean and bias correction matter.
+    grads = [rng.normal(size=(5, 7)) * s for s in (1.0, 0.1, 5.0, 0.01, 2.0, 1.0, 0.3, 3.0)]
+    hp = dict(lr=0.2, p_scale=1.5, g_bound=4.0, beta=0.9, eps=1e-8)
+    expected = _reference(p0, grads, **hp)
+
+    p = _param(p0)
+    opt = Madam([p], **hp)
+    for g, e in zip(grads, expected):
+        _step_with_grad(opt, p, g)
+        np.testing.assert_allclose(p.detach().numpy(), e, rtol=1e-12, atol=1e-15)
+
+
+def test_g_bound_clamp_acts():
+    lr, beta, g_bound = 0.01, 0.9, 2.0
+    p0 = [0.5, -0.5, 1.0]
+    tiny = [1e-6, 1e-6, -1e-6]
+    huge = [1.0, 1.0, -1.0]
+    grads = [tiny] * 50 + [huge]
+
+    # Independently: after a long tiny history the huge gradient normalises to
+    # about 1 / sqrt(1 - beta) = 3.16 > g_bound.
+    v = 0.0
+    for g in grads:
+        v = beta * v + (1 - beta) * g[0] ** 2
+    unclamped = 1.0 / (math.sqrt(v / (1 - beta**len(grads))) + 1e-8)
+    assert unclamped > 1.5 * g_bound
+
+    p = _param(p0)
+    opt = Madam([p], lr=lr, g_bound=g_bound, beta=beta)
+    for g in grads[:-1]:
+        _step_with_grad(opt, p, g)
+    before = p.detach().clone()
+    _step_with_grad(opt, p, huge)
+    ratio = p.detach() / before
+    sign = torch.sign(torch.tensor(huge, dtype=torch.float64)) * torch.sign(before)
+    torch.testing.assert_close(ratio, torch.exp(-lr * g_bound * sign), rtol=1e-12, atol=0.0)
+
+
+def test_magnitude_clamped_at_p_scale_times_initial_rms():
+    p0 = torch.tensor([0.3, -0.8, 1.2, -0.5, 0.9, -1.1, 0.2, 0.7], dtype=torch.float64)
+    p_scale = 2.0
+    bound = p_scale * p0.square().mean().sqrt()
+    assert p0.abs().max() < bound  # the bound is p_scale * RMS here, not an outlier
+    p = torch.nn.Parameter(p0.clone())
+    opt = Madam([p], lr=0.05, p_scale=p_scale)
+    for _ in range(300):
+        _step_with_grad(opt, p, -torch.sign(p.detach()))  # always pushes |p| up
+        assert torch.all(p.detach().abs() <= bound)
+    torch.testing.assert_close(p.detach().abs(), bound.expand(8), rtol=1e-12, atol=0.0)
+    assert torch.equal(torch.sign(p.detach()), torch.sign(p0))
+
+
+@pytest.mark.parametrize("eps", [1e-8, 0.0])
+def test_zero_gradient_leaves_parameter_unchanged(eps):
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(64, 64, dtype=torch.float64))
+    # The project's p_scale: no realistic entry reaches 1024 RMS, so nothing is clipped.
+    opt = Madam([p], eps=eps, p_scale=1024.0)
+
+    before = p.detach().clone()
+    _step_with_grad(opt, p, torch.zeros(64, 64))  # first step
+    assert torch.equal(p.detach(), before)
+
+    for _ in range(3):
+        _step_with_grad(opt, p, torch.randn(64, 64))
+    before = p.detach().clone()
+    for _ in range(2):
+        _step_with_grad(opt, p, torch.zeros(64, 64))
+        assert torch.equal(p.detach(), before)
+
+
+def test_zero_entries_stay_zero_and_none_grads_are_skipped():
+    p = _param([0.0, 0.5, -0.5])
+    q = _param([1.0, 2.0])
+    opt = Madam([p, q], lr=0.1)
+    for _ in range(5):
+        p.grad = torch.ones(3, dtype=torch.float64)
+        q.grad = None
+        opt.step()
+    assert p.detach()[0] == 0.0
+    assert torch.equal(q.detach(), torch.tensor([1.0, 2.0], dtype=torch.float64))
+    assert len(opt.state[q]) == 0
+
+
+def _loss(params, x, y):
+    w1, b1, w2 = params
+    return ((torch.tanh(x @ w1 + b1) @ w2 - y) ** 2).mean()
+
+
+def test_state_dict_round_trip_gives_identical_trajectories():
+    torch.manual_seed(1)
+    init = [torch.randn(4, 8), 0.01 * torch.randn(8), torch.randn(8, 2)]
+    data = [(torch.randn(16, 4), torch.randn(16, 2)) for _ in range(10)]
+
+    a = [torch.nn.Parameter(t.clone()) for t in init]
+    opt_a = Madam(a, lr=0.05, beta=0.99)
+    for x, y in data[:5]:
+        opt_a.zero_grad()
+        _loss(a, x, y).backward()
+        opt_a.step()
+
+    buf = io.BytesIO()
+    torch.save(opt_a.state_dict(), buf)
+    buf.seek(0)
+    b = [torch.nn.Parameter(t.detach().clone()) for t in a]
+    opt_b = Madam(b, lr=0.05, beta=0.99)
+    opt_b.load_state_dict(torch.load(buf))
+    assert opt_b.state[b[0]]["step"] == 5
+
+    for x, y in data[5:]:
+        for params, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            _loss(params, x, y).backward()
+            opt.step()
+    for pa, pb in zip(a, b):
+        assert torch.equal(pa, pb)
+
+    # An uninterrupted run over all the data ends at the same point...
+    c = [torch.nn.Parameter(t.clone()) for t in init]
+    opt_c = Madam(c, lr=0.05, beta=0.99)
+    for x, y in data:
+        opt_c.zero_grad()
+        _loss(c, x, y).backward()
+        opt_c.step()
+    assert all(torch.equal(pc, pa) for pc, pa in zip(c, a))
+
+    # ...while restarting without the saved state does not (the state matters).
+    e = [torch.nn.Parameter(t.clone()) for t in init]
+    opt_e = Madam(e, lr=0.05, beta=0.99)
+    for x, y in data[:5]:
+        opt_e.zero_grad()
+        _loss(e, x, y).backward()
+        opt_e.step()
+    opt_fresh = Madam(e, lr=0.05, beta=0.99)
+    for x, y in data[5:]:
+        opt_fresh.zero_grad()
+        _loss(e, x, y).backward()
+        opt_fresh.step()
+    assert not all(torch.equal(pe, pa) for pe, pa in zip(e, a))
+
+
+@pytest.mark.parametrize(
+    "kwargs, bad",
+    [
+        (dict(lr=0.0), "0.0"),
+        (dict(lr=-0.1), "-0.1"),
+        (dict(p_scale=-1.0), "-1.0"),
+        (dict(g_bound=0.0), "0.0"),
+        (dict(beta=1.0), "1.0"),
+        (dict(beta=-0.5), "-0.5"),
+        (dict(eps=-1e-3), "-0.001"),
+        (dict(lr=float("nan")), "nan"),
+    ],
+)
+def test_invalid_arguments_raise(kwargs, bad):
+    p = _param([1.0])
+    with pytest.raises(ValueError, match=f"{list(kwargs)[0]}.*{bad}"):
+        Madam([p], **kwargs)
+
+
+def test_closure_and_least_squares_sanity():
+    torch.manual_seed(2)
+    x = torch.randn(200, 10)
+    w0 = torch.sign(torch.randn(10)) * (0.5 + torch.rand(10))
+    # Madam cannot flip signs, so the target shares the signs of the init.
+    w_true = torch.sign(w0) * (0.5 + 2.0 * torch.rand(10))
+    y = x @ w_true
+    w = torch.nn.Parameter(w0.clone())
+    opt = Madam([w], lr=0.01)
+
+    def closure():
+        opt.zero_grad()
+        loss = ((x @ w - y) ** 2).mean()
+        loss.backward()
+        return loss
+
+    first = closure().item()
+    for _ in range(1000):
+        loss = opt.step(closure)
+    assert isinstance(loss, torch.Tensor)
+    assert loss.item() < first / 100
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtypes_and_devices_match_reference(device, dtype):
+    rng = np.random.default_rng(3)
+    p0 = rng.normal(size=20)
+    grads = [rng.normal(size=20) for _ in range(4)]
+    expected = _reference(p0, grads, lr=0.1, p_scale=3.0, g_bound=10.0, beta=0.999, eps=1e-8)
+    p = torch.nn.Parameter(torch.tensor(p0, dtype=dtype, device=device))
+    opt = Madam([p], lr=0.1)
+    for g in grads:
+        p.grad = torch.tensor(g, dtype=dtype, device=device)
+        opt.step()
+    assert p.dtype == dtype and p.device.type == device
+    assert opt.state[p]["exp_avg_sq"].dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    np.testing.assert_allclose(p.detach().cpu().double().numpy(), expected[-1], rtol=tol)
