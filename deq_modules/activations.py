@@ -1,0 +1,26 @@
+"""The activation of the Hopfield models (PAPER.md, "Models"), its derivative and antiderivative."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def rho(u: Tensor) -> Tensor:
+    """Firing rate of a unit."""
+    # rho(u) = sigmoid(4u - 2) = sigmoid(4(u - 1/2))
+    return torch.sigmoid(4.0 * u - 2.0)
+
+
+def rho_prime(u: Tensor) -> Tensor:
+    """Derivative of ``rho``; the gain of the CHN dynamics (Eq. 5)."""
+    # rho'(u) = 4 rho(u) (1 - rho(u))
+    r = rho(u)
+    return 4.0 * r * (1.0 - r)
+
+
+def rho_integral(u: Tensor) -> Tensor:
+    """Antiderivative ``L`` of ``rho`` (per unit), the Lagrangian term of the HAM energy."""
+    # L(u) = softplus(4u - 2) / 4, so that L'(u) = rho(u)
+    return F.softplus(4.0 * u - 2.0) / 4.0

@@ -1,0 +1,51 @@
+import pytest
+
+from deq_modules.experiments import (
+    ARCHITECTURES, EXPERIMENTS, ROWS, get_experiment, select, speedup,
+)
+
+# The speedup column of Table 2, in table order.
+PUBLISHED_SPEEDUP = [0.5, 1, 1.9, 0.1, 0.1, 1, 1.2, 1.5, 1.8, 1, 1.1, 2.0, 2.0, 1, 1.2, 2.1, 2.2]
+
+
+def test_seventeen_rows_with_unique_keys():
+    assert len(EXPERIMENTS) == 17
+    assert len({e.key for e in EXPERIMENTS}) == 17
+    assert [e.depth for e in EXPERIMENTS] == [3] * 9 + [5] * 4 + [7] * 4
+
+
+def test_paper_settings():
+    for e in EXPERIMENTS:
+        assert e.layers == ARCHITECTURES[e.depth]
+        assert sum(e.layers[1:]) == 2000  # 2000 hidden + output units at every depth
+        damped = e.model == "chn" and e.structure == "onematrix"
+        factor = 2 if damped else 1
+        assert e.damping == (0.5 if damped else 0.0)
+        assert e.forward_iter == {3: 40, 5: 80, 7: 120}[e.depth] * factor
+        assert e.backward_iter == {3: 8, 5: 16, 7: 24}[e.depth] * factor
+        assert e.backward_kwargs == dict(solver="picard", iter=e.backward_iter, method="backprop")
+        assert e.solver == ("anderson" if e.row.endswith("DEQ") else "picard")
+        assert e.structure == ("evenodd" if "-EO" in e.row else "onematrix")
+        assert e.lr == (0.01 if e.depth == 3 else 0.005)
+        assert (e.p_scale, e.g_bound, e.batch_size, e.schedule_epochs) == (1024, 3, 64, 10)
+        assert e.epochs == {"CHN-3ep": 3, "CHN-DEQ": 4}.get(e.row, 10)
+        assert e.local_updates == (20 if e.row.startswith("CHN-EO") else 1)
+
+
+def test_published_speedups_follow_from_published_iterations():
+    """The registry's bases and local-update counts reproduce the table's speedup column."""
+    for e, published in zip(EXPERIMENTS, PUBLISHED_SPEEDUP):
+        base = get_experiment(e.base_row, e.depth)
+        assert round(speedup(e.published_iters[0], e, base.published_iters[0]), 1) == published
+
+
+def test_lookup_and_selection_errors():
+    assert get_experiment("HAM-EO-DEQ", 5).run_name(2) == "HAM-EO-DEQ-L5-s2"
+    with pytest.raises(ValueError, match=r"unknown row 'HAM-EOO'.*'HAM-EO-DEQ'"):
+        get_experiment("HAM-EOO", 3)
+    with pytest.raises(ValueError, match=r"'CHN-EO' has no 5-layer experiment.*\[3\]"):
+        get_experiment("CHN-EO", 5)
+    assert len(select(rows=["HAM", "HAM-EO"], depths=[5, 7])) == 4
+    assert len(select()) == 17 and len(ROWS) == 9
+    with pytest.raises(ValueError, match="unknown depth 4"):
+        select(depths=[4])

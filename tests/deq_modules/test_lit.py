@@ -1,0 +1,107 @@
+import lightning as L
+import pytest
+import torch
+
+from deq_modules import (
+    EXPERIMENTS, EvenOddFunction, HopfieldDataModule, LitEvenOddDEQ, LitHopfieldDEQ,
+    LitOneMatrixDEQ, OneMatrixFunction, lit_module_for,
+)
+
+SMALL = [784, 64, 10]
+
+
+def trainer(tmp_path, **kwargs):
+    options = dict(max_epochs=1, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False,
+                   num_sanity_val_steps=0, default_root_dir=tmp_path)
+    options.update(kwargs)
+    return L.Trainer(**options)
+
+
+@pytest.fixture
+def synthetic():
+    return HopfieldDataModule("synthetic", batch_size=64,
+                              synthetic_kwargs=dict(n_train=1200, n_test=300))
+
+
+def test_small_ham_eo_deq_learns_synthetic(tmp_path):
+    L.seed_everything(0)
+    data = HopfieldDataModule("synthetic", batch_size=64,
+                              synthetic_kwargs=dict(n_train=2000, n_test=300))
+    model = LitEvenOddDEQ([784, 128, 10], ham=True, lr=0.02, schedule_epochs=3,
+                          forward_kwargs=dict(solver="anderson", iter=20))
+    t = trainer(tmp_path, max_epochs=3, limit_val_batches=1)
+    t.fit(model, data)
+    for name in ("train/loss_epoch", "val/acc", "val/loss", "train/rel_residual_backward"):
+        assert name in t.callback_metrics, name
+    result = t.test(model, data, verbose=False)[0]
+    assert result["test/acc"] >= 0.9  # measured 0.987
+
+
+def test_loss_and_micro_accuracy_match_their_definitions(tmp_path, synthetic):
+    L.seed_everything(1)
+    model = LitOneMatrixDEQ(SMALL, ham=True, forward_kwargs=dict(solver="picard", iter=10))
+    result = trainer(tmp_path).test(model, synthetic, verbose=False)[0]
+    synthetic.setup("test")
+    correct, total, sq = 0, 0, 0.0
+    with torch.no_grad():
+        for x, y in synthetic.test_dataloader():
+            pred = model(x)
+            correct += (pred.argmax(1) == y.argmax(1)).sum().item()
+            sq += (pred - y).square().sum().item()
+            total += x.shape[0]
+    assert total == 300
+    assert result["test/acc"] == pytest.approx(correct / total, abs=1e-6)
+    # Epoch mean of 0.5 * sum / batch, weighted by batch size = 0.5 * total sum / N.
+    assert result["test/loss"] == pytest.approx(0.5 * sq / total, rel=1e-4)
+
+
+def test_learning_rate_decays_linearly_to_a_tenth(tmp_path, synthetic):
+    model = LitEvenOddDEQ(SMALL, forward_kwargs=dict(solver="picard", iter=3), lr=0.02,
+                          schedule_epochs=4)
+    lrs = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    t = trainer(tmp_path, max_epochs=2, limit_train_batches=5, limit_val_batches=0,
+                callbacks=[Record()])
+    t.fit(model, synthetic)
+    # Stopped at 2 of 4 planned epochs: 10 of 20 steps, lr = 0.02 * (1 - 0.9 * step / 20).
+    assert lrs == pytest.approx([0.02 * (1 - 0.9 * s / 20) for s in range(10)])
+    assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.02 * (1 - 0.9 * 10 / 20))
+
+
+@pytest.mark.parametrize("cls", [LitOneMatrixDEQ, LitEvenOddDEQ])
+def test_checkpoint_rebuilds_the_model(tmp_path, synthetic, cls):
+    model = cls(SMALL, ham=False, forward_kwargs=dict(solver="anderson", iter=15, m=3),
+                damping_factor=0.25, inner_iter=3)
+    t = trainer(tmp_path, limit_train_batches=2, limit_val_batches=1)
+    t.fit(model, synthetic)
+    path = tmp_path / "model.ckpt"
+    t.save_checkpoint(path)
+    loaded = cls.load_from_checkpoint(path)
+    assert loaded.deq.forward_kwargs == model.deq.forward_kwargs
+    assert loaded.deq.damping_factor == 0.25
+    x = torch.rand(5, 784)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_registry_rows_build_their_models():
+    for exp in EXPERIMENTS:
+        model = lit_module_for(exp)
+        f = model.f
+        assert isinstance(f, EvenOddFunction if exp.structure == "evenodd" else OneMatrixFunction)
+        assert f.ham == exp.ham and tuple(f.layers) == exp.layers
+        assert model.deq.forward_kwargs == exp.forward_kwargs
+        assert model.deq.damping_factor == exp.damping
+        assert model.hparams.lr == exp.lr
+    cifar = lit_module_for(EXPERIMENTS[-1], input_size=3072)
+    assert cifar.f.layers[0] == 3072
+
+
+def test_bad_structure_is_refused():
+    with pytest.raises(ValueError, match=r"unknown structure 'oddeven'.*'onematrix', 'evenodd'"):
+        LitHopfieldDEQ(SMALL, structure="oddeven")
