@@ -1,0 +1,190 @@
+"""Shared machinery of the convergence callbacks: per-batch DEQ observers, saving, W&B images.
+
+Every callback here watches the forward solves of ``pl_module.deq`` (a :class:`deq_core.DEQ`)
+through :meth:`DEQ.observe`. An observer is registered when a batch starts and removed when it
+ends, so it sees exactly the solves of that step (not those of a sanity check, another stage or
+an unrelated call), and removed again on exceptions and at teardown, so a crashed step never
+leaves one behind. Each callback holds its own handle, so any number of them (and of other
+observers) can be active at once, in any order.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from typing import Any, Callable, Dict, Iterable, Optional
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from deq_core import DEQ, ObserverHandle
+
+STAGES = ("train", "val", "test")  # the prefixes of the logged names (DESIGN.md, "Logged names")
+
+
+def get_deq(pl_module: pl.LightningModule, who: str) -> DEQ:
+    """The module's DEQ, or an error that says what the callback expected."""
+    deq = getattr(pl_module, "deq", None)
+    if not isinstance(deq, DEQ):
+        raise AttributeError(
+            f"{who} needs `pl_module.deq` to be a deq_core.DEQ; "
+            f"{type(pl_module).__name__}.deq is {type(deq).__name__}"
+        )
+    return deq
+
+
+def batch_inputs(batch: Any) -> Tensor:
+    """``x`` of a batch ``(x, y)`` (or of a bare tensor batch)."""
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    raise TypeError(f"expected a batch (x, y) or a tensor x, got {type(batch).__name__}")
+
+
+class ObservingCallback(pl.Callback):
+    """Base class: one DEQ observer per batch of the chosen stages.
+
+    Subclasses give the observer for a batch (:meth:`observer_for`) and what to do once the
+    batch is over (:meth:`batch_done`); this class routes Lightning's hooks to them.
+    """
+
+    def __init__(self, stages: Iterable[str]):
+        stages = tuple(stages)
+        unknown = sorted(set(stages) - set(STAGES))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; valid stages: {list(STAGES)}")
+        self.stages = stages
+        self._handle: Optional[ObserverHandle] = None
+
+    # -- for subclasses -------------------------------------------------------------------
+    def observer_for(self, stage: str, pl_module: pl.LightningModule,
+                     batch: Any) -> Dict[str, Callable]:
+        """Keyword arguments of :meth:`DEQ.observe` (``on_solve``, ``on_iterate``) for a batch."""
+        raise NotImplementedError
+
+    def batch_done(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                   batch: Any) -> None:
+        """Called after the batch's observer has been removed."""
+
+    # -- routing ---------------------------------------------------------------------------
+    def _start(self, stage: str, pl_module: pl.LightningModule, batch: Any) -> None:
+        self._detach()  # a previous batch that never ended (interrupted) must not keep observing
+        if stage in self.stages:
+            deq = get_deq(pl_module, type(self).__name__)
+            self._handle = deq.observe(**self.observer_for(stage, pl_module, batch))
+
+    def _end(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule,
+             batch: Any) -> None:
+        self._detach()
+        if stage in self.stages:
+            self.batch_done(stage, trainer, pl_module, batch)
+
+    def _detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._start("train", pl_module, batch)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._end("train", trainer, pl_module, batch)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._start("val", pl_module, batch)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                                dataloader_idx=0):
+        self._end("val", trainer, pl_module, batch)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._start("test", pl_module, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._end("test", trainer, pl_module, batch)
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._detach()
+
+    def teardown(self, trainer, pl_module, stage):
+        self._detach()
+
+
+# -- results ---------------------------------------------------------------------------------
+def output_dir(trainer: pl.Trainer, out_dir: Optional[str]) -> str:
+    """``out_dir`` if given, else the trainer's log dir, else its default root dir.
+
+    ``trainer.log_dir`` broadcasts, so every process must call this (not only rank zero).
+    """
+    if out_dir is not None:
+        return os.fspath(out_dir)
+    return trainer.log_dir or trainer.default_root_dir
+
+
+def atomic_savez(path: str, **arrays: Any) -> None:
+    """``np.savez`` to a temporary file beside ``path``, then rename: never a half-written file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_npz(path: str) -> Dict[str, Any]:
+    """An ``.npz`` as a dict; 0-d arrays become Python scalars (``str``, ``int``, ``float``)."""
+    with np.load(path, allow_pickle=False) as data:
+        return {k: (data[k].item() if data[k].ndim == 0 else data[k]) for k in data.files}
+
+
+def reduce_sum(trainer: pl.Trainer, tensor: Tensor) -> Tensor:
+    """Sum over processes (identity on one device). Every process must call it."""
+    if trainer.world_size > 1:
+        return trainer.strategy.reduce(tensor, reduce_op="sum")
+    return tensor
+
+
+def reduce_max_int(trainer: pl.Trainer, value: int, device: torch.device) -> int:
+    """Maximum of a Python int over processes, so that padded tensors agree in shape."""
+    if trainer.world_size > 1:
+        t = torch.tensor(value, device=device)
+        return int(trainer.strategy.reduce(t, reduce_op="max").item())
+    return value
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """Render a figure with the Agg canvas (no pyplot state) to an RGB ``uint8`` array."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def log_figure(trainer: pl.Trainer, key: str, fig: Figure) -> None:
+    """Log ``fig`` as an image to every :class:`WandbLogger` of the trainer.
+
+    Image logging is a convenience: any failure is a warning, never a failed run.
+    """
+    loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+    if not loggers:
+        return
+    try:
+        image = figure_to_array(fig)
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        warnings.warn(f"could not render {key!r} for W&B: {exc!r}", UserWarning, stacklevel=2)
+        return
+    for logger in loggers:
+        try:
+            logger.log_image(key=key, images=[image], step=trainer.global_step)
+        except Exception as exc:  # noqa: BLE001 - see docstring
+            warnings.warn(f"could not log {key!r} to W&B: {exc!r}", UserWarning, stacklevel=2)
