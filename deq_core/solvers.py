@@ -112,13 +112,19 @@ def anderson(
     shape = z0.shape
     x = z0.reshape(batch, -1)
     width = x.shape[1]
-    X = x.new_zeros(batch, m, width)  # ring buffer of evaluated points
-    F = x.new_zeros(batch, m, width)  # ... and their images
+    # Ring buffers of the images f(x_i) and residuals g_i = f(x_i) - x_i: all the mix needs.
+    F = x.new_zeros(batch, m, width)
+    G = x.new_zeros(batch, m, width)
+    eye = torch.eye(m, dtype=x.dtype, device=x.device)
+    tiny = torch.finfo(x.dtype).tiny ** 0.5
     best_fx = best_res = None
     residuals = []
     for n in range(max_iter):
         fx = f(x.view(shape)).reshape(batch, -1)
-        res = relative_residual(fx, x)
+        slot = n % m
+        F[:, slot] = fx
+        g = torch.sub(fx, x, out=G[:, slot])
+        res = g.norm(dim=1) / (fx.norm(dim=1) + _EPS)
         if trace:
             residuals.append(res)
         if best_res is None:
@@ -128,23 +134,17 @@ def anderson(
             improved = res <= best_res
             best_fx = torch.where(improved[:, None], fx, best_fx)
             best_res = torch.where(improved, res, best_res)
-        slot = n % m
-        X[:, slot] = x
-        F[:, slot] = fx
         k = min(n + 1, m)
-        G = F[:, :k] - X[:, :k]
-        gram = G @ G.transpose(1, 2)
-        scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1)
-        reg = lam * scale + torch.finfo(x.dtype).tiny ** 0.5
-        eye = torch.eye(k, dtype=x.dtype, device=x.device)
-        ones = x.new_ones(batch, k, 1)
-        sol, info = torch.linalg.solve_ex(gram + reg[:, None, None] * eye, ones)
-        alpha = sol[..., 0] / sol[..., 0].sum(dim=1, keepdim=True)
-        mixed = (alpha[:, None, :] @ F[:, :k])[:, 0]
-        ok = (info == 0) & torch.isfinite(alpha).all(dim=1)
+        Gk = G[:, :k]
+        gram = Gk @ Gk.transpose(1, 2)
+        reg = lam * gram.diagonal(dim1=1, dim2=2).mean(dim=1) + tiny
+        sol, info = torch.linalg.solve_ex(
+            gram + reg[:, None, None] * eye[:k, :k], x.new_ones(batch, k, 1))
+        alpha = sol / sol.sum(dim=1, keepdim=True)
+        mixed = (alpha.transpose(1, 2) @ F[:, :k])[:, 0]
+        ok = (info == 0) & torch.isfinite(alpha).all(dim=1)[:, 0]
         # Plain step where the mix is unusable; restart from the best point where we got worse.
-        x = torch.where(ok[:, None], mixed, fx)
-        x = torch.where(improved[:, None], x, best_fx)
+        x = torch.where((ok & improved)[:, None], mixed, torch.where(improved[:, None], fx, best_fx))
         if on_iterate is not None:
             on_iterate(n, x.view(shape))
         if _converged(best_res, tol):

@@ -10,6 +10,7 @@ symmetric and block tri-diagonal without ever being stored.
 
 from __future__ import annotations
 
+import abc
 import math
 import numbers
 from collections.abc import Sequence
@@ -39,7 +40,7 @@ def _check_layers(layers: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(n) for n in layers)
 
 
-class _LayeredHopfield(nn.Module):
+class _LayeredHopfield(nn.Module, abc.ABC):
     """Parameters, drives and energy shared by both structures (same names, so they copy)."""
 
     def __init__(self, layers: Sequence[int], ham: bool) -> None:
@@ -101,8 +102,9 @@ class _LayeredHopfield(nn.Module):
         # 1/2 rho^T W rho = sum_k rho(s_k)^T W_k rho(s_{k+1}), blockwise
         return sum(((r[k] @ w) * r[k + 1]).sum(-1) for k, w in enumerate(self.W))
 
+    @abc.abstractmethod
     def layer_states(self, z: Tensor, Ux: Tensor | None = None) -> list[Tensor]:
-        raise NotImplementedError
+        """The per-layer states ``[s_1, ..., s_{L-1}]`` in natural order."""
 
     def energy(self, x: Tensor, z: Tensor) -> Tensor:
         """Per-sample Hopfield energy (PAPER.md "Models"; input term = bias of layer 1), shape (B,).
