@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     if args.rerun and (cfg.directory / "summary.json").exists():
         os.unlink(cfg.directory / "summary.json")
     summary = run_experiment(cfg)
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return 0  # a DDP worker: rank 0 reports
     print(f"{cfg.name}: test accuracy {summary['test/acc']:.4f}, "
           f"iterations to converge {summary['test/iters_to_converge']:.2f} "
           f"(not converged: {summary.get('test/not_converged', 0):.0f}), "

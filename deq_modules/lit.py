@@ -88,12 +88,13 @@ class LitHopfieldDEQ(L.LightningModule):
         loss = 0.5 * (y_pred - y).square().sum() / batch_size
         self.acc[f"{stage}_acc"](y_pred.detach().argmax(dim=1), y.argmax(dim=1))
         on_step = stage == "train"
+        sync = not on_step  # one all-reduce per epoch under DDP for val/test, none per step
         self.log(f"{stage}/loss", loss.detach(), on_step=on_step, on_epoch=True,
-                 batch_size=batch_size, prog_bar=True)
+                 batch_size=batch_size, prog_bar=True, sync_dist=sync)
         self.log(f"{stage}/acc", self.acc[f"{stage}_acc"], on_step=False, on_epoch=True,
                  batch_size=batch_size, prog_bar=stage != "train")
         self.log(f"{stage}/rel_residual", self.deq.last_forward_stats.rel_residual.mean(),
-                 on_step=on_step, on_epoch=True, batch_size=batch_size)
+                 on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=sync)
         return loss
 
     def training_step(self, batch, batch_idx):

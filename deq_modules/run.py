@@ -165,9 +165,16 @@ def _wandb_logger(cfg: RunConfig, directory: Path, run_id: Optional[str]):
     )
 
 
+def _is_main_process() -> bool:
+    """False in the worker processes that Lightning's DDP launcher starts (ranks > 0)."""
+    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK"))
+
+
 def run_experiment(cfg: RunConfig, skip_finished: bool = True) -> Dict[str, Any]:
     """Train and test one run; returns its summary (also written to ``summary.json``)."""
     out = cfg.directory
+    if not _is_main_process():  # a DDP worker: train, leave the store to rank 0
+        return _train_and_test(cfg, out, read_json(out / "config.json").get("wandb_run_id"))
     previous = summary_of(out)
     if skip_finished and previous and previous.get("status") == FINISHED:
         return previous
