@@ -100,9 +100,10 @@ def anderson(
     solvable when iterates converge exactly or the state is tiny; a sample whose solve still
     fails or gives a non-finite mix takes the plain step instead.
 
-    Safeguard: a sample whose residual at the point just evaluated is larger than at its best
-    point so far restarts from the plain step ``f(z_best)``, which costs no extra evaluation.
-    The returned ``z`` is ``f(z_best)``, the image of each sample's best point.
+    Safeguard: a mixed point whose residual is larger than at the last accepted point (the
+    anchor) is rejected, and the sample takes the plain step ``f(anchor)`` instead, which costs
+    no extra evaluation; plain steps are always accepted, so a sample never re-evaluates the
+    same point. The returned ``z`` is ``f(z_best)``, the image of each sample's best point.
     """
     if m < 1:
         raise ValueError(f"anderson: m must be >= 1, got {m!r}")
@@ -117,7 +118,8 @@ def anderson(
     G = x.new_zeros(batch, m, width)
     eye = torch.eye(m, dtype=x.dtype, device=x.device)
     tiny = torch.finfo(x.dtype).tiny ** 0.5
-    best_fx = best_res = None
+    best_fx = best_res = anchor_fx = anchor_res = None
+    was_mixed = torch.zeros(batch, dtype=torch.bool, device=x.device)
     residuals = []
     for n in range(max_iter):
         fx = f(x.view(shape)).reshape(batch, -1)
@@ -128,12 +130,16 @@ def anderson(
         if trace:
             residuals.append(res)
         if best_res is None:
-            improved = torch.ones_like(res, dtype=torch.bool)
-            best_fx, best_res = fx, res
+            best_fx, best_res, anchor_fx, anchor_res = fx, res, fx, res
+            accepted = torch.ones_like(was_mixed)
         else:
-            improved = res <= best_res
-            best_fx = torch.where(improved[:, None], fx, best_fx)
-            best_res = torch.where(improved, res, best_res)
+            better = res <= best_res
+            best_fx = torch.where(better[:, None], fx, best_fx)
+            best_res = torch.where(better, res, best_res)
+            # A plain step is always taken; a mixed point only if no worse than the anchor.
+            accepted = ~was_mixed | (res <= anchor_res)
+            anchor_fx = torch.where(accepted[:, None], fx, anchor_fx)
+            anchor_res = torch.where(accepted, res, anchor_res)
         k = min(n + 1, m)
         Gk = G[:, :k]
         gram = Gk @ Gk.transpose(1, 2)
@@ -143,8 +149,9 @@ def anderson(
         alpha = sol / sol.sum(dim=1, keepdim=True)
         mixed = (alpha.transpose(1, 2) @ F[:, :k])[:, 0]
         ok = (info == 0) & torch.isfinite(alpha).all(dim=1)[:, 0]
-        # Plain step where the mix is unusable; restart from the best point where we got worse.
-        x = torch.where((ok & improved)[:, None], mixed, torch.where(improved[:, None], fx, best_fx))
+        # Mix where usable; where the mix made things worse, a plain step from the anchor.
+        was_mixed = ok & accepted & (k > 1)  # with one pair the "mix" is the plain step
+        x = torch.where(was_mixed[:, None], mixed, anchor_fx)
         if on_iterate is not None:
             on_iterate(n, x.view(shape))
         if _converged(best_res, tol):

@@ -132,3 +132,21 @@ def test_anderson_option_validation():
         anderson(f, torch.zeros(1, 2), max_iter=1, m=0)
     with pytest.raises(ValueError, match="lam must be >= 0, got -1"):
         anderson(f, torch.zeros(1, 2), max_iter=1, lam=-1.0)
+
+
+def test_anderson_safeguard_never_gets_stuck_where_picard_diverges():
+    """Spectrum in [-1.3, 0.9]: Picard diverges, Anderson must still converge. A safeguard that
+    restarts from the same plain step again and again would re-evaluate one point forever."""
+    gen = torch.Generator().manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(30, 30, generator=gen, dtype=torch.float64))
+    A = Q @ torch.diag(torch.linspace(-1.3, 0.9, 30, dtype=torch.float64)) @ Q.T
+    b = torch.randn(8, 30, generator=gen, dtype=torch.float64)
+    f = lambda z: z @ A + b  # noqa: E731
+    z0 = torch.zeros(8, 30, dtype=torch.float64)
+    _, st_p = picard(f, z0, max_iter=200)
+    assert st_p.rel_residual.min() > 0.1
+    z, stats = anderson(f, z0, max_iter=200, trace=True)
+    exact = torch.linalg.solve(torch.eye(30, dtype=torch.float64) - A.T, b.T).T
+    assert ((z - exact).norm(dim=1) / exact.norm(dim=1)).max() < 1e-8
+    stuck = (stats.trace[1:] == stats.trace[:-1]) & (stats.trace[1:] > 1e-12)
+    assert not stuck.any()
