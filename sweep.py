@@ -25,7 +25,7 @@ from typing import List, Optional
 from deq_modules.data import DATASETS
 from deq_modules.experiments import DEPTHS, ROWS, SEEDS, Experiment, select
 from deq_modules.results import FINISHED, summary_of
-from deq_modules.run import RunConfig, quiet_lightning, run_experiment
+from deq_modules.run import RunConfig, parse_batches, quiet_lightning, run_experiment
 
 QUICK = dict(dataset="synthetic", epochs=1, limit_train_batches=2, limit_test_batches=2,
              synthetic_kwargs=dict(n_train=256, n_test=128))
@@ -41,10 +41,6 @@ def csv_list(kind, choices=None):
         return values
     return parse
 
-
-def batches(text: str):
-    value = float(text)
-    return int(value) if "." not in text else value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,9 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-download", action="store_true", help="never download datasets")
     p.add_argument("--epochs", type=int, default=None,
                    help="override every row's epochs (default: the paper's, from the registry)")
-    p.add_argument("--limit-train-batches", type=batches, default=None,
+    p.add_argument("--limit-train-batches", type=parse_batches, default=None,
                    help="batches (int) or fraction (float) of each training epoch")
-    p.add_argument("--limit-test-batches", type=batches, default=None,
+    p.add_argument("--limit-test-batches", type=parse_batches, default=None,
                    help="batches (int) or fraction (float) of validation and test")
     p.add_argument("--results", default="results", help="results directory (default results/)")
     p.add_argument("--name", default=None,

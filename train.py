@@ -15,13 +15,8 @@ import sys
 
 from deq_modules.data import DATASETS
 from deq_modules.experiments import DEPTHS, ROWS
-from deq_modules.run import WANDB_MODES, RunConfig, quiet_lightning, run_experiment
+from deq_modules.run import WANDB_MODES, RunConfig, parse_batches, quiet_lightning, run_experiment
 
-
-def batches(text: str):
-    """``--limit-*-batches``: an int count, or a float fraction of the epoch."""
-    value = float(text)
-    return int(value) if value.is_integer() and "." not in text else value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,9 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="never download; fail with a clear error if the files are missing")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs to train (default: the row's, 10 for most)")
-    p.add_argument("--limit-train-batches", type=batches, default=None,
+    p.add_argument("--limit-train-batches", type=parse_batches, default=None,
                    help="train on this many batches (int) or this fraction (float) per epoch")
-    p.add_argument("--limit-test-batches", type=batches, default=None,
+    p.add_argument("--limit-test-batches", type=parse_batches, default=None,
                    help="validate/test on this many batches or this fraction")
     p.add_argument("--results", default="results", help="results directory (default results/)")
     p.add_argument("--name", default="single", help="sweep name inside --results (default single)")

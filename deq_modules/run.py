@@ -83,6 +83,12 @@ class RunConfig:
         return d
 
 
+def parse_batches(text: str) -> Union[int, float]:
+    """A ``--limit-*-batches`` value: ``"5"`` is a count of batches, ``"0.25"`` a fraction."""
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text else value
+
+
 def quiet_lightning() -> None:
     """Keep a long log readable: Lightning's banners and known-harmless warnings off.
 
