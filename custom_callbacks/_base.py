@@ -9,6 +9,7 @@ observers) can be active at once, in any order.
 """
 from __future__ import annotations
 
+import abc
 import os
 import tempfile
 import warnings
@@ -47,7 +48,7 @@ def batch_inputs(batch: Any) -> Tensor:
     raise TypeError(f"expected a batch (x, y) or a tensor x, got {type(batch).__name__}")
 
 
-class ObservingCallback(pl.Callback):
+class ObservingCallback(pl.Callback, abc.ABC):
     """Base class: one DEQ observer per batch of the chosen stages.
 
     Subclasses give the observer for a batch (:meth:`observer_for`) and what to do once the
@@ -63,10 +64,10 @@ class ObservingCallback(pl.Callback):
         self._handle: Optional[ObserverHandle] = None
 
     # -- for subclasses -------------------------------------------------------------------
+    @abc.abstractmethod
     def observer_for(self, stage: str, pl_module: pl.LightningModule,
                      batch: Any) -> Dict[str, Callable]:
         """Keyword arguments of :meth:`DEQ.observe` (``on_solve``, ``on_iterate``) for a batch."""
-        raise NotImplementedError
 
     def batch_done(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule,
                    batch: Any) -> None:
