@@ -147,6 +147,17 @@ def wandb_reachable(timeout: float = 5.0) -> bool:
         return False
 
 
+def ensure_data(args) -> None:
+    """Find (or download) the dataset once, before any run: a missing dataset is one clear
+    error at the start, not 85 failed runs."""
+    from deq_modules.data import DatasetNotFoundError, HopfieldDataModule
+
+    try:
+        HopfieldDataModule(args.dataset, args.data_dir, download=not args.no_download).prepare_data()
+    except DatasetNotFoundError as err:
+        raise SystemExit(f"sweep.py: {err}") from None
+
+
 def run_local(runs: List[RunConfig], args) -> int:
     """Run the grid here, one run after the other; failures are recorded and skipped."""
     print_plan(runs, args)
@@ -274,6 +285,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         print_plan(runs, args)
         return 0
+    ensure_data(args)
     online = not (args.offline or args.no_wandb) and has_wandb_key() and wandb_reachable()
     if online:
         return run_wandb(runs, args)

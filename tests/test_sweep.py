@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import sweep
+from deq_modules import run as run_module
 from deq_modules.experiments import EXPERIMENTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,15 +74,37 @@ def test_tiny_offline_sweep_writes_the_store_and_reruns_nothing(capsys, tmp_path
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
 
 
-def test_failed_run_is_recorded_and_the_sweep_goes_on(capsys, tmp_path, offline_env):
-    args = ["--rows", "HAM", "--layers", "3", "--seeds", "0,1", "--dataset", "mnist",
-            "--data-dir", str(tmp_path / "nothing"), "--no-download", "--no-wandb",
+def test_failed_run_is_recorded_and_the_sweep_goes_on(capsys, tmp_path, offline_env,
+                                                     monkeypatch):
+    real = run_module._train_and_test
+
+    def fail_seed_0(cfg, out, run_id):
+        if cfg.seed == 0:
+            raise RuntimeError("simulated divergence")
+        return real(cfg, out, run_id)
+
+    monkeypatch.setattr(run_module, "_train_and_test", fail_seed_0)
+    args = ["--rows", "HAM-EO-DEQ", "--layers", "3", "--seeds", "0,1", *TINY, "--no-wandb",
             "--results", str(tmp_path)]
     assert sweep.main(args) == 1
     out = capsys.readouterr().out
-    assert out.count("FAILED") == 2 and "DatasetNotFoundError" in out
-    summary = json.loads((tmp_path / "table2" / "HAM-L3-s1" / "summary.json").read_text())
-    assert summary["status"] == "failed" and "train-images-idx3-ubyte" in summary["error"]
+    assert "seed 0: FAILED after" in out and "RuntimeError: simulated divergence" in out
+    assert "seed 1: finished in" in out
+    failed = json.loads((tmp_path / "table2" / "HAM-EO-DEQ-L3-s0" / "summary.json").read_text())
+    assert failed["status"] == "failed" and "simulated divergence" in failed["error"]
+    assert "Traceback" in failed["traceback"]
+    monkeypatch.setattr(run_module, "_train_and_test", real)
+    assert sweep.main(args) == 0  # the rerun redoes only the failed run
+    out = capsys.readouterr().out
+    assert "seed 1: already finished, skipped" in out and "seed 0: finished in" in out
+
+
+def test_missing_dataset_stops_the_sweep_before_any_run(capsys, tmp_path, offline_env):
+    args = ["--dataset", "mnist", "--data-dir", str(tmp_path / "nothing"), "--no-download",
+            "--results", str(tmp_path)]
+    with pytest.raises(SystemExit, match=r"mnist.*nothing.*train-images-idx3-ubyte"):
+        sweep.main(args)
+    assert not (tmp_path / "table2").exists()
 
 
 def test_join_without_key_fails_at_once_with_a_clear_message(capsys, offline_env):
