@@ -1,10 +1,14 @@
-"""Table 2 from the sweep's results, beside the published numbers.
+"""Table 2 from a sweep: our numbers beside the published ones.
 
-    python -m paper_figures.table [--results results] [--sweep table2] [--wandb E/P/ID] [--out figures]
+    python -m paper_figures.table [--results results] [--sweep table2]
+                                  [--wandb ENTITY/PROJECT/SWEEP_ID] [--out figures]
 
-Writes ``table2.md``, ``table2.tex`` and ``table2.csv`` into ``--out`` and prints the markdown.
-Means and standard deviations (ddof=1) are over the finished seeds of each row; the speedup is
-the base row's mean iterations / (mean iterations x local updates per iteration).
+Writes ``table2.md`` (also printed), ``table2.tex`` (a booktabs tabular) and ``table2.csv`` to
+``--out``. Per (row, depth) of the registry, in its order: mean (sample std) over the finished
+seeds of the iterations to converge and of the test accuracy (%), the speedup against the
+row's base at the same depth (Table 2's definition) and the number of seeds. Rows without
+results stay in the table with "—", and runs that failed or are still running are counted,
+so the table shows what is missing.
 """
 from __future__ import annotations
 
@@ -12,136 +16,227 @@ import argparse
 import csv
 import io
 import math
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import mean, stdev
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from deq_modules.experiments import EXPERIMENTS, Experiment, get_experiment, speedup
-from deq_modules.results import FINISHED, atomic_write_text
+from deq_modules.results import FAILED, FINISHED, RUNNING, atomic_write_text
 
-from .records import read_records
+from .runs import INCOMPLETE, RunRecord, add_source_args, read_records, source_label
 
-DASH = "—"
-
-
-def _stats(values: Sequence[float]) -> Optional[tuple]:
-    if not values:
-        return None
-    return mean(values), (stdev(values) if len(values) > 1 else 0.0)
+MISSING = "—"  # an em dash: no result of ours for this cell
 
 
-def table_rows(records: List[Dict]) -> List[Dict]:
-    """One entry per registry experiment, in table order, with our statistics (or None)."""
-    finished: Dict[str, List[Dict]] = {}
-    other: Dict[str, int] = {}
-    for r in records:
-        key = f"{r['row']}-L{r['depth']}"
-        if r.get("status") == FINISHED:
-            finished.setdefault(key, []).append(r)
+def mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value; None for none)."""
+    n = len(values)
+    if n == 0:
+        return None, None
+    mean = math.fsum(values) / n
+    if n == 1:
+        return mean, 0.0
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+@dataclass
+class RowStats:
+    """Our results for one registry row at one depth, with its published numbers."""
+
+    exp: Experiment
+    seeds: List[Optional[int]] = field(default_factory=list)
+    iters: List[float] = field(default_factory=list)
+    accs: List[float] = field(default_factory=list)  # in %, like the paper
+    not_counted: Dict[str, List[str]] = field(default_factory=dict)  # status -> run names
+    speedup: Optional[float] = None
+    paper_speedup: Optional[float] = None
+
+    @property
+    def n(self) -> int:
+        return len(self.iters)
+
+    @property
+    def iters_stats(self) -> Tuple[Optional[float], Optional[float]]:
+        return mean_std(self.iters)
+
+    @property
+    def acc_stats(self) -> Tuple[Optional[float], Optional[float]]:
+        return mean_std(self.accs)
+
+
+def table_rows(records: Sequence[RunRecord]) -> List[RowStats]:
+    """One :class:`RowStats` per registry experiment, in registry order."""
+    rows = {(e.row, e.depth): RowStats(e) for e in EXPERIMENTS}
+    for rec in records:
+        stats = rows.get((rec.row, rec.depth))
+        if stats is None:
+            continue  # not a registry row: reported by status_lines
+        if rec.status == FINISHED:
+            stats.seeds.append(rec.seed)
+            stats.iters.append(rec.iters)
+            stats.accs.append(100.0 * rec.acc)
         else:
-            other[key] = other.get(key, 0) + 1
-    rows = []
-    for e in EXPERIMENTS:
-        runs = finished.get(e.key, [])
-        rows.append(dict(
-            experiment=e, seeds=len(runs), unfinished=other.get(e.key, 0),
-            iters=_stats([float(r["test/iters_to_converge"]) for r in runs]),
-            acc=_stats([100.0 * float(r["test/acc"]) for r in runs]),
-        ))
-    by_key = {r["experiment"].key: r for r in rows}
-    for r in rows:
-        e: Experiment = r["experiment"]
-        base = by_key[get_experiment(e.base_row, e.depth).key]["iters"]
-        r["speedup"] = speedup(r["iters"][0], e, base[0]) if r["iters"] and base else None
-    return rows
+            stats.not_counted.setdefault(rec.status, []).append(rec.name)
+    for stats in rows.values():
+        exp = stats.exp
+        base = rows[(exp.base_row, exp.depth)]
+        if stats.n and base.n:
+            stats.speedup = speedup(stats.iters_stats[0], exp, base.iters_stats[0])
+        base_exp = get_experiment(exp.base_row, exp.depth)
+        stats.paper_speedup = speedup(exp.published_iters[0], exp, base_exp.published_iters[0])
+    return list(rows.values())
 
 
-def _ms(stat: Optional[tuple], digits: int = 1) -> str:
-    return DASH if stat is None else f"{stat[0]:.{digits}f} ({stat[1]:.{digits}f})"
+def status_lines(records: Sequence[RunRecord]) -> List[str]:
+    """What the table counted and what it did not (failed, running, incomplete, unknown)."""
+    finished = [r for r in records if r.usable]
+    lines = [f"{len(records)} runs read; {len(finished)} finished and counted."]
+    for status in (FAILED, RUNNING, INCOMPLETE):
+        names = [r.name for r in records if r.status == status]
+        if names:
+            lines.append(f"Not counted, {status}: {len(names)} ({', '.join(sorted(names))}).")
+    seen: Dict[tuple, int] = {}
+    for r in records:
+        if r.usable:
+            seen[(r.row, r.depth, r.seed)] = seen.get((r.row, r.depth, r.seed), 0) + 1
+    twice = [f"{row}-L{depth}-s{seed}" for (row, depth, seed), n in seen.items() if n > 1]
+    if twice:  # e.g. two sweeps read at once: each copy counts as a seed, so say so
+        lines.append(f"Warning: the same seed finished more than once: {', '.join(twice)}.")
+    unknown = [r.name for r in records if r.status == FINISHED and r.experiment is None]
+    if unknown:
+        lines.append(f"Not counted, not in the registry: {len(unknown)} "
+                     f"({', '.join(sorted(unknown))}).")
+    return lines
 
 
-def _x(value: Optional[float]) -> str:
-    return DASH if value is None or not math.isfinite(value) else f"{value:.1f}x"
+# -- formatting -------------------------------------------------------------------------------
+def fmt_pair(mean: Optional[float], std: Optional[float], missing: str = MISSING) -> str:
+    return missing if mean is None else f"{mean:.1f} ({std:.1f})"
 
 
-NOTES = list(dict.fromkeys(e.note for e in EXPERIMENTS if e.note))
+def fmt_speedup(value: Optional[float]) -> str:
+    if value is None:
+        return ""
+    return f"{value:.2f}x" if value < 0.095 else f"{value:.1f}x"  # keep CHN-EO's 0.0x legible
 
 
-def _label(e: Experiment) -> str:
-    return e.row + (f" [{NOTES.index(e.note) + 1}]" if e.note else "")
+def footnotes(rows: Sequence[RowStats]) -> Dict[str, int]:
+    """Each distinct note, numbered in order of first appearance."""
+    notes: Dict[str, int] = {}
+    for stats in rows:
+        if stats.exp.note and stats.exp.note not in notes:
+            notes[stats.exp.note] = len(notes) + 1
+    return notes
 
 
-def markdown(rows: List[Dict]) -> str:
-    head = ("| layers | model | #iters ours | #iters paper | speedup ours | speedup paper "
-            "| test acc. ours (%) | test acc. paper (%) | seeds |")
-    lines = [head, "|" + " --- |" * 9]
-    for r in rows:
-        e = r["experiment"]
-        paper_speedup = speedup(e.published_iters[0], e,
-                                get_experiment(e.base_row, e.depth).published_iters[0])
-        seeds = f"{r['seeds']}" + (f" (+{r['unfinished']} unfinished)" if r["unfinished"] else "")
-        lines.append(f"| {e.depth} | {_label(e)} | {_ms(r['iters'])} | {_ms(e.published_iters)} "
-                     f"| {_x(r['speedup'])} | {_x(paper_speedup)} | {_ms(r['acc'])} "
-                     f"| {_ms(e.published_acc)} | {seeds} |")
-    lines += ["", "Mean (std) over seeds. Iterations to converge: first iteration with relative "
-              "residual < 1e-4, averaged over the test set.", ""]
-    lines += [f"[{i}] {note}" for i, note in enumerate(NOTES, 1)]
+def seeds_cell(stats: RowStats) -> str:
+    extra = [f"{len(v)} {k}" for k, v in sorted(stats.not_counted.items())]
+    return f"{stats.n}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+HEADER = ("layers", "model", "#iters ours", "#iters paper", "speedup ours", "speedup paper",
+          "test acc. (%) ours", "test acc. (%) paper", "seeds")
+
+
+def cells(stats: RowStats, notes: Dict[str, int], marker: str = " [{}]") -> List[str]:
+    """The table cells of one row (plain text, shared by the markdown and LaTeX writers)."""
+    exp = stats.exp
+    model = exp.row + (marker.format(notes[exp.note]) if exp.note else "")
+    return [str(exp.depth), model,
+            fmt_pair(*stats.iters_stats), fmt_pair(*exp.published_iters),
+            fmt_speedup(stats.speedup), fmt_speedup(stats.paper_speedup),
+            fmt_pair(*stats.acc_stats), fmt_pair(*exp.published_acc), seeds_cell(stats)]
+
+
+def to_markdown(rows: Sequence[RowStats], records: Sequence[RunRecord], source: str) -> str:
+    notes = footnotes(rows)
+    lines = [f"Table 2, ours against the paper (source: {source}); mean (std) over seeds.", "",
+             "| " + " | ".join(HEADER) + " |",
+             "| " + " | ".join("---:" if i != 1 else "---" for i in range(len(HEADER))) + " |"]
+    lines += ["| " + " | ".join(cells(s, notes)) + " |" for s in rows]
+    lines += [""] + [f"[{i}] {note}" for note, i in notes.items()]
+    lines += ["", "Speedup = base row's mean iterations at the same depth / (mean iterations x "
+              "local updates per iteration); blank where the base row has no results."]
+    lines += [""] + status_lines(records)
     return "\n".join(lines) + "\n"
 
 
-def latex(rows: List[Dict]) -> str:
-    lines = [r"\begin{tabular}{rlllll}", r"\toprule",
-             r"layers & model & \#iters (ours) & \#iters (paper) & speedup & test acc. (\%) \\",
-             r"\midrule"]
-    for r in rows:
-        e = r["experiment"]
-        lines.append(f"{e.depth} & {e.row} & {_ms(r['iters'])} & {_ms(e.published_iters)} & "
-                     f"{_x(r['speedup'])} & {_ms(r['acc'])} \\\\".replace(DASH, "--"))
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+def _tex(text: str) -> str:
+    for char, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"),
+                          ("#", r"\#"), ("_", r"\_"), ("—", "---")):
+        text = text.replace(char, escaped)
+    return text
 
 
-def csv_text(rows: List[Dict]) -> str:
+def to_latex(rows: Sequence[RowStats]) -> str:
+    """A booktabs tabular (needs ``\\usepackage{booktabs}``), one midrule between depths."""
+    notes = footnotes(rows)
+    out = [r"\begin{tabular}{rlrrrrrrl}", r"\toprule",
+           r" & & \multicolumn{2}{c}{\#iters to conv.} & \multicolumn{2}{c}{speedup}"
+           r" & \multicolumn{2}{c}{test acc. (\%)} & \\",
+           r"\cmidrule(lr){3-4} \cmidrule(lr){5-6} \cmidrule(lr){7-8}",
+           r"layers & model & ours & paper & ours & paper & ours & paper & seeds \\",
+           r"\midrule"]
+    for i, stats in enumerate(rows):
+        if i and stats.exp.depth != rows[i - 1].exp.depth:
+            out.append(r"\midrule")
+        row = [_tex(c) for c in cells(stats, notes, marker="\x00{}\x01")]
+        row[1] = row[1].replace("\x00", r"\textsuperscript{").replace("\x01", "}")
+        out.append(" & ".join(row) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    out += [rf"\par\footnotesize\textsuperscript{{{i}}} {_tex(note)}" for note, i in notes.items()]
+    return "\n".join(out) + "\n"
+
+
+CSV_FIELDS = ("layers", "row", "key", "n_seeds", "seeds", "iters_mean", "iters_std", "acc_mean",
+              "acc_std", "speedup", "paper_iters_mean", "paper_iters_std", "paper_acc_mean",
+              "paper_acc_std", "paper_speedup", "n_failed", "n_running", "n_incomplete", "note")
+
+
+def to_csv(rows: Sequence[RowStats]) -> str:
+    """Machine-readable numbers (full precision; empty where there is none)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["layers", "row", "seeds", "iters_mean", "iters_std", "acc_mean", "acc_std",
-                     "speedup", "paper_iters_mean", "paper_iters_std", "paper_acc_mean",
-                     "paper_acc_std"])
-    for r in rows:
-        e = r["experiment"]
-        it, acc = r["iters"] or ("", ""), r["acc"] or ("", "")
-        writer.writerow([e.depth, e.row, r["seeds"], *it, *acc,
-                         "" if r["speedup"] is None else r["speedup"],
-                         *e.published_iters, *e.published_acc])
-    return buffer.getvalue()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for s in rows:
+        e = s.exp
+        (im, isd), (am, asd) = s.iters_stats, s.acc_stats
+        writer.writerow(dict(
+            layers=e.depth, row=e.row, key=e.key, n_seeds=s.n,
+            seeds=" ".join(str(x) for x in sorted(s.seeds, key=lambda x: (x is None, x))),
+            iters_mean=im, iters_std=isd, acc_mean=am, acc_std=asd, speedup=s.speedup,
+            paper_iters_mean=e.published_iters[0], paper_iters_std=e.published_iters[1],
+            paper_acc_mean=e.published_acc[0], paper_acc_std=e.published_acc[1],
+            paper_speedup=s.paper_speedup, n_failed=len(s.not_counted.get(FAILED, ())),
+            n_running=len(s.not_counted.get(RUNNING, ())),
+            n_incomplete=len(s.not_counted.get(INCOMPLETE, ())), note=e.note))
+    return buffer.getvalue()  # DictWriter writes None as an empty cell
 
 
-def write_table(records: List[Dict], out: Path) -> List[Dict]:
+def write_table(records: Sequence[RunRecord], out: str | Path, source: str) -> Dict[str, Path]:
+    """Write table2.{md,tex,csv} to ``out``; returns their paths by suffix."""
     rows = table_rows(records)
-    atomic_write_text(out / "table2.md", markdown(rows))
-    atomic_write_text(out / "table2.tex", latex(rows))
-    atomic_write_text(out / "table2.csv", csv_text(rows))
-    return rows
+    out = Path(out)
+    texts = dict(md=to_markdown(rows, records, source), tex=to_latex(rows), csv=to_csv(rows))
+    paths = {}
+    for suffix, text in texts.items():
+        paths[suffix] = out / f"table2.{suffix}"
+        atomic_write_text(paths[suffix], text)
+    return paths
 
 
-def add_source_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", default="results", help="results store (default results/)")
-    p.add_argument("--sweep", default="table2", help="sweep name inside it (default table2)")
-    p.add_argument("--wandb", default=None, metavar="ENTITY/PROJECT/SWEEP_ID",
-                   help="read a W&B sweep instead of the local store")
-    p.add_argument("--out", default="figures", help="output directory (default figures/)")
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_source_arguments(p)
-    args = p.parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m paper_figures.table",
+                                     description="Table 2 (ours beside the paper's) from a sweep.")
+    add_source_args(parser)
+    args = parser.parse_args(argv)
     records = read_records(args.results, args.sweep, args.wandb)
-    rows = write_table(records, Path(args.out))
-    print(markdown(rows))
-    print(f"{sum(r['seeds'] for r in rows)} finished runs, "
-          f"{sum(r['unfinished'] for r in rows)} failed or unfinished; written to {args.out}/")
+    if not records:  # most likely a wrong --results/--sweep: say so, but still write the table
+        print(f"warning: no runs found in {source_label(args)}", file=sys.stderr)
+    paths = write_table(records, args.out, source_label(args))
+    print(paths["md"].read_text(), end="")
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 
 

@@ -1,46 +1,184 @@
 import csv
-from statistics import mean, stdev
+import math
+import re
+from types import SimpleNamespace
 
 import pytest
 
-from deq_modules.experiments import EXPERIMENTS
+from deq_modules.experiments import EXPERIMENTS, get_experiment
 from paper_figures import table
-from paper_figures.records import local_records
+from paper_figures.runs import INCOMPLETE, local_records, record_from, wandb_records
+
+N_COLUMNS = len(table.HEADER)
 
 
-def rows_by_key(store):
-    return {r["experiment"].key: r for r in table.table_rows(local_records(str(store), "table2"))}
+def stats_by_key(store, sweep="table2"):
+    return {s.exp.key: s for s in table.table_rows(local_records(store, sweep))}
 
 
-def test_statistics_and_speedups_follow_their_definitions(store):
-    rows = rows_by_key(store)
-    ham = rows["HAM-L3"]
-    assert ham["seeds"] == 3 and ham["unfinished"] == 2
-    assert ham["iters"] == pytest.approx((12.0, stdev([12.0, 11.0, 13.0])))
-    assert ham["acc"] == pytest.approx((mean([97.8, 98.0, 97.9]), stdev([97.8, 98.0, 97.9])))
-    assert rows["HAM-EO-DEQ-L3"]["speedup"] == pytest.approx(12.0 / 6.5)
-    assert rows["CHN-EO-L3"]["speedup"] == pytest.approx(40.0 / (17.0 * 20))  # 2 x 10 local
-    assert rows["CHN-3ep-L3"]["iters"] == (40.0, 0.0)  # one seed: std 0
-    assert rows["HAM-DEQ-L3"]["iters"] is None and rows["HAM-DEQ-L3"]["speedup"] is None
-    assert rows["HAM-EO-L5"]["speedup"] is None  # no base row results at 5 layers
+def markdown_body(text):
+    """The data rows of the markdown table, as lists of cells."""
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    assert [c.strip() for c in rows[0].strip("|").split("|")] == list(table.HEADER)
+    assert set(rows[1].replace("|", "").split()) <= {"---", "---:"}
+    return [[c.strip() for c in line.strip("|").split("|")] for line in rows[2:]]
 
 
-def test_files_are_written_with_every_row(store, tmp_path, capsys):
+def test_means_and_sample_stds_match_hand_computation(store):
+    rows = stats_by_key(store)
+    ham = rows["HAM-L3"]  # iterations 12, 11, 13; accuracy 97.8, 98.0, 97.9 %
+    assert ham.n == 3 and sorted(ham.seeds) == [0, 1, 2]
+    assert ham.iters_stats == pytest.approx((12.0, 1.0))
+    assert ham.acc_stats == pytest.approx((97.9, 0.1))
+    eo_deq = rows["HAM-EO-DEQ-L3"]  # 6 and 7; 98.1 and 97.7 %
+    assert eo_deq.iters_stats == pytest.approx((6.5, math.sqrt(0.5)))
+    assert eo_deq.acc_stats == pytest.approx((97.9, math.sqrt(0.08)))
+    assert rows["HAM-EO-L5"].iters_stats == (18.0, 0.0)  # a single seed: std 0
+    assert rows["HAM-DEQ-L3"].n == 0 and rows["HAM-DEQ-L3"].iters_stats == (None, None)
+
+
+def test_mean_std_is_the_sample_standard_deviation():
+    assert table.mean_std([]) == (None, None)
+    assert table.mean_std([3.0]) == (3.0, 0.0)
+    assert table.mean_std([1.0, 2.0, 3.0, 4.0]) == pytest.approx((2.5, math.sqrt(5 / 3)))
+
+
+def test_speedup_is_base_over_iterations_times_local_updates(store):
+    rows = stats_by_key(store)
+    assert rows["HAM-L3"].speedup == pytest.approx(1.0)
+    assert rows["HAM-EO-DEQ-L3"].speedup == pytest.approx(12.0 / 6.5)
+    assert get_experiment("CHN-EO", 3).local_updates == 20
+    assert rows["CHN-EO-L3"].speedup == pytest.approx(39.0 / (17.0 * 20))  # base: CHN-3ep
+    assert rows["HAM-DEQ-L7"].speedup == pytest.approx(60.0 / 50.0)
+    assert rows["HAM-EO-L5"].speedup is None  # HAM at 5 layers has no results
+    assert rows["CHN-10ep-L3"].speedup is None  # no results of its own
+    # The paper's speedups follow from the published iterations by the same definition.
+    assert rows["CHN-10ep-L3"].paper_speedup == pytest.approx(39.1 / 75.5)
+    assert rows["CHN-EO-L3"].paper_speedup == pytest.approx(39.1 / (16.8 * 20))
+
+
+def test_failed_and_running_runs_are_counted_not_used(store):
+    rows = stats_by_key(store)
+    assert rows["HAM-L3"].not_counted == {"failed": ["HAM-L3-s3"], "running": ["HAM-L3-s4"]}
+    assert rows["HAM-DEQ-L3"].not_counted == {"failed": ["HAM-DEQ-L3-s0"]}
+    lines = table.status_lines(local_records(store, "table2"))
+    assert lines[0] == "15 runs read; 12 finished and counted."
+    assert "Not counted, failed: 2 (HAM-DEQ-L3-s0, HAM-L3-s3)." in lines
+    assert "Not counted, running: 1 (HAM-L3-s4)." in lines
+
+
+def test_all_files_are_written_in_registry_order(store, tmp_path, capsys):
     out = tmp_path / "figures"
-    assert table.main(["--results", str(store), "--out", str(out)]) == 0
+    assert table.main(["--results", str(store), "--sweep", "table2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "8 finished runs, 2 failed or unfinished" in printed
-    md = (out / "table2.md").read_text().splitlines()
-    body = [line for line in md if line.startswith("| ") and "---" not in line][1:]
-    assert len(body) == 17
-    ham_eo_deq = next(line for line in body if line.startswith("| 3 | HAM-EO-DEQ |"))
-    assert "| 6.5 (0.7) | 6.6 (0.2) | 1.8x | 1.8x | 97.9 (0.3) | 97.9 (0.1) | 2 |" in ham_eo_deq
-    assert next(line for line in body if "| HAM-DEQ |" in line).count("—") == 3
-    assert "3 (+2 unfinished)" in next(line for line in body if line.startswith("| 3 | HAM |"))
-    assert any("reads the output layer" in line for line in md)
-    tex = (out / "table2.tex").read_text()
-    assert tex.count(r"\\") == 18 and tex.startswith(r"\begin{tabular}")
-    assert r"\bottomrule" in tex and "—" not in tex
-    records = list(csv.DictReader(open(out / "table2.csv")))
-    assert [(int(r["layers"]), r["row"]) for r in records] == [(e.depth, e.row) for e in EXPERIMENTS]
-    assert float(records[0]["paper_iters_mean"]) == EXPERIMENTS[0].published_iters[0]
+    md = (out / "table2.md").read_text()
+    assert md in printed
+    body = markdown_body(md)
+    assert len(body) == len(EXPERIMENTS) == 17 and all(len(r) == N_COLUMNS for r in body)
+    assert ([(int(r[0]), r[1].split(" [")[0]) for r in body]
+            == [(e.depth, e.row) for e in EXPERIMENTS])
+    by_key = {f"{r[1].split(' [')[0]}-L{r[0]}": r for r in body}
+    assert by_key["HAM-EO-DEQ-L3"][2:] == ["6.5 (0.7)", "6.6 (0.2)", "1.8x", "1.8x",
+                                           "97.9 (0.3)", "97.9 (0.1)", "2"]
+    assert by_key["CHN-EO-L3"][4:6] == ["0.1x", "0.1x"]
+    assert by_key["HAM-L3"][8] == "3 (1 failed, 1 running)"
+    # A row without results shows what is missing; the published side is always there.
+    assert by_key["HAM-DEQ-L3"][2] == by_key["HAM-DEQ-L3"][6] == "—"
+    assert by_key["HAM-DEQ-L3"][4] == "" and by_key["HAM-DEQ-L3"][8] == "0 (1 failed)"
+    for exp in EXPERIMENTS:  # published columns are the registry's numbers
+        row = by_key[exp.key]
+        assert row[3] == "{:.1f} ({:.1f})".format(*exp.published_iters)
+        assert row[7] == "{:.1f} ({:.1f})".format(*exp.published_acc)
+    # Footnotes come from the registry's notes, one number per distinct note.
+    assert by_key["CHN-EO-L3"][1] == "CHN-EO [2]" and by_key["CHN-EO-DEQ-L3"][1] == "CHN-EO-DEQ [2]"
+    assert f"[2] {get_experiment('CHN-EO', 3).note}" in md.splitlines()
+    assert "Not counted, running: 1 (HAM-L3-s4)." in md
+
+
+def test_csv_holds_full_precision_and_the_published_numbers(store, tmp_path):
+    paths = table.write_table(local_records(store, "table2"), tmp_path, "test")
+    with open(paths["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["key"] for r in rows] == [e.key for e in EXPERIMENTS]
+    for r, exp in zip(rows, EXPERIMENTS):
+        assert (float(r["paper_iters_mean"]), float(r["paper_iters_std"])) == exp.published_iters
+        assert (float(r["paper_acc_mean"]), float(r["paper_acc_std"])) == exp.published_acc
+    eo_deq = next(r for r in rows if r["key"] == "HAM-EO-DEQ-L3")
+    assert float(eo_deq["iters_std"]) == pytest.approx(math.sqrt(0.5))
+    assert float(eo_deq["speedup"]) == pytest.approx(12.0 / 6.5) and eo_deq["seeds"] == "0 1"
+    empty = next(r for r in rows if r["key"] == "HAM-DEQ-L3")
+    assert (empty["iters_mean"], empty["speedup"], empty["n_failed"]) == ("", "", "1")
+
+
+def test_latex_is_a_well_formed_booktabs_tabular(store, tmp_path):
+    tex = table.write_table(local_records(store, "table2"), tmp_path, "test")["tex"].read_text()
+    tabular = tex[: tex.index(r"\end{tabular}") + len(r"\end{tabular}")]
+    spec = re.match(r"\\begin\{tabular\}\{([lrc]+)\}", tabular)
+    assert spec and len(spec.group(1)) == N_COLUMNS
+    assert tabular.count(r"\begin{tabular}") == tabular.count(r"\end{tabular}") == 1
+    assert tabular.count(r"\toprule") == tabular.count(r"\bottomrule") == 1
+    lines = [line for line in tabular.splitlines() if line.endswith(r"\\")]
+    data = [line for line in lines if re.match(r"\d+ & ", line)]
+    assert len(data) == 17 and len(lines) == 17 + 2  # two header lines
+    for line in data:  # every data row has every column; no unescaped special characters
+        assert len(re.findall(r"(?<!\\)&", line)) == N_COLUMNS - 1
+    assert not re.search(r"(?<!\\)[#%_]", tex) and "—" not in tex
+    assert tabular.count(r"\midrule") == 3  # after the header, between 3/5 and 5/7 layers
+    assert tex.count("{") == tex.count("}")
+    assert r"CHN-EO\textsuperscript{2}" in tex
+
+
+def test_records_that_cannot_be_counted_are_marked(tmp_path, fixtures):
+    root = tmp_path / "results"
+    fixtures.write_run(root, "HAM", 3, 0, None)  # config, but no summary
+    fixtures.write_run(root, "HAM", 3, 1, {"status": "finished"})  # no test metrics
+    fixtures.write_run(root, "HAM", 3, 2, {"status": "finished", "test/acc": 0.9,
+                                           "test/iters_to_converge": "nan"})  # JSON's NaN
+    fixtures.write_run(root, "NOPE", 3, 0, {"status": "finished", "test/acc": 0.9,
+                                            "test/iters_to_converge": 5.0})
+    records = {r.name: r for r in local_records(root, "table2")}
+    assert records["HAM-L3-s0"].status == records["HAM-L3-s1"].status == INCOMPLETE
+    assert records["HAM-L3-s2"].usable and math.isnan(records["HAM-L3-s2"].iters)
+    assert not records["NOPE-L3-s0"].usable
+    lines = table.status_lines(list(records.values()))
+    assert "Not counted, incomplete: 2 (HAM-L3-s0, HAM-L3-s1)." in lines
+    assert "Not counted, not in the registry: 1 (NOPE-L3-s0)." in lines
+
+
+def test_identity_comes_from_config_experiment_or_run_name():
+    local = record_from("x", {"experiment": {"row": "HAM-EO", "depth": 5}, "seed": 3}, {},
+                        "running")
+    assert (local.row, local.depth, local.seed) == ("HAM-EO", 5, 3)
+    by_name = record_from("CHN-EO-DEQ-L3-s4", {}, {}, "failed")
+    assert (by_name.row, by_name.depth, by_name.seed) == ("CHN-EO-DEQ", 3, 4)
+
+
+class FakeRun(SimpleNamespace):
+    """The attributes of ``wandb.apis.public.Run`` that wandb_records reads."""
+
+
+def test_wandb_records_feed_the_same_statistics():
+    def summary(iters, acc):
+        return {"test/iters_to_converge": iters, "test/acc": acc, "_step": 9}
+
+    runs = [
+        FakeRun(name="HAM-L3-s0", state="finished", config={"experiment": "HAM-L3", "seed": 0},
+                summary_metrics=summary(12.0, 0.978)),
+        FakeRun(name="HAM-L3-s1", state="finished", config={"experiment": "HAM-L3", "seed": 1},
+                summary_metrics=summary(11.0, 0.980)),
+        # an older client: no summary_metrics, the summary object's JSON dict
+        FakeRun(name="HAM-EO-DEQ-L3-s0", state="finished",
+                config={"experiment": "HAM-EO-DEQ-L3", "seed": 0},
+                summary=SimpleNamespace(_json_dict=summary(6.0, 0.981))),
+        FakeRun(name="HAM-L3-s2", state="crashed", config={"experiment": "HAM-L3", "seed": 2},
+                summary_metrics={}),
+        FakeRun(name="HAM-L3-s3", state="running", config={"experiment": "HAM-L3", "seed": 3},
+                summary_metrics={}),
+    ]
+    api = SimpleNamespace(sweep={"e/p/id": SimpleNamespace(runs=runs)}.__getitem__)
+    records = wandb_records("e/p/id", api=api)
+    assert [r.status for r in records] == ["finished"] * 3 + ["failed", "running"]
+    rows = {s.exp.key: s for s in table.table_rows(records)}
+    assert rows["HAM-L3"].iters_stats == pytest.approx((11.5, math.sqrt(0.5)))
+    assert rows["HAM-L3"].not_counted == {"failed": ["HAM-L3-s2"], "running": ["HAM-L3-s3"]}
+    assert rows["HAM-EO-DEQ-L3"].speedup == pytest.approx(11.5 / 6.0)

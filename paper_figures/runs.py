@@ -1,0 +1,219 @@
+"""Run records: what the table and the figures need to know about each run of a sweep.
+
+Two sources give the same list of :class:`RunRecord`: the local results store
+(:func:`local_records`) and a W&B sweep (:func:`wandb_records`). Everything downstream
+(grouping, statistics, figures) works on records only, so it is tested on fabricated records
+and stores; only the W&B API calls themselves cannot be exercised without a server.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from deq_modules.experiments import Experiment, get_experiment
+from deq_modules.results import (FAILED, FINISHED, RUNNING, atomic_write_json, iter_runs,
+                                 read_json)
+
+# Logged names (DESIGN.md, "Logged names"): one name per quantity everywhere.
+ACC_KEY, ITERS_KEY = "test/acc", "test/iters_to_converge"
+# A finished run that lacks its test metrics (or a run directory with no summary at all) is
+# neither usable nor in progress: it gets its own status so the report can say so.
+INCOMPLETE = "incomplete"
+STATUSES = (FINISHED, FAILED, RUNNING, INCOMPLETE)
+# W&B run states (public API ``run.state``) and what they mean for the table.
+_WANDB_STATES = {"finished": FINISHED, "running": RUNNING, "pending": RUNNING,
+                 "preempting": RUNNING, "failed": FAILED, "crashed": FAILED, "killed": FAILED}
+# Where W&B results are mirrored for the figures (git-ignored).
+WANDB_CACHE = Path(os.environ.get("HOPFIELD_FIGURE_CACHE", ".cache/paper_figures"))
+_RUN_NAME = re.compile(r"^(?P<row>.+)-L(?P<depth>\d+)-s(?P<seed>\d+)$")  # Experiment.run_name
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run of a sweep. ``acc`` is a fraction (0..1), ``iters`` the mean iterations to
+    converge on the test set; both ``None`` unless the run finished. ``directory`` is the run's
+    folder in a local store (``None`` for records read from the W&B API)."""
+
+    name: str
+    row: Optional[str]
+    depth: Optional[int]
+    seed: Optional[int]
+    status: str
+    acc: Optional[float] = None
+    iters: Optional[float] = None
+    directory: Optional[Path] = None
+
+    @property
+    def experiment(self) -> Optional[Experiment]:
+        """The registry entry of this run, or ``None`` for a row/depth the registry lacks."""
+        if self.row is None or self.depth is None:
+            return None
+        try:
+            return get_experiment(self.row, self.depth)
+        except ValueError:
+            return None
+
+    @property
+    def usable(self) -> bool:
+        return self.status == FINISHED and self.experiment is not None
+
+
+def _number(value: Any) -> Optional[float]:
+    """A metric as a float: JSON stores non-finite values as strings ("nan"); missing -> None."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(value: Any) -> Optional[int]:
+    number = _number(value)
+    return int(number) if number is not None and math.isfinite(number) else None
+
+
+def _identity(name: str, config: Mapping[str, Any],
+              summary: Mapping[str, Any]) -> Dict[str, Any]:
+    """Row, depth and seed from whichever place holds them.
+
+    The local store has ``row``/``depth``/``seed`` in config.json and summary.json; a W&B sweep
+    run's config holds the grid point (``experiment`` = ``"HAM-EO-DEQ-L3"``, ``seed``); the run
+    name (``HAM-EO-DEQ-L3-s2``) is the last resort.
+    """
+    row = config.get("row", summary.get("row"))
+    depth = config.get("depth", summary.get("depth"))
+    seed = config.get("seed", summary.get("seed"))
+    experiment = config.get("experiment")
+    if (row is None or depth is None) and isinstance(experiment, Mapping):
+        row, depth = experiment.get("row", row), experiment.get("depth", depth)
+    if (row is None or depth is None) and isinstance(experiment, str) and "-L" in experiment:
+        row, depth = experiment.rsplit("-L", 1)
+    match = _RUN_NAME.match(name or "")
+    if match:
+        row = row if row is not None else match["row"]
+        depth = depth if depth is not None else match["depth"]
+        seed = seed if seed is not None else match["seed"]
+    return dict(row=None if row is None else str(row), depth=_int(depth), seed=_int(seed))
+
+
+def record_from(name: str, config: Mapping[str, Any], summary: Mapping[str, Any],
+                status: str, directory: Optional[Path] = None) -> RunRecord:
+    """A record from a run's config, summary and status, whatever the source."""
+    acc, iters = _number(summary.get(ACC_KEY)), _number(summary.get(ITERS_KEY))
+    if status == FINISHED and (acc is None or iters is None):
+        status = INCOMPLETE
+    if status != FINISHED:
+        acc = iters = None
+    name = name or str(config.get("run_name") or summary.get("run_name") or "")
+    return RunRecord(name=name, status=status, acc=acc, iters=iters, directory=directory,
+                     **_identity(name, config, summary))
+
+
+def local_records(results: str | Path, sweep: Optional[str] = None) -> List[RunRecord]:
+    """Every run (any status) under ``results/<sweep>/``, in path order.
+
+    A run directory with a config but no readable summary is :data:`INCOMPLETE` (the store
+    writes the summary right after the config, so this is a run killed in between or damaged).
+    """
+    records = []
+    for directory in iter_runs(results, sweep):
+        config = read_json(directory / "config.json") or {}
+        summary = read_json(directory / "summary.json")
+        status = (summary or {}).get("status") or INCOMPLETE
+        if status not in STATUSES:
+            status = INCOMPLETE
+        records.append(record_from(directory.name, config, summary or {}, status, directory))
+    return records
+
+
+def _wandb_api(api: Any = None) -> Any:
+    if api is not None:
+        return api
+    import wandb  # here, not at module level: importing wandb is slow and not always needed
+
+    return wandb.Api()
+
+
+def _wandb_summary(run: Any) -> Dict[str, Any]:
+    """A public-API run's summary as a plain dict (the attribute has moved between versions)."""
+    metrics = getattr(run, "summary_metrics", None)
+    if isinstance(metrics, Mapping):
+        return dict(metrics)
+    summary = getattr(run, "summary", None)
+    return dict(getattr(summary, "_json_dict", None) or summary or {})
+
+
+def wandb_records(sweep_path: str, api: Any = None) -> List[RunRecord]:
+    """Every run of the W&B sweep ``ENTITY/PROJECT/SWEEP_ID``, as records (needs the network).
+
+    ``api`` defaults to ``wandb.Api()``; tests pass a stand-in with ``sweep(path).runs``.
+    """
+    records = []
+    for run in _wandb_api(api).sweep(sweep_path).runs:
+        status = _WANDB_STATES.get(str(getattr(run, "state", "")).lower(), RUNNING)
+        records.append(record_from(run.name, dict(run.config), _wandb_summary(run), status))
+    return records
+
+
+def download_wandb_results(sweep_path: str, results: str | Path, api: Any = None) -> str:
+    """Mirror a W&B sweep's finished runs into a local store; returns the sweep name to read.
+
+    Each finished run's ``run-results`` artifact (trajectories.npz, config.json, ...) goes to
+    ``results/wandb-<SWEEP_ID>/<run name>/`` with a summary.json rebuilt from the record, so
+    the figure code reads W&B results exactly like local ones. Runs already mirrored are
+    skipped. Needs the W&B server: not exercised by the tests.
+    """
+    api = _wandb_api(api)
+    name = f"wandb-{sweep_path.rstrip('/').rsplit('/', 1)[-1]}"
+    for run in api.sweep(sweep_path).runs:
+        record = record_from(run.name, dict(run.config), _wandb_summary(run),
+                             _WANDB_STATES.get(str(run.state).lower(), RUNNING))
+        if not record.usable:
+            continue
+        directory = Path(results) / name / record.name
+        if (directory / "trajectories.npz").exists() and (directory / "summary.json").exists():
+            continue
+        for artifact in run.logged_artifacts():
+            if artifact.type == "run-results":
+                artifact.download(root=str(directory))
+        identity = dict(row=record.row, depth=record.depth, seed=record.seed,
+                        run_name=record.name, wandb_run_id=getattr(run, "id", None))
+        if read_json(directory / "config.json") is None:  # the artifact's own is richer
+            atomic_write_json(directory / "config.json", identity)
+        atomic_write_json(directory / "summary.json", {**identity, "status": FINISHED,
+                                                        ACC_KEY: record.acc,
+                                                        ITERS_KEY: record.iters})
+    return name
+
+
+def read_records(results: str | Path = "results", sweep: Optional[str] = "table2",
+                 wandb_sweep: Optional[str] = None) -> List[RunRecord]:
+    """Records from W&B when ``wandb_sweep`` is given, else from the local store."""
+    if wandb_sweep:
+        return wandb_records(wandb_sweep)
+    return local_records(results, sweep)
+
+
+def add_source_args(parser: argparse.ArgumentParser) -> None:
+    """The options every paper_figures script shares: where the runs are, where files go."""
+    parser.add_argument("--results", default="results",
+                        help="local results store (default results/)")
+    parser.add_argument("--sweep", default="table2",
+                        help="sweep name under --results (default table2; sweep.py --quick "
+                             "writes 'quick')")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT/SWEEP_ID", default=None,
+                        help="read the runs of this W&B sweep instead of the local store "
+                             f"(artifacts are cached under {WANDB_CACHE}, or "
+                             "$HOPFIELD_FIGURE_CACHE)")
+    parser.add_argument("--out", default="figures", help="output directory (default figures/)")
+
+
+def source_label(args: argparse.Namespace) -> str:
+    """Where the numbers came from, for the table's caption."""
+    return f"W&B sweep {args.wandb}" if args.wandb else str(Path(args.results) / args.sweep)
