@@ -10,14 +10,15 @@ Gradients, selected by ``backward_kwargs["method"]``:
 """
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .solvers import COMMON_OPTIONS, SolverStats, get_solver, relative_residual
+from .solvers import (COMMON_OPTIONS, SolverStats, check_positive_int, check_tol, checked_map,
+                      get_solver, relative_residual)
 
 BACKWARD_METHODS = ("backprop", "full_adjoint")
 Logger = Callable[[str, float], Any]
@@ -25,46 +26,68 @@ Logger = Callable[[str, float], Any]
 
 @dataclass
 class _Observer:
-    on_solve: Optional[Callable[[SolverStats], None]]
-    on_iterate: Optional[Callable[[int, Tensor], None]]
+    on_solve: Callable[[SolverStats], None] | None
+    on_iterate: Callable[[int, Tensor], None] | None
 
 
 class ObserverHandle:
     """Returned by :meth:`DEQ.observe`; ``remove()`` it, or use it as a context manager."""
 
-    def __init__(self, observers: List[_Observer], observer: _Observer):
+    def __init__(self, observers: list[_Observer], observer: _Observer):
         self._observers, self._observer = observers, observer
 
     def remove(self) -> None:
         if self._observer in self._observers:
             self._observers.remove(self._observer)
 
-    def __enter__(self) -> "ObserverHandle":
+    def __enter__(self) -> ObserverHandle:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
 
-def _check_kwargs(kind: str, kwargs: Mapping[str, Any], extra: frozenset) -> Dict[str, Any]:
+def _check_kwargs(kind: str, kwargs: Mapping[str, Any], extra: frozenset[str]) -> dict[str, Any]:
     kwargs = dict(kwargs)
     if "solver" not in kwargs or "iter" not in kwargs:
         raise ValueError(f"{kind} needs 'solver' and 'iter'; got keys {sorted(kwargs)}")
     spec = get_solver(kwargs["solver"])
-    allowed = {"solver", "iter"} | COMMON_OPTIONS | spec.options | extra
+    allowed = {"solver", "iter"} | COMMON_OPTIONS | set(spec.options) | extra
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise ValueError(
             f"unknown {kind} option(s) {unknown} for solver {kwargs['solver']!r}; "
             f"valid options: {sorted(allowed)}"
         )
-    n = kwargs["iter"]
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{kind}['iter'] must be an integer >= 1, got {n!r}")
-    tol = kwargs.get("tol")
-    if tol is not None and not tol > 0:
-        raise ValueError(f"{kind}['tol'] must be a positive number or None, got {tol!r}")
+    check_positive_int(f"{kind}['iter']", kwargs["iter"])
+    check_tol(f"{kind}['tol']", kwargs.get("tol"))
+    for name, check in spec.options.items():
+        if name in kwargs:
+            check(f"{kind}[{name!r}]", kwargs[name])
     return kwargs
+
+
+def _check_z_init(z_init: Tensor, state_size: int | None) -> None:
+    """With a declared ``state_size`` D, ``z_init`` must be ``(D,)``, ``(1, D)`` or ``(B, D)``."""
+    if state_size is None or (z_init.dim() in (1, 2) and z_init.shape[-1] == state_size):
+        return
+    raise ValueError(
+        f"z_init of shape {tuple(z_init.shape)} does not fit f_module.state_size {state_size}; "
+        f"expected ({state_size},), (1, {state_size}) or (B, {state_size})"
+    )
+
+
+def _check_input(x: Tensor, z_init: Tensor | None) -> None:
+    if x.dim() < 2:
+        raise ValueError(
+            f"x needs a batch dimension, got shape {tuple(x.shape)}; for one sample pass "
+            f"x[None], of shape {(1, *x.shape)}"
+        )
+    if z_init is not None and x.is_floating_point() and x.dtype != z_init.dtype:
+        raise ValueError(
+            f"z_init has dtype {z_init.dtype} but x has {x.dtype}; convert one of them "
+            "(deq.to(x.dtype) converts z_init with the parameters)"
+        )
 
 
 class DEQ(nn.Module):
@@ -92,10 +115,10 @@ class DEQ(nn.Module):
     def __init__(
         self,
         f_module: nn.Module,
-        z_init: Optional[Tensor] = None,
-        logger: Optional[Logger] = None,
-        forward_kwargs: Optional[Mapping[str, Any]] = None,
-        backward_kwargs: Optional[Mapping[str, Any]] = None,
+        z_init: Tensor | None = None,
+        logger: Logger | None = None,
+        forward_kwargs: Mapping[str, Any] | None = None,
+        backward_kwargs: Mapping[str, Any] | None = None,
         damping_factor: float = 0.0,
     ):
         super().__init__()
@@ -119,18 +142,24 @@ class DEQ(nn.Module):
         if isinstance(damping_factor, bool) or not 0.0 <= damping_factor < 1.0:
             raise ValueError(f"damping_factor must be in [0, 1), got {damping_factor!r}")
         self.damping_factor = float(damping_factor)
-        if z_init is None and not isinstance(getattr(f_module, "state_size", None), int):
+        if z_init is None and self._state_size() is None:
             raise ValueError("z_init=None needs f_module.state_size (an int) to build zeros")
+        if z_init is not None:
+            _check_z_init(z_init, self._state_size())
         self.register_buffer("z_init", None if z_init is None else z_init.detach().clone())
-        self.last_forward_stats: Optional[SolverStats] = None
-        self.last_backward_stats: Optional[SolverStats] = None
-        self._observers: List[_Observer] = []
+        self.last_forward_stats: SolverStats | None = None
+        self.last_backward_stats: SolverStats | None = None
+        self._observers: list[_Observer] = []
+
+    def _state_size(self) -> int | None:
+        size = getattr(self.f_module, "state_size", None)
+        return size if isinstance(size, int) and not isinstance(size, bool) else None
 
     # -- observation -------------------------------------------------------------------
     def observe(
         self,
-        on_solve: Optional[Callable[[SolverStats], None]] = None,
-        on_iterate: Optional[Callable[[int, Tensor], None]] = None,
+        on_solve: Callable[[SolverStats], None] | None = None,
+        on_iterate: Callable[[int, Tensor], None] | None = None,
     ) -> ObserverHandle:
         """Register an observer of the forward solves.
 
@@ -143,7 +172,12 @@ class DEQ(nn.Module):
         self._observers.append(observer)
         return ObserverHandle(self._observers, observer)
 
-    def _on_iterate(self) -> Optional[Callable[[int, Tensor], None]]:
+    @property
+    def n_observers(self) -> int:
+        """How many observers are registered (removed ones no longer count)."""
+        return len(self._observers)
+
+    def _on_iterate(self) -> Callable[[int, Tensor], None] | None:
         hooks = [o.on_iterate for o in self._observers if o.on_iterate is not None]
         if not hooks:
             return None
@@ -156,16 +190,18 @@ class DEQ(nn.Module):
 
     # -- the map -------------------------------------------------------------------------
     def _step(self, Ux: Tensor) -> Callable[[Tensor], Tensor]:
-        f, d = self.f_module, self.damping_factor
+        # Checked before damping, where a wrong width would broadcast or fail inside torch.
+        f, d = checked_map("DEQ", lambda z: self.f_module(Ux, z)), self.damping_factor
         if d == 0.0:
-            return lambda z: f(Ux, z)
-        return lambda z: d * z + (1.0 - d) * f(Ux, z)
+            return f
+        return lambda z: d * z + (1.0 - d) * f(z)
 
     def initial_state(self, Ux: Tensor) -> Tensor:
         """The starting state for a batch whose preprocessed input is ``Ux``."""
         batch = Ux.shape[0]
         if self.z_init is None:
             return Ux.new_zeros(batch, self.f_module.state_size)
+        _check_z_init(self.z_init, self._state_size())  # the buffer may have been reassigned
         z0 = self.z_init.to(dtype=Ux.dtype)
         if z0.dim() == 1 or z0.shape[0] == 1:
             return z0.reshape(1, -1).expand(batch, -1)
@@ -174,7 +210,8 @@ class DEQ(nn.Module):
         return z0
 
     def _solve(self, step: Callable[[Tensor], Tensor], z0: Tensor, kwargs: Mapping[str, Any],
-               on_iterate=None, trace: bool = False):
+               on_iterate: Callable[[int, Tensor], None] | None = None,
+               trace: bool = False) -> tuple[Tensor, SolverStats]:
         options = {k: v for k, v in kwargs.items() if k not in ("solver", "iter", "method")}
         options["trace"] = bool(options.get("trace", False)) or trace
         spec = get_solver(kwargs["solver"])
@@ -186,6 +223,7 @@ class DEQ(nn.Module):
 
     # -- forward -------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, self.z_init)
         Ux = self.f_module.preprocess_inputs(x)
         with torch.no_grad():
             step = self._step(Ux.detach())
@@ -225,7 +263,7 @@ class DEQ(nn.Module):
         with torch.enable_grad():
             fz_leaf = self._step(Ux.detach())(z_leaf)  # its graph gives J^T g by autograd
 
-        def adjoint(v: Optional[Tensor]) -> Optional[Tensor]:
+        def adjoint(v: Tensor | None) -> Tensor | None:
             if v is None:  # an undefined incoming gradient stays undefined
                 return None
 

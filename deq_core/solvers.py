@@ -9,18 +9,23 @@ batch). ``f`` is evaluated exactly once per iteration. The relative residual of 
 ``|f(z_n) - z_n| / |f(z_n)|`` per sample, i.e. ``|s_{n+1} - s_n| / |s_{n+1}|`` in the papers'
 notation. Without ``tol`` a solver runs exactly ``max_iter`` iterations and never synchronises
 with the host; with ``tol`` it stops once every sample of the batch is below it (one ``.item()``
-per iteration, the price of deciding on the host).
+per iteration, the price of deciding on the host). Options are checked once, before the first
+evaluation; every image ``f(z)`` must have the shape and dtype of ``z`` (no broadcasting).
 """
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, Optional, Tuple
+from typing import Any
 
 import torch
 from torch import Tensor
 
 FixedPointMap = Callable[[Tensor], Tensor]
 IterateCallback = Callable[[int, Tensor], None]
+OptionCheck = Callable[[str, Any], None]  # (label, value); raises ValueError naming both
 
 # Keeps 0/0 finite when a state is exactly zero; tiny enough not to matter otherwise.
 _EPS = 1e-30
@@ -41,7 +46,7 @@ class SolverStats:
     solver: str
     n_iter: int
     rel_residual: Tensor
-    trace: Optional[Tensor] = field(default=None, repr=False)
+    trace: Tensor | None = field(default=None, repr=False)
 
 
 def relative_residual(fz: Tensor, z: Tensor) -> Tensor:
@@ -50,7 +55,58 @@ def relative_residual(fz: Tensor, z: Tensor) -> Tensor:
     return diff / (fz.flatten(1).norm(dim=1) + _EPS)
 
 
-def _converged(res: Tensor, tol: Optional[float]) -> bool:
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_positive_int(label: str, value: Any) -> None:
+    """``max_iter``, ``m``: an integer >= 1 (``True`` and ``2.0`` are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{label} must be an integer >= 1, got {value!r}")
+
+
+def check_tol(label: str, value: Any) -> None:
+    """``tol``: ``None`` (run ``max_iter`` iterations) or a positive finite number."""
+    if value is None:
+        return
+    if not _is_real(value) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{label} must be a positive finite number or None, got {value!r}")
+
+
+def check_nonnegative(label: str, value: Any) -> None:
+    """``lam``: a non-negative finite number."""
+    if not _is_real(value) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{label} must be a non-negative finite number, got {value!r}")
+
+
+def _check_start(solver: str, z0: Any, max_iter: Any, tol: Any) -> None:
+    if not isinstance(z0, Tensor) or z0.dim() < 1:
+        shape = tuple(z0.shape) if isinstance(z0, Tensor) else type(z0).__name__
+        raise ValueError(f"{solver}: z0 must have a batch dimension (B, ...), got shape {shape}")
+    check_positive_int(f"{solver}: max_iter", max_iter)
+    check_tol(f"{solver}: tol", tol)
+
+
+def checked_map(where: str, f: FixedPointMap) -> FixedPointMap:
+    """``f`` refusing an image that differs from its input in shape or dtype (shape and dtype
+    are metadata: the check never synchronises with the device)."""
+
+    def checked_f(z: Tensor) -> Tensor:
+        fz = f(z)
+        if not isinstance(fz, Tensor):
+            raise ValueError(f"{where}: f returned {type(fz).__name__}; f must return a Tensor")
+        if fz.shape != z.shape or fz.dtype != z.dtype:
+            raise ValueError(
+                f"{where}: f returned shape {tuple(fz.shape)} and dtype {fz.dtype} for an input "
+                f"of shape {tuple(z.shape)} and dtype {z.dtype}; f must return the shape and "
+                "dtype of its input"
+            )
+        return fz
+
+    return checked_f
+
+
+def _converged(res: Tensor, tol: float | None) -> bool:
     return tol is not None and bool((res < tol).all())
 
 
@@ -59,11 +115,13 @@ def picard(
     z0: Tensor,
     *,
     max_iter: int,
-    tol: Optional[float] = None,
+    tol: float | None = None,
     trace: bool = False,
-    on_iterate: Optional[IterateCallback] = None,
-) -> Tuple[Tensor, SolverStats]:
+    on_iterate: IterateCallback | None = None,
+) -> tuple[Tensor, SolverStats]:
     """Plain fixed-point iteration ``z_{n+1} = f(z_n)`` (forward Euler with step 1)."""
+    _check_start("picard", z0, max_iter, tol)
+    f = checked_map("picard", f)
     z = z0
     residuals = []
     for n in range(max_iter):
@@ -85,12 +143,12 @@ def anderson(
     z0: Tensor,
     *,
     max_iter: int,
-    tol: Optional[float] = None,
+    tol: float | None = None,
     trace: bool = False,
-    on_iterate: Optional[IterateCallback] = None,
+    on_iterate: IterateCallback | None = None,
     m: int = 4,
     lam: float = 1e-10,
-) -> Tuple[Tensor, SolverStats]:
+) -> tuple[Tensor, SolverStats]:
     """Safeguarded Anderson acceleration (type II, mixing parameter 1), batched per sample.
 
     With the last ``k <= m`` pairs ``(z_i, f(z_i))`` and residuals ``g_i = f(z_i) - z_i``, the
@@ -104,25 +162,28 @@ def anderson(
     anchor) is rejected, and the sample takes the plain step ``f(anchor)`` instead, which costs
     no extra evaluation; plain steps are always accepted, so a sample never re-evaluates the
     same point. The returned ``z`` is ``f(z_best)``, the image of each sample's best point.
+
+    The state keeps its dtype; the small ``k x k`` system (and the mix) is solved in float32
+    at least, since float16/bfloat16 have no linear solver and too little precision for it.
     """
-    if m < 1:
-        raise ValueError(f"anderson: m must be >= 1, got {m!r}")
-    if lam < 0:
-        raise ValueError(f"anderson: lam must be >= 0, got {lam!r}")
-    batch = z0.shape[0]
-    shape = z0.shape
-    x = z0.reshape(batch, -1)
+    _check_start("anderson", z0, max_iter, tol)
+    check_positive_int("anderson: m", m)
+    check_nonnegative("anderson: lam", lam)
+    f = checked_map("anderson", f)
+    batch, shape = z0.shape[0], z0.shape
+    x = z0.reshape(batch, math.prod(shape[1:]))  # not (batch, -1): ambiguous for batch 0
     width = x.shape[1]
     # Ring buffers of the images f(x_i) and residuals g_i = f(x_i) - x_i: all the mix needs.
     F = x.new_zeros(batch, m, width)
     G = x.new_zeros(batch, m, width)
-    eye = torch.eye(m, dtype=x.dtype, device=x.device)
-    tiny = torch.finfo(x.dtype).tiny ** 0.5
+    work = torch.promote_types(x.dtype, torch.float32)  # x.dtype itself for float32/float64
+    eye = torch.eye(m, dtype=work, device=x.device)
+    tiny = torch.finfo(work).tiny ** 0.5
     best_fx = best_res = anchor_fx = anchor_res = None
     was_mixed = torch.zeros(batch, dtype=torch.bool, device=x.device)
     residuals = []
     for n in range(max_iter):
-        fx = f(x.view(shape)).reshape(batch, -1)
+        fx = f(x.view(shape)).reshape(batch, width)
         slot = n % m
         F[:, slot] = fx
         g = torch.sub(fx, x, out=G[:, slot])
@@ -141,13 +202,13 @@ def anderson(
             anchor_fx = torch.where(accepted[:, None], fx, anchor_fx)
             anchor_res = torch.where(accepted, res, anchor_res)
         k = min(n + 1, m)
-        Gk = G[:, :k]
+        Gk = G[:, :k].to(work)
         gram = Gk @ Gk.transpose(1, 2)
         reg = lam * gram.diagonal(dim1=1, dim2=2).mean(dim=1) + tiny
-        sol, info = torch.linalg.solve_ex(
-            gram + reg[:, None, None] * eye[:k, :k], x.new_ones(batch, k, 1))
+        sol, info = torch.linalg.solve_ex(gram + reg[:, None, None] * eye[:k, :k],
+                                          torch.ones(batch, k, 1, dtype=work, device=x.device))
         alpha = sol / sol.sum(dim=1, keepdim=True)
-        mixed = (alpha.transpose(1, 2) @ F[:, :k])[:, 0]
+        mixed = (alpha.transpose(1, 2) @ F[:, :k].to(work))[:, 0].to(x.dtype)
         ok = (info == 0) & torch.isfinite(alpha).all(dim=1)[:, 0]
         # Mix where usable; where the mix made things worse, a plain step from the anchor.
         was_mixed = ok & accepted & (k > 1)  # with one pair the "mix" is the plain step
@@ -164,13 +225,13 @@ def anderson(
 class SolverSpec:
     """A registered solver and the extra keyword options it accepts."""
 
-    fn: Callable[..., Tuple[Tensor, SolverStats]]
-    options: FrozenSet[str]
+    fn: Callable[..., tuple[Tensor, SolverStats]]
+    options: Mapping[str, OptionCheck]  # solver-specific keyword -> its check
 
 
-SOLVERS: Dict[str, SolverSpec] = {
-    "picard": SolverSpec(picard, frozenset()),
-    "anderson": SolverSpec(anderson, frozenset({"m", "lam"})),
+SOLVERS: dict[str, SolverSpec] = {
+    "picard": SolverSpec(picard, {}),
+    "anderson": SolverSpec(anderson, {"m": check_positive_int, "lam": check_nonnegative}),
 }
 COMMON_OPTIONS = frozenset({"tol", "trace"})
 

@@ -1,4 +1,5 @@
 import gc
+import math
 
 import pytest
 import torch
@@ -170,13 +171,15 @@ def test_observers_see_trace_and_iterates(tanh_map):
     stats_seen, iterates = [], []
     with deq.observe(on_solve=stats_seen.append):
         handle = deq.observe(on_iterate=lambda n, z: iterates.append(z.clone()))
+        assert deq.n_observers == 2
         out = deq(x)
         handle.remove()
+        assert deq.n_observers == 1
         deq(x)
     deq(x)
     assert len(stats_seen) == 2 and len(iterates) == 9
     assert stats_seen[0].trace.shape == (9, 5)
-    assert not deq._observers
+    assert deq.n_observers == 0
     # The iterates are the plain Picard sequence, and the traced residual is theirs.
     Ux = tanh_map.preprocess_inputs(x)
     z = torch.zeros(5, 12, dtype=F64)
@@ -208,6 +211,27 @@ def test_observers_see_trace_and_iterates(tanh_map):
          r"'backprop'.*solver='anderson'"),
         (dict(damping_factor=1.0), r"damping_factor must be in \[0, 1\), got 1.0"),
         (dict(damping_factor=-0.1), r"got -0.1"),
+        (dict(forward_kwargs=dict(solver="picard", iter=3, tol="1e-3")),
+         r"forward_kwargs\['tol'\] must be a positive finite number or None, got '1e-3'"),
+        (dict(forward_kwargs=dict(solver="picard", iter=3, tol=math.nan)), r"'tol'\].*got nan"),
+        (dict(forward_kwargs=dict(solver="picard", iter=3, tol=math.inf)), r"'tol'\].*got inf"),
+        (dict(forward_kwargs=dict(solver="picard", iter=True)), r"'iter'\].*got True"),
+        (dict(forward_kwargs=dict(solver="picard", iter=-4)), r"'iter'\].*got -4"),
+        (dict(forward_kwargs=dict(solver="anderson", iter=3, m=2.5)),
+         r"forward_kwargs\['m'\] must be an integer >= 1, got 2.5"),
+        (dict(forward_kwargs=dict(solver="anderson", iter=3, m=True)), r"'m'\].*got True"),
+        (dict(forward_kwargs=dict(solver="anderson", iter=3, m=0)), r"'m'\].*got 0"),
+        (dict(forward_kwargs=dict(solver="anderson", iter=3, lam=math.nan)),
+         r"forward_kwargs\['lam'\] must be a non-negative finite number, got nan"),
+        (dict(forward_kwargs=dict(solver="anderson", iter=3, lam=-1.0)), r"'lam'\].*got -1.0"),
+        (dict(backward_kwargs=dict(solver="anderson", iter=3, method="full_adjoint", tol="x")),
+         r"backward_kwargs\['tol'\].*got 'x'"),
+        (dict(backward_kwargs=dict(solver="anderson", iter=3, method="full_adjoint", m=2.5)),
+         r"backward_kwargs\['m'\].*got 2.5"),
+        (dict(backward_kwargs=dict(solver="anderson", iter=3, method="full_adjoint", lam=math.inf)),
+         r"backward_kwargs\['lam'\].*got inf"),
+        (dict(backward_kwargs=dict(solver="picard", iter=0, method="full_adjoint")),
+         r"backward_kwargs\['iter'\].*got 0"),
     ],
 )
 def test_bad_options_are_refused_with_the_valid_choices(kwargs, message, tanh_map):
@@ -225,3 +249,54 @@ def test_z_init_none_needs_state_size():
 
     with pytest.raises(ValueError, match="state_size"):
         DEQ(NoSize(), None)
+
+
+class WrongWidth(nn.Module):
+    """Declares a state of width 6 but maps it to width 7."""
+
+    state_size = 6
+
+    def preprocess_inputs(self, x):
+        return x
+
+    def forward(self, Ux, z):
+        return torch.cat([z, Ux[:, :1]], dim=1)
+
+
+@pytest.mark.parametrize("shape", [(5,), (1, 5), (3, 5)])
+def test_z_init_of_the_wrong_width_is_refused(shape, make_tanh_map):
+    with pytest.raises(ValueError, match=rf"z_init of shape \({shape[0]},.*state_size 6"):
+        DEQ(make_tanh_map(width=6), torch.zeros(shape, dtype=F64))
+
+
+def test_z_init_must_have_the_dtype_of_x(make_tanh_map):
+    deq = DEQ(make_tanh_map(dtype=torch.float32), torch.zeros(12, dtype=F64))
+    with pytest.raises(ValueError, match=r"z_init has dtype torch.float64 but x has torch.float32"):
+        deq(torch.randn(4, 5, dtype=torch.float32))
+
+
+def test_unbatched_x_is_refused(tanh_map):
+    with pytest.raises(ValueError, match=r"batch dimension.*shape \(5,\).*\(1, 5\)"):
+        DEQ(tanh_map, None)(torch.randn(5, dtype=F64))
+
+
+@pytest.mark.parametrize("solver", ["picard", "anderson"])
+@pytest.mark.parametrize("damping", [0.0, 0.5])
+def test_f_of_the_wrong_width_is_refused(solver, damping):
+    deq = DEQ(WrongWidth(), None, forward_kwargs=dict(solver=solver, iter=5),
+              damping_factor=damping)
+    with pytest.raises(ValueError, match=r"f returned shape \(4, 7\) .* shape \(4, 6\)"):
+        deq(torch.randn(4, 5, dtype=F64))
+
+
+@pytest.mark.parametrize("method", list(BACKWARDS))
+def test_empty_batch_returns_an_empty_state_and_zero_gradients(method, tanh_map):
+    deq = DEQ(tanh_map, None, backward_kwargs=BACKWARDS[method])
+    x = torch.zeros(0, 5, dtype=F64, requires_grad=True)
+    z = deq(x)
+    assert z.shape == (0, 12)
+    assert deq.last_forward_stats.rel_residual.shape == (0,)
+    (z**2).sum().backward()
+    assert x.grad.shape == (0, 5)
+    for p in tanh_map.parameters():
+        assert p.grad is not None and not p.grad.any()
