@@ -10,7 +10,11 @@ With a W&B API key (WANDB_API_KEY or ~/.netrc) and without --offline the grid is
 W&B sweep and this machine runs an agent on it; more machines join with --join. Otherwise the
 grid runs here, each run logged as an offline W&B run (``wandb sync`` uploads it later). Either
 way every run lands in ``<results>/<name>/<run>/``; finished runs are skipped when the sweep is
-started again, and a run that was killed is resumed from its last epoch checkpoint.
+started again, a run that was killed resumes from its last epoch checkpoint, and two sweeps
+started on the same results directory share the grid (each run is trained by one of them).
+
+Exit status: 0 every run finished (or diverged: recorded), 1 some run failed, 2 bad arguments
+or stored runs with other settings, 128 + N interrupted by signal N (start again to resume).
 """
 from __future__ import annotations
 
@@ -20,108 +24,208 @@ import socket
 import subprocess
 import sys
 import time
-from typing import List, Optional
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from deq_modules.data import DATASETS
 from deq_modules.experiments import DEPTHS, ROWS, SEEDS, Experiment, select
-from deq_modules.results import FINISHED, summary_of
-from deq_modules.run import RunConfig, parse_batches, quiet_lightning, run_experiment
+from runner.config import RunConfig, add_run_args, synthetic_sizes
+from runner.store import DIVERGED, FINISHED, RunLocked, is_finished, read_json, status_of
 
 QUICK = dict(dataset="synthetic", epochs=1, limit_train_batches=2, limit_test_batches=2,
-             synthetic_kwargs=dict(n_train=256, n_test=128))
+             synthetic_sizes=synthetic_sizes("256,128"), name="quick")
+EXIT_LOCKED = 75  # train.py's exit status when another process holds the run
 
 
-def csv_list(kind, choices=None):
-    def parse(text: str) -> List:
-        values = [kind(v) for v in text.split(",") if v.strip()]
-        bad = [v for v in values if choices is not None and v not in choices]
+def csv_list(kind: type, choices: tuple | None = None, what: str = "value"):
+    """An argparse type: comma-separated values of ``kind``, each among ``choices`` if given."""
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {what} list {text!r}") from None
+        bad = [v for v in values if (choices is not None and v not in choices)
+               or (kind is int and v < 0)]
         if bad or not values:
-            raise argparse.ArgumentTypeError(
-                f"invalid value(s) {bad or text!r}; valid: {', '.join(map(str, choices or []))}")
-        return values
+            valid = f"; valid: {', '.join(map(str, choices))}" if choices else \
+                " (whole numbers >= 0)" if kind is int else ""
+            raise argparse.ArgumentTypeError(f"invalid {what}(s) {bad or text!r}{valid}")
+        return list(dict.fromkeys(values))
     return parse
 
 
-
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=csv_list(str, ROWS), default=None,
-                   help=f"comma-separated rows of Table 2 (default all: {','.join(ROWS)})")
-    p.add_argument("--layers", type=csv_list(int, DEPTHS), default=None,
-                   help="comma-separated depths among 3,5,7 (default all)")
-    p.add_argument("--seeds", type=csv_list(int, range(10**6)), default=None,
-                   help="comma-separated seeds (default 0,1,2,3,4; 0 with --quick)")
-    p.add_argument("--dataset", default=None, choices=DATASETS,
-                   help="dataset (default emnist-mnist, the paper's; synthetic with --quick)")
-    p.add_argument("--data-dir", default=None,
-                   help="dataset directory (default $HOPFIELD_DATA_DIR or ./data)")
-    p.add_argument("--no-download", action="store_true", help="never download datasets")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="override every row's epochs (default: the paper's, from the registry)")
-    p.add_argument("--limit-train-batches", type=parse_batches, default=None,
-                   help="batches (int) or fraction (float) of each training epoch")
-    p.add_argument("--limit-test-batches", type=parse_batches, default=None,
-                   help="batches (int) or fraction (float) of validation and test")
-    p.add_argument("--results", default="results", help="results directory (default results/)")
-    p.add_argument("--name", default=None,
-                   help="sweep name: results go to RESULTS/NAME/ (default table2, quick for --quick)")
-    p.add_argument("--project", default="hopfield-deq", help="W&B project (default hopfield-deq)")
-    p.add_argument("--entity", default=None, help="W&B entity (default: your default entity)")
-    p.add_argument("--offline", action="store_true",
+    grid = p.add_argument_group("the grid")
+    grid.add_argument("--rows", type=csv_list(str, ROWS, "row"), default=None,
+                      help=f"comma-separated rows of Table 2 (default all: {','.join(ROWS)})")
+    grid.add_argument("--layers", type=csv_list(int, DEPTHS, "depth"), default=None,
+                      help="comma-separated depths among 3,5,7 (default all)")
+    grid.add_argument("--seeds", type=csv_list(int, what="seed"), default=None,
+                      help="comma-separated seeds (default 0,1,2,3,4; 0 with --quick)")
+    add_run_args(p, default_name=None)
+    w = p.add_argument_group("W&B and modes")
+    w.add_argument("--offline", action="store_true",
                    help="run the grid locally with offline W&B runs, even with an API key")
-    p.add_argument("--no-wandb", action="store_true",
+    w.add_argument("--no-wandb", action="store_true",
                    help="no W&B at all, only the local results store")
-    p.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
-    p.add_argument("--join", metavar="ENTITY/PROJECT/SWEEP_ID", default=None,
+    w.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
+    w.add_argument("--join", metavar="ENTITY/PROJECT/SWEEP_ID", default=None,
                    help="run this machine as one more agent of an existing W&B sweep")
-    p.add_argument("--count", type=int, default=None, help="with --join: at most this many runs")
-    p.add_argument("--devices", type=int, default=1,
-                   help="devices per run; N > 1 trains each run with Lightning DDP (default 1)")
-    p.add_argument("--accelerator", default="auto", help="Lightning accelerator (default auto)")
-    p.add_argument("--quick", action="store_true",
+    w.add_argument("--count", type=int, default=None, help="with --join: at most this many runs")
+    w.add_argument("--quick", action="store_true",
                    help="smoke test: every row, seed 0, synthetic data, 1 epoch of 2 batches")
     args = p.parse_args(argv)
+    if args.join:
+        given = [f for f, v in (("--rows", args.rows), ("--layers", args.layers),
+                                ("--seeds", args.seeds), ("--dry-run", args.dry_run),
+                                ("--quick", args.quick)) if v]
+        if given:
+            p.error(f"{', '.join(given)} cannot be used with --join: the W&B sweep already "
+                    "defines the grid")
+    elif args.count is not None:
+        p.error("--count only applies with --join")
     if args.seeds is None:
         args.seeds = [0] if args.quick else list(SEEDS)
     for key, value in QUICK.items():  # --quick's defaults; explicit flags still win
-        if key != "synthetic_kwargs" and args.quick and getattr(args, key) is None:
+        if args.quick and getattr(args, key) is None:
             setattr(args, key, value)
     args.dataset = args.dataset or "emnist-mnist"
-    args.name = args.name or ("quick" if args.quick else "table2")
-    if args.count is not None and args.join is None:
-        p.error("--count only applies with --join")
+    args.name = args.name or "table2"
+    try:
+        args.experiments = select(args.rows, args.layers)
+    except ValueError as err:
+        p.error(str(err))
     return args
 
 
-def plan(args) -> List[RunConfig]:
+def plan(args: argparse.Namespace) -> list[RunConfig]:
     """The runs of the grid, in table order: rows x depths x seeds."""
     wandb_mode = "disabled" if args.no_wandb else "offline"
-    return [
-        RunConfig(row=e.row, depth=e.depth, seed=seed, dataset=args.dataset,
-                  data_dir=args.data_dir, download=not args.no_download, epochs=args.epochs,
-                  limit_train_batches=args.limit_train_batches,
-                  limit_test_batches=args.limit_test_batches, results=args.results,
-                  sweep=args.name, accelerator=args.accelerator, devices=args.devices,
-                  wandb_mode=wandb_mode, wandb_project=args.project, wandb_entity=args.entity,
-                  synthetic_kwargs=QUICK["synthetic_kwargs"] if args.quick else None)
-        for e in select(args.rows, args.layers) for seed in args.seeds
-    ]
+    return [RunConfig.from_args(args, row=e.row, depth=e.depth, seed=seed, wandb_mode=wandb_mode)
+            for e in args.experiments for seed in args.seeds]
 
 
-def describe(e: Experiment, epochs: Optional[int]) -> str:
+def conflicts(runs: list[RunConfig]) -> list[str]:
+    """Stored runs whose settings differ from the planned ones (never silently reused)."""
+    found = []
+    for cfg in runs:
+        stored = read_json(cfg.directory / "config.json")
+        diff = cfg.differences(stored) if stored is not None else []
+        if diff:
+            found.append(f"  {cfg.name}: {'; '.join(diff)}")
+    return found
+
+
+def describe(e: Experiment, epochs: int | None) -> str:
     return (f"{e.model.upper()} {e.structure:9s} {e.solver:8s} damping {e.damping:<3} "
             f"iters {e.forward_iter}/{e.backward_iter}  lr {e.lr}  epochs {epochs or e.epochs}")
 
 
-def print_plan(runs: List[RunConfig], args) -> None:
-    done = sum(1 for r in runs if (summary_of(r.directory) or {}).get("status") == FINISHED)
+def print_plan(runs: list[RunConfig], args: argparse.Namespace) -> None:
+    done = sum(1 for r in runs if is_finished(r.directory))
     print(f"sweep {args.name}: {len(runs)} runs ({done} already finished), dataset "
-          f"{args.dataset}, results in {os.path.join(args.results, args.name)}")
+          f"{args.dataset}, results in {os.path.join(args.results, args.name)}", flush=True)
     for i, r in enumerate(runs, 1):
         print(f"{i:3d}/{len(runs)} {r.name:22s} {describe(r.experiment, args.epochs)}")
 
 
+def ensure_data(args: argparse.Namespace) -> None:
+    """Find (or download) the dataset once, before any run: a missing dataset is one clear
+    error at the start, not 85 failed runs."""
+    from deq_modules.data import DatasetNotFoundError, HopfieldDataModule
+
+    try:
+        HopfieldDataModule(args.dataset, args.data_dir, download=not args.no_download,
+                           synthetic_kwargs=args.synthetic_sizes).prepare_data()
+    except DatasetNotFoundError as err:
+        raise SystemExit(f"sweep.py: {err}") from None
+
+
+@dataclass
+class Outcome:
+    """What became of the runs of one sweep process."""
+
+    finished: list[str] = field(default_factory=list)
+    diverged: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # trained by another process
+
+    def report(self, name: str, total: int) -> str:
+        line = f"sweep {name}: {len(self.finished)} of {total} runs finished"
+        for label, names in (("diverged", self.diverged), ("failed", self.failed),
+                             ("being trained by another process", self.busy)):
+            if names:
+                line += f"; {label}: {', '.join(names)}"
+        return line + (" (see their summary.json)" if self.failed or self.diverged else "")
+
+
+def run_one(cfg: RunConfig) -> dict:
+    """One run in this process, or in a ``train.py`` subprocess for DDP (its launcher
+    re-executes the script, so only that run must be in it)."""
+    if cfg.devices in (1, "1"):
+        from runner.run import run_experiment
+
+        return run_experiment(cfg)
+    script = Path(__file__).resolve().parent / "train.py"
+    code = subprocess.run([sys.executable, str(script), *cfg.to_argv()]).returncode
+    if code == EXIT_LOCKED:
+        raise RunLocked(f"{cfg.name} is being trained by another process")
+    if code > 128:
+        from runner.safety import Interrupted
+
+        raise Interrupted(code - 128)
+    summary = read_json(cfg.directory / "summary.json") or {}
+    if code != 0 and summary.get("status") != DIVERGED:
+        raise RuntimeError(summary.get("error") or f"train.py exited with status {code}")
+    return summary
+
+
+def run_local(runs: list[RunConfig], args: argparse.Namespace) -> int:
+    """Run the grid here, one run after the other; failures are recorded and skipped."""
+    print_plan(runs, args)
+    outcome = Outcome()
+    for i, cfg in enumerate(runs, 1):
+        tag = f"run {i}/{len(runs)} {cfg.experiment.row} L{cfg.depth} seed {cfg.seed}"
+        status = status_of(cfg.directory)
+        if status == FINISHED and is_finished(cfg.directory):
+            print(f"{tag}: already finished, skipped", flush=True)
+            outcome.finished.append(cfg.name)
+            continue
+        if status == DIVERGED:
+            print(f"{tag}: diverged earlier, skipped (train.py --rerun to try again)", flush=True)
+            outcome.diverged.append(cfg.name)
+            continue
+        print(f"{tag}: start ({cfg.name})", flush=True)
+        start = time.monotonic()
+        try:
+            summary = run_one(cfg)
+        except RunLocked as err:
+            print(f"{tag}: skipped: {err}", flush=True)
+            outcome.busy.append(cfg.name)
+            continue
+        except Exception as err:  # noqa: BLE001 - record, report and go on with the sweep
+            outcome.failed.append(cfg.name)
+            print(f"{tag}: FAILED after {time.monotonic() - start:.0f}s: "
+                  f"{type(err).__name__}: {err}", flush=True)
+            continue
+        if summary.get("status") == DIVERGED:
+            outcome.diverged.append(cfg.name)
+            print(f"{tag}: DIVERGED after {time.monotonic() - start:.0f}s: {summary['error']}",
+                  flush=True)
+            continue
+        outcome.finished.append(cfg.name)
+        print(f"{tag}: finished in {time.monotonic() - start:.0f}s: test acc "
+              f"{summary.get('test/acc', float('nan')):.4f}, iters to converge "
+              f"{summary.get('test/iters_to_converge', float('nan')):.2f}", flush=True)
+    print(outcome.report(args.name, len(runs)), flush=True)
+    if not args.no_wandb:
+        print("offline W&B runs can be uploaded later with: wandb sync "
+              f"{os.path.join(args.results, args.name)}/*/wandb/offline-run-*")
+    return 1 if outcome.failed else 0
+
+
+# -- W&B ----------------------------------------------------------------------------------
 def has_wandb_key() -> bool:
     """An API key in the environment or in ~/.netrc (what ``wandb login`` writes)."""
     if os.environ.get("WANDB_API_KEY"):
@@ -147,73 +251,13 @@ def wandb_reachable(timeout: float = 5.0) -> bool:
         return False
 
 
-def ensure_data(args) -> None:
-    """Find (or download) the dataset once, before any run: a missing dataset is one clear
-    error at the start, not 85 failed runs."""
-    from deq_modules.data import DatasetNotFoundError, HopfieldDataModule
-
-    try:
-        HopfieldDataModule(args.dataset, args.data_dir, download=not args.no_download).prepare_data()
-    except DatasetNotFoundError as err:
-        raise SystemExit(f"sweep.py: {err}") from None
-
-
-def run_local(runs: List[RunConfig], args) -> int:
-    """Run the grid here, one run after the other; failures are recorded and skipped."""
-    print_plan(runs, args)
-    failed = []
-    for i, cfg in enumerate(runs, 1):
-        tag = f"run {i}/{len(runs)} {cfg.experiment.row} L{cfg.depth} seed {cfg.seed}"
-        if (summary_of(cfg.directory) or {}).get("status") == FINISHED:
-            print(f"{tag}: already finished, skipped", flush=True)
-            continue
-        print(f"{tag}: start ({cfg.name})", flush=True)
-        start = time.monotonic()
-        try:
-            if args.devices > 1:
-                run_in_subprocess(cfg)
-                summary = summary_of(cfg.directory) or {}
-            else:
-                summary = run_experiment(cfg)
-        except Exception as err:  # noqa: BLE001 - record, report and go on with the sweep
-            failed.append(cfg.name)
-            print(f"{tag}: FAILED after {time.monotonic() - start:.0f}s: "
-                  f"{type(err).__name__}: {err}", flush=True)
-            continue
-        print(f"{tag}: finished in {time.monotonic() - start:.0f}s: test acc "
-              f"{summary.get('test/acc', float('nan')):.4f}, iters to converge "
-              f"{summary.get('test/iters_to_converge', float('nan')):.2f}", flush=True)
-    print(f"sweep {args.name}: {len(runs) - len(failed)} of {len(runs)} runs finished"
-          + (f"; failed: {', '.join(failed)} (see their summary.json)" if failed else ""))
-    if args.no_wandb is False:
-        print("offline W&B runs can be uploaded later with: wandb sync "
-              f"{os.path.join(args.results, args.name)}/*/wandb/offline-run-*")
-    return 1 if failed else 0
-
-
-def run_in_subprocess(cfg: RunConfig) -> None:
-    """One run with Lightning DDP: its own process, so DDP's launcher re-executes only it."""
-    cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"),
-           "--row", cfg.row, "--layers", str(cfg.depth), "--seed", str(cfg.seed),
-           "--dataset", cfg.dataset, "--results", cfg.results, "--name", cfg.sweep,
-           "--devices", str(cfg.devices), "--accelerator", cfg.accelerator,
-           "--wandb", cfg.wandb_mode]
-    for flag, value in (("--data-dir", cfg.data_dir), ("--epochs", cfg.epochs),
-                        ("--limit-train-batches", cfg.limit_train_batches),
-                        ("--limit-test-batches", cfg.limit_test_batches)):
-        if value is not None:
-            cmd += [flag, str(value)]
-    if not cfg.download:
-        cmd.append("--no-download")
-    subprocess.run(cmd, check=True)
-
-
-def sweep_config(runs: List[RunConfig], args) -> dict:
+def sweep_config(runs: list[RunConfig], args: argparse.Namespace) -> dict:
     """A W&B grid over (row key, seed); everything else is fixed by the registry."""
     keys = list(dict.fromkeys(r.experiment.key for r in runs))
     fixed = dict(dataset=args.dataset, epochs=args.epochs, results=args.results,
                  sweep=args.name, limit_train_batches=args.limit_train_batches,
-                 limit_test_batches=args.limit_test_batches)
+                 limit_test_batches=args.limit_test_batches,
+                 synthetic_sizes=args.synthetic_sizes)
     return dict(
         name=args.name, method="grid",
         parameters=dict(experiment=dict(values=keys),
@@ -222,35 +266,36 @@ def sweep_config(runs: List[RunConfig], args) -> dict:
     )
 
 
-def agent_function(args):
+def agent_function(args: argparse.Namespace):
     """What a W&B agent runs for each grid point handed to this machine."""
-    def run_one() -> None:
+    def run_one_point() -> None:
         import wandb
+
+        from runner.run import run_experiment
 
         run = wandb.init()
         c = dict(run.config)
-        row, depth = c["experiment"].rsplit("-L", 1)
-        cfg = RunConfig(row=row, depth=int(depth), seed=int(c["seed"]), dataset=c["dataset"],
+        exp = Experiment.from_key(c["experiment"])
+        cfg = RunConfig(row=exp.row, depth=exp.depth, seed=int(c["seed"]), dataset=c["dataset"],
                         data_dir=args.data_dir, download=not args.no_download,
                         epochs=c.get("epochs"), limit_train_batches=c.get("limit_train_batches"),
                         limit_test_batches=c.get("limit_test_batches"), results=c["results"],
                         sweep=c["sweep"], accelerator=args.accelerator, devices=1,
                         wandb_mode="online", wandb_project=run.project, wandb_entity=run.entity,
-                        wandb_run_id=run.id)
+                        wandb_run_id=run.id, synthetic_kwargs=c.get("synthetic_sizes"))
         run.name = cfg.name
-        run.tags = tuple(run.tags) + (cfg.experiment.structure, cfg.experiment.model,
-                                      cfg.experiment.solver)
+        run.tags = tuple(run.tags) + (exp.structure, exp.model, exp.solver)
         print(f"agent: {cfg.name} start", flush=True)
         summary = run_experiment(cfg)
-        print(f"agent: {cfg.name} finished: test acc {summary['test/acc']:.4f}, iters to "
-              f"converge {summary['test/iters_to_converge']:.2f}", flush=True)
-    return run_one
+        print(f"agent: {cfg.name} {summary.get('status')}: test acc "
+              f"{summary.get('test/acc', float('nan')):.4f}", flush=True)
+    return run_one_point
 
 
-def run_wandb(runs: List[RunConfig], args) -> int:
+def run_wandb(runs: list[RunConfig], args: argparse.Namespace) -> int:
     import wandb
 
-    if args.devices > 1:
+    if args.devices not in (1, "1"):
         raise SystemExit("sweep.py: --devices > 1 is supported in local mode only "
                          "(add --offline); W&B agents run one device per run")
     if args.join:
@@ -266,32 +311,52 @@ def run_wandb(runs: List[RunConfig], args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def check_join(join: str) -> None:
+    """Fail at once, with what to do, when joining a W&B sweep cannot work here."""
+    parts = join.split("/")
+    if len(parts) != 3 or not all(parts):
+        raise SystemExit(f"sweep.py: --join expects ENTITY/PROJECT/SWEEP_ID, got {join!r}")
+    if not has_wandb_key():
+        raise SystemExit("sweep.py: --join needs a W&B API key on this machine: set "
+                         "WANDB_API_KEY or run `wandb login`; nothing was run")
+    if not wandb_reachable():
+        raise SystemExit("sweep.py: --join cannot reach the W&B server (no network?); "
+                         "without it run the grid locally: python sweep.py --offline")
+
+
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from runner.history import quiet_lightning
+    from runner.safety import Interrupted, install_signal_handlers
+
     quiet_lightning()  # one line per event in the log
     os.environ.setdefault("WANDB_SILENT", "true")
     if args.join:
-        parts = args.join.split("/")
-        if len(parts) != 3 or not all(parts):
-            raise SystemExit(f"sweep.py: --join expects ENTITY/PROJECT/SWEEP_ID, got {args.join!r}")
-        if not has_wandb_key():
-            raise SystemExit("sweep.py: --join needs a W&B API key on this machine: set "
-                             "WANDB_API_KEY or run `wandb login`; nothing was run")
-        if not wandb_reachable():
-            raise SystemExit("sweep.py: --join cannot reach the W&B server (no network?); "
-                             "without it run the grid locally: python sweep.py --offline")
+        check_join(args.join)
         return run_wandb([], args)
     runs = plan(args)
+    found = conflicts(runs)
+    if found:
+        print(f"sweep.py: {len(found)} stored run(s) in {os.path.join(args.results, args.name)} "
+              "were made with other settings; nothing was run. Use another --name (or "
+              "--results) for these settings. Differences:\n" + "\n".join(found[:20])
+              + ("\n  ..." if len(found) > 20 else ""), file=sys.stderr)
+        return 2
     if args.dry_run:
         print_plan(runs, args)
         return 0
     ensure_data(args)
     online = not (args.offline or args.no_wandb) and has_wandb_key() and wandb_reachable()
-    if online:
-        return run_wandb(runs, args)
-    if not args.no_wandb:
-        os.environ["WANDB_MODE"] = "offline"  # never a login prompt, whatever the settings
-    return run_local(runs, args)
+    install_signal_handlers()
+    try:
+        if online:
+            return run_wandb(runs, args)
+        if not args.no_wandb:
+            os.environ["WANDB_MODE"] = "offline"  # never a login prompt, whatever the settings
+        return run_local(runs, args)
+    except Interrupted as err:
+        print(f"sweep {args.name}: {err}; start it again to resume", flush=True)
+        return err.exit_code
 
 
 if __name__ == "__main__":

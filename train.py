@@ -1,10 +1,15 @@
 """Train and test one experiment of Table 2, e.g.
 
     python train.py --row HAM-EO-DEQ --layers 3 --seed 0 --dataset fashion-mnist --epochs 1
+    python train.py --experiment HAM-EO-DEQ-L3 --seed 0      # the form W&B sweep agents use
 
 Settings not given on the command line are the paper's (deq_modules/experiments.py). Results
-land in ``<results>/<sweep>/<run>/`` like the sweep's; the final test accuracy and iterations
+land in ``<results>/<name>/<run>/`` like the sweep's; the final test accuracy and iterations
 to converge are printed. Uses the GPU when there is one (``--accelerator auto``).
+
+Exit status: 0 finished (or diverged: recorded, not an error of the program), 1 failed,
+2 bad arguments or a stored run with other settings, 75 the run is being trained by another
+process, 128 + N interrupted by signal N (resumable).
 """
 from __future__ import annotations
 
@@ -13,61 +18,80 @@ import json
 import os
 import sys
 
-from deq_modules.data import DATASETS
-from deq_modules.experiments import DEPTHS, ROWS
-from deq_modules.run import WANDB_MODES, RunConfig, parse_batches, quiet_lightning, run_experiment
+from deq_modules.experiments import DEPTHS, ROWS, Experiment
+from runner.config import WANDB_MODES, RunConfig, add_run_args
+from runner.store import DIVERGED, RunLocked
+
+EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
 
 
-
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--row", required=True, choices=ROWS, help="row of Table 2")
-    p.add_argument("--layers", type=int, default=3, choices=DEPTHS,
-                   help="depth: 3, 5 or 7 layers including input and output (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--dataset", default="emnist-mnist", choices=DATASETS,
-                   help="dataset (default emnist-mnist, the paper's)")
-    p.add_argument("--data-dir", default=None,
-                   help="dataset directory (default $HOPFIELD_DATA_DIR or ./data)")
-    p.add_argument("--no-download", action="store_true",
-                   help="never download; fail with a clear error if the files are missing")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="epochs to train (default: the row's, 10 for most)")
-    p.add_argument("--limit-train-batches", type=parse_batches, default=None,
-                   help="train on this many batches (int) or this fraction (float) per epoch")
-    p.add_argument("--limit-test-batches", type=parse_batches, default=None,
-                   help="validate/test on this many batches or this fraction")
-    p.add_argument("--results", default="results", help="results directory (default results/)")
-    p.add_argument("--name", default="single", help="sweep name inside --results (default single)")
-    p.add_argument("--accelerator", default="auto", help="Lightning accelerator (default auto)")
-    p.add_argument("--devices", default="1", help="devices for this run; N > 1 uses DDP (default 1)")
+    which = p.add_argument_group("which run")
+    which.add_argument("--row", choices=ROWS, help="row of Table 2")
+    which.add_argument("--layers", type=int, default=3, choices=DEPTHS,
+                       help="depth: 3, 5 or 7 layers including input and output (default 3)")
+    which.add_argument("--experiment", metavar="ROW-Ld", default=None,
+                       help="row and depth as one key, e.g. HAM-EO-DEQ-L3 (instead of "
+                            "--row/--layers)")
+    which.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_run_args(p, default_name="single")
     p.add_argument("--wandb", default="disabled", choices=WANDB_MODES,
                    help="W&B logging mode (default disabled)")
-    p.add_argument("--rerun", action="store_true", help="train again even if finished")
-    return p.parse_args(argv)
+    p.add_argument("--rerun", action="store_true",
+                   help="discard the stored run (results and checkpoints) and train again")
+    args = p.parse_args(argv)
+    if args.experiment is not None:
+        if args.row is not None:
+            p.error("give --experiment or --row/--layers, not both")
+        try:
+            exp = Experiment.from_key(args.experiment)
+        except ValueError as err:
+            p.error(str(err))
+        args.row, args.layers = exp.row, exp.depth
+    if args.row is None:
+        p.error("one of --row or --experiment is required")
+    if args.seed < 0:
+        p.error(f"--seed must be >= 0, got {args.seed}")
+    return args
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from runner.history import quiet_lightning
+    from runner.run import ConfigMismatch, run_experiment
+    from runner.safety import Interrupted, install_signal_handlers
+
     quiet_lightning()
-    cfg = RunConfig(
-        row=args.row, depth=args.layers, seed=args.seed, dataset=args.dataset,
-        data_dir=args.data_dir, download=not args.no_download, epochs=args.epochs,
-        limit_train_batches=args.limit_train_batches, limit_test_batches=args.limit_test_batches,
-        results=args.results, sweep=args.name, accelerator=args.accelerator,
-        devices=int(args.devices) if args.devices.isdigit() else args.devices,
-        wandb_mode=args.wandb,
-    )
-    if args.rerun and (cfg.directory / "summary.json").exists():
-        os.unlink(cfg.directory / "summary.json")
-    summary = run_experiment(cfg)
+    try:
+        cfg = RunConfig.from_args(args, row=args.row, depth=args.layers, seed=args.seed,
+                                  wandb_mode=args.wandb)
+    except ValueError as err:
+        print(f"train.py: {err}", file=sys.stderr)
+        return 2
+    install_signal_handlers()
+    try:
+        summary = run_experiment(cfg, rerun=args.rerun)
+    except ConfigMismatch as err:
+        print(f"train.py: {err}", file=sys.stderr)
+        return 2
+    except RunLocked as err:
+        print(f"train.py: {err}; nothing was done", file=sys.stderr)
+        return EXIT_LOCKED
+    except Interrupted as err:
+        print(f"train.py: {cfg.name} {err}; run it again to resume", file=sys.stderr)
+        return err.exit_code
     if os.environ.get("LOCAL_RANK", "0") != "0":
         return 0  # a DDP worker: rank 0 reports
+    if summary.get("status") == DIVERGED:
+        print(f"{cfg.name}: DIVERGED: {summary['error']}")
+        print(f"results: {cfg.directory}")
+        return 0
     print(f"{cfg.name}: test accuracy {summary['test/acc']:.4f}, "
           f"iterations to converge {summary['test/iters_to_converge']:.2f} "
           f"(not converged: {summary.get('test/not_converged', 0):.0f}), "
-          f"{summary['seconds_per_epoch']:.1f} s/epoch on {summary['device']}")
+          f"{summary.get('seconds_per_epoch') or 0:.1f} s/epoch on {summary['device']}")
     print(f"results: {cfg.directory}")
     print(json.dumps({k: summary[k] for k in summary if "/" in k}))
     return 0

@@ -1,4 +1,4 @@
-"""Shared machinery of the convergence callbacks: per-batch DEQ observers, saving, W&B images.
+"""Shared machinery of the convergence callbacks: per-batch DEQ observers, DDP reductions.
 
 Every callback here watches the forward solves of ``pl_module.deq`` (a :class:`deq_core.DEQ`)
 through :meth:`DEQ.observe`. An observer is registered when a batch starts and removed when it
@@ -10,22 +10,15 @@ observers) can be active at once, in any order.
 from __future__ import annotations
 
 import abc
-import os
-import tempfile
-import warnings
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Iterable
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
-from lightning.pytorch.loggers import WandbLogger
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from deq_core import DEQ, ObserverHandle
+from deq_core.names import STAGES
 
-STAGES = ("train", "val", "test")  # the prefixes of the logged names (DESIGN.md, "Logged names")
 
 
 def get_deq(pl_module: pl.LightningModule, who: str) -> DEQ:
@@ -61,12 +54,12 @@ class ObservingCallback(pl.Callback, abc.ABC):
         if unknown:
             raise ValueError(f"unknown stage(s) {unknown}; valid stages: {list(STAGES)}")
         self.stages = stages
-        self._handle: Optional[ObserverHandle] = None
+        self._handle: ObserverHandle | None = None
 
     # -- for subclasses -------------------------------------------------------------------
     @abc.abstractmethod
     def observer_for(self, stage: str, pl_module: pl.LightningModule,
-                     batch: Any) -> Dict[str, Callable]:
+                     batch: Any) -> dict[str, Callable]:
         """Keyword arguments of :meth:`DEQ.observe` (``on_solve``, ``on_iterate``) for a batch."""
 
     def batch_done(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -117,38 +110,6 @@ class ObservingCallback(pl.Callback, abc.ABC):
         self._detach()
 
 
-# -- results ---------------------------------------------------------------------------------
-def output_dir(trainer: pl.Trainer, out_dir: Optional[str]) -> str:
-    """``out_dir`` if given, else the trainer's log dir, else its default root dir.
-
-    ``trainer.log_dir`` broadcasts, so every process must call this (not only rank zero).
-    """
-    if out_dir is not None:
-        return os.fspath(out_dir)
-    return trainer.log_dir or trainer.default_root_dir
-
-
-def atomic_savez(path: str, **arrays: Any) -> None:
-    """``np.savez`` to a temporary file beside ``path``, then rename: never a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def load_npz(path: str) -> Dict[str, Any]:
-    """An ``.npz`` as a dict; 0-d arrays become Python scalars (``str``, ``int``, ``float``)."""
-    with np.load(path, allow_pickle=False) as data:
-        return {k: (data[k].item() if data[k].ndim == 0 else data[k]) for k in data.files}
-
-
 def reduce_sum(trainer: pl.Trainer, tensor: Tensor) -> Tensor:
     """Sum over processes (identity on one device). Every process must call it."""
     if trainer.world_size > 1:
@@ -162,30 +123,3 @@ def reduce_max_int(trainer: pl.Trainer, value: int, device: torch.device) -> int
         t = torch.tensor(value, device=device)
         return int(trainer.strategy.reduce(t, reduce_op="max").item())
     return value
-
-
-def figure_to_array(fig: Figure) -> np.ndarray:
-    """Render a figure with the Agg canvas (no pyplot state) to an RGB ``uint8`` array."""
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def log_figure(trainer: pl.Trainer, key: str, fig: Figure) -> None:
-    """Log ``fig`` as an image to every :class:`WandbLogger` of the trainer.
-
-    Image logging is a convenience: any failure is a warning, never a failed run.
-    """
-    loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-    if not loggers:
-        return
-    try:
-        image = figure_to_array(fig)
-    except Exception as exc:  # noqa: BLE001 - see docstring
-        warnings.warn(f"could not render {key!r} for W&B: {exc!r}", UserWarning, stacklevel=2)
-        return
-    for logger in loggers:
-        try:
-            logger.log_image(key=key, images=[image], step=trainer.global_step)
-        except Exception as exc:  # noqa: BLE001 - see docstring
-            warnings.warn(f"could not log {key!r} to W&B: {exc!r}", UserWarning, stacklevel=2)

@@ -2,20 +2,21 @@
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
+from typing import Any, Callable, Sequence, Union
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
 from deq_core import SolverStats
+from deq_core.names import STAGES
 
 from ._base import ObservingCallback
 
 Tolerance = Union[float, Sequence[float], Tensor]
 
 
-def iterations_to_converge(trace: Tensor, tol: Tolerance) -> Tuple[Tensor, Tensor]:
+def iterations_to_converge(trace: Tensor, tol: Tolerance) -> tuple[Tensor, Tensor]:
     """Per sample, the number of solver iterations needed to reach a relative residual ``< tol``.
 
     Args:
@@ -79,17 +80,16 @@ class IterationsToConverge(ObservingCallback):
         suffix: appended to the logged names.
     """
 
-    def __init__(self, tol: float = 1e-4, stages: Sequence[str] = ("train", "val", "test"),
-                 suffix: str = ""):
+    def __init__(self, *, tol: float, stages: Sequence[str] = STAGES, suffix: str = ""):
         super().__init__(stages)
         if not tol > 0:
             raise ValueError(f"tol must be positive, got {tol!r}")
         self.tol = float(tol)
         self.suffix = suffix
-        self._traces: List[Tensor] = []
+        self._traces: list[Tensor] = []
 
     def observer_for(self, stage: str, pl_module: pl.LightningModule,
-                     batch: Any) -> Dict[str, Callable]:
+                     batch: Any) -> dict[str, Callable]:
         self._traces = []
         return dict(on_solve=self._on_solve)
 

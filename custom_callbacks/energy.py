@@ -10,26 +10,22 @@ never increases: it is block-coordinate descent. Synchronous
 period-2 cycles), and Anderson acceleration mixes past iterates, so with either the energy may
 go up from one iteration to the next; a rise there is not a bug.
 
-The saved ``.npz`` holds ``mean_energy`` (n_iter,) float64 (the mean over the samples whose
-solve reached that iteration), ``sum_energy`` (n_iter,), ``n_samples`` (n_iter,) int64,
-``stage`` and ``format_version`` (1). Entry ``n`` is the energy of the iterate after ``n + 1``
-iterations (the solver hands over each new iterate; the initial state is not included).
+After each epoch of its stage, :attr:`EnergyTracker.result` holds ``mean_energy`` (n_iter,)
+float64 (the mean over the samples whose solve reached that iteration), ``sum_energy``,
+``n_samples`` (n_iter,) int64, ``stage`` and ``format_version`` (1): the keys of ``energy.npz``
+(``runner.result_files`` saves and plots it). Entry ``n`` is the energy of the iterate after
+``n + 1`` iterations (the solver hands over each new iterate; the initial state is not included).
 """
 from __future__ import annotations
 
-import os
 import warnings
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from torch import Tensor
 
-from ._base import (ObservingCallback, atomic_savez, batch_inputs, get_deq, load_npz,
-                    log_figure, output_dir, reduce_max_int, reduce_sum)
+from ._base import ObservingCallback, batch_inputs, get_deq, reduce_max_int, reduce_sum
 
 FORMAT_VERSION = 1
 
@@ -40,31 +36,26 @@ class EnergyTracker(ObservingCallback):
     For every new iterate ``z`` of the forward solves of ``pl_module.deq`` it adds
     ``f_module.energy(x, z).sum()`` (``x`` the batch's inputs) to that iteration's total, on the
     device, without host synchronisation. At the end of each epoch of ``stage`` (not during the
-    sanity check) it logs ``<stage>/energy_final`` (mean energy at the last iteration), saves
-    ``filename`` atomically to ``out_dir`` (default ``trainer.log_dir``, else
-    ``trainer.default_root_dir``; each epoch overwrites the last) and, if a ``WandbLogger`` is
-    attached and ``log_image``, logs the curve as ``<stage>/energy_curve``. Samples of solves
-    stopped early by a solver ``tol`` drop out of the later iterations' means.
+    sanity check) it logs ``<stage>/energy_final`` (mean energy at the last iteration) and sets
+    :attr:`result` (numpy arrays, see the module docstring; each epoch replaces the last).
+    Samples of solves stopped early by a solver ``tol`` drop out of the later iterations' means.
 
     Args:
         stage: ``"train"``, ``"val"`` or ``"test"``.
-        out_dir, filename: where the ``.npz`` goes.
-        log_image: log the line plot to W&B when a ``WandbLogger`` is attached.
     """
 
-    def __init__(self, stage: str = "test", out_dir: Optional[str] = None,
-                 filename: str = "energy.npz", log_image: bool = True):
+    def __init__(self, stage: str = "test"):
         super().__init__((stage,))
-        self.stage, self.out_dir, self.filename, self.log_image = stage, out_dir, filename, log_image
-        self.path: Optional[str] = None
+        self.stage = stage
+        self.result: dict[str, Any] | None = None
         self._reset()
 
     def _reset(self) -> None:
-        self._sums: List[Tensor] = []  # per iteration index, 0-d device tensors
-        self._counts: List[int] = []
+        self._sums: list[Tensor] = []  # per iteration index, 0-d device tensors
+        self._counts: list[int] = []
 
     def observer_for(self, stage: str, pl_module: pl.LightningModule,
-                     batch: Any) -> Dict[str, Callable]:
+                     batch: Any) -> dict[str, Callable]:
         x = batch_inputs(batch)
         f_module = get_deq(pl_module, type(self).__name__).f_module
         if not callable(getattr(f_module, "energy", None)):
@@ -89,6 +80,7 @@ class EnergyTracker(ObservingCallback):
     def _epoch_start(self, stage: str) -> None:
         if stage == self.stage:
             self._reset()
+            self.result = None  # never hand back an earlier epoch's arrays
 
     def _epoch_end(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if stage != self.stage or trainer.sanity_checking:
@@ -101,28 +93,16 @@ class EnergyTracker(ObservingCallback):
             sums[: len(self._sums)] = torch.stack(self._sums).to(device)
             counts[: len(self._counts)] = torch.tensor(self._counts, device=device)
         sums, counts = reduce_sum(trainer, sums), reduce_sum(trainer, counts)
-        directory = output_dir(trainer, self.out_dir)
         self._reset()
         if n_iter == 0:
-            warnings.warn(f"EnergyTracker saw no DEQ iterate during {stage}; nothing saved",
+            warnings.warn(f"EnergyTracker saw no DEQ iterate during {stage}; no result",
                           UserWarning, stacklevel=2)
             return
         mean = sums / counts.clamp(min=1)
         pl_module.log(f"{stage}/energy_final", mean[-1].float(), on_step=False, on_epoch=True)
-        if not trainer.is_global_zero:
-            return
-        data = dict(mean_energy=mean.cpu().numpy(), sum_energy=sums.cpu().numpy(),
-                    n_samples=counts.cpu().numpy(), stage=stage, format_version=FORMAT_VERSION)
-        self.path = os.path.join(directory, self.filename)
-        atomic_savez(self.path, **data)
-        if self.log_image:
-            try:
-                fig = plot_energy_curve(data, title=f"Mean energy ({stage})").figure
-            except Exception as exc:  # noqa: BLE001 - a figure is never worth a failed run
-                warnings.warn(f"could not plot the energy curve: {exc!r}", UserWarning,
-                              stacklevel=2)
-                return
-            log_figure(trainer, f"{stage}/energy_curve", fig)
+        self.result = dict(mean_energy=mean.cpu().numpy(), sum_energy=sums.cpu().numpy(),
+                           n_samples=counts.cpu().numpy(), stage=stage,
+                           format_version=FORMAT_VERSION)
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._epoch_start("train")
@@ -141,25 +121,3 @@ class EnergyTracker(ObservingCallback):
 
     def on_test_epoch_end(self, trainer, pl_module):
         self._epoch_end("test", trainer, pl_module)
-
-
-def load_energy(path: str) -> Dict[str, Any]:
-    """Read a file written by :class:`EnergyTracker` (scalars as Python values)."""
-    return load_npz(path)
-
-
-def plot_energy_curve(data: Dict[str, Any], ax: Optional[Axes] = None,
-                      title: Optional[str] = None) -> Axes:
-    """Mean energy against iterations done (entry ``n`` at ``n + 1``); returns the Axes.
-
-    Without ``ax`` it makes a new :class:`~matplotlib.figure.Figure` (no pyplot): ``ax.figure``.
-    """
-    mean = np.asarray(data["mean_energy"])
-    if ax is None:
-        ax = Figure(figsize=(4.4, 3.4), layout="constrained").add_subplot()
-    ax.plot(np.arange(1, mean.size + 1), mean, marker=".", linewidth=1.2)
-    ax.set_xlabel("Nr. of iterations")
-    ax.set_ylabel("Mean energy")
-    if title is not None:
-        ax.set_title(title)
-    return ax

@@ -1,71 +1,43 @@
-"""Residual trajectories of the whole test set: the data and the heatmap of Figures 3-4.
+"""Residual trajectories of the whole test set: the data of Figures 3-4.
 
-The saved ``.npz`` (format version 1) holds:
-
-===================  ===============  ===========================================================
-key                  shape, dtype     meaning
-===================  ===============  ===========================================================
-``counts``           (n_iter, n_bins) samples whose relative residual after iteration ``n + 1``
-                     int64            fell in bin ``b`` (below the range: lowest bin, exact zeros
-                                      included; above it or NaN: highest bin)
-``log10_edges``      (n_bins + 1,)    bin edges in log10 of the relative residual
-``tolerances``       (T,)             the tolerance grid (1e-8 .. 1e-2 in half decades by default)
-``sum_iters``        (T,) int64       sum over samples of the iterations to converge at each
-``mean_iters``       (T,) float64     ``sum_iters / n_samples``: the cyan curve
-``not_converged``    (T,) int64       samples that did not reach each tolerance
-``iters_at_tol``     (n_samples,)     per-sample iterations to converge at ``tol``
-``tol``, ``stage``   scalars          the Table 2 criterion (1e-4) and ``"test"``
-``n_samples``        scalar           samples seen
-``max_iter``         scalar           the longest solve (``counts`` rows; shorter solves stop
-                                      early when the solver has a ``tol``, their rows are absent)
-``format_version``   scalar           1
-===================  ===============  ===========================================================
-
-Iterations are counted as in :func:`~custom_callbacks.convergence.iterations_to_converge`.
+:class:`ResidualTrajectories` accumulates, on the device, a histogram of every test sample's
+relative residual per iteration and the iterations to converge at a grid of tolerances. After
+``trainer.test`` its :attr:`~ResidualTrajectories.result` holds numpy arrays; the keys are those
+of ``trajectories.npz`` (documented in ``runner.result_files``, which saves, pools and plots
+them). The callback itself writes no file.
 """
 from __future__ import annotations
 
-import os
 import warnings
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from matplotlib import patheffects
-from matplotlib.axes import Axes
-from matplotlib.colors import LogNorm, Normalize
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from deq_core import SolverStats
 
-from ._base import (ObservingCallback, atomic_savez, load_npz, log_figure, output_dir,
-                    reduce_max_int, reduce_sum)
+from ._base import ObservingCallback, reduce_max_int, reduce_sum
 from .convergence import iterations_to_converge
 
 DEFAULT_TOLERANCES = 10.0 ** np.arange(-8, -1.5, 0.5)  # 1e-8 .. 1e-2 in half decades
 FORMAT_VERSION = 1
-HEATMAP_CMAP = "magma_r"  # light = few trajectories, dark = many, as in Figures 3-4
-COUNTS_LABEL = "State trajectory density (raw counts)"
 
 
 class ResidualTrajectories(ObservingCallback):
-    """Accumulate every test sample's residual trajectory; save it (and a heatmap) at test end.
+    """Accumulate every test sample's residual trajectory; :attr:`result` after the test.
 
     Per solve it adds, on the device and without host synchronisation, a 2-D histogram of
     ``log10`` relative residual per iteration, the iterations to converge at every tolerance of
-    ``tol_grid`` and at ``tol``. At ``on_test_end`` it writes ``filename`` (see the module
-    docstring for the keys) atomically to ``out_dir`` (default: ``trainer.log_dir``, else
-    ``trainer.default_root_dir``) and, if ``log_image`` and a ``WandbLogger`` is attached, logs
-    the heatmap as ``test/residual_heatmap``. ``path`` is the file written (or ``None``).
-    Under DDP the sums are reduced over processes and rank zero writes.
+    ``tol_grid`` and at ``tol`` (the criterion of the table, e.g. the paper's 1e-4). At
+    ``on_test_end`` the sums are reduced over processes (DDP) and :attr:`result` becomes a dict
+    of numpy arrays (``None`` before a test, or when the test solved nothing).
     """
 
-    def __init__(self, out_dir: Optional[str] = None,
-                 tol_grid: Sequence[float] = DEFAULT_TOLERANCES, n_bins: int = 400,
-                 range: Tuple[float, float] = (1e-8, 1.0),  # noqa: A002 - numpy's name for it
-                 filename: str = "trajectories.npz", log_image: bool = True, tol: float = 1e-4):
+    def __init__(self, *, tol: float, tol_grid: Sequence[float] = DEFAULT_TOLERANCES,
+                 n_bins: int = 400,
+                 range: tuple[float, float] = (1e-8, 1.0)):  # noqa: A002 - numpy's name for it
         super().__init__(("test",))
         self.tolerances = np.asarray(tol_grid, dtype=np.float64).reshape(-1)
         if self.tolerances.size == 0 or not (self.tolerances > 0).all():
@@ -77,27 +49,26 @@ class ResidualTrajectories(ObservingCallback):
             raise ValueError(f"range must be (low, high) with 0 < low < high, got {range!r}")
         if not tol > 0:
             raise ValueError(f"tol must be positive, got {tol!r}")
-        self.out_dir, self.filename, self.log_image = out_dir, filename, log_image
         self.n_bins, self.tol = n_bins, float(tol)
         self.log10_edges = np.linspace(np.log10(lo), np.log10(hi), n_bins + 1)
-        self.path: Optional[str] = None
+        self.result: dict[str, Any] | None = None
         self._reset()
 
     def _reset(self) -> None:
-        self._counts: Optional[Tensor] = None  # (rows, n_bins) int64, grows with the longest solve
-        self._sum_iters: Optional[Tensor] = None
-        self._not_converged: Optional[Tensor] = None
-        self._iters_at_tol: List[Tensor] = []
+        self._counts: Tensor | None = None  # (rows, n_bins) int64, grows with the longest solve
+        self._sum_iters: Tensor | None = None
+        self._not_converged: Tensor | None = None
+        self._iters_at_tol: list[Tensor] = []
         self._n_samples = 0
         self._max_iter = 0
-        self._tols: Optional[Tensor] = None  # the tolerance grid on the trace's device
+        self._tols: Tensor | None = None  # the tolerance grid on the trace's device
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset()
-        self.path = None
+        self.result = None
 
     def observer_for(self, stage: str, pl_module: pl.LightningModule,
-                     batch: Any) -> Dict[str, Callable]:
+                     batch: Any) -> dict[str, Callable]:
         return dict(on_solve=self._add)
 
     # -- accumulation (device only) ------------------------------------------------------
@@ -137,7 +108,7 @@ class ResidualTrajectories(ObservingCallback):
         self._max_iter = max(self._max_iter, n_iter)
 
     # -- results ---------------------------------------------------------------------------
-    def _gather(self, trainer: pl.Trainer, device: torch.device) -> Dict[str, Any]:
+    def _gather(self, trainer: pl.Trainer, device: torch.device) -> dict[str, Any]:
         """The accumulated results as numpy arrays, summed over processes."""
         rows = reduce_max_int(trainer, self._max_iter, device)
         counts = torch.zeros(rows, self.n_bins, dtype=torch.long, device=device)
@@ -170,112 +141,9 @@ class ResidualTrajectories(ObservingCallback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         data = self._gather(trainer, pl_module.device)  # collective: every process calls it
-        directory = output_dir(trainer, self.out_dir)
         self._reset()
-        if not trainer.is_global_zero:
-            return
         if data["n_samples"] == 0:
-            warnings.warn("ResidualTrajectories saw no DEQ solve during test; nothing saved",
+            warnings.warn("ResidualTrajectories saw no DEQ solve during test; no result",
                           UserWarning, stacklevel=2)
             return
-        self.path = os.path.join(directory, self.filename)
-        atomic_savez(self.path, **data)
-        if self.log_image:
-            try:
-                fig = plot_trajectory_heatmap(data, title="Residual trajectories (test)").figure
-            except Exception as exc:  # noqa: BLE001 - a figure is never worth a failed run
-                warnings.warn(f"could not plot the residual heatmap: {exc!r}", UserWarning,
-                              stacklevel=2)
-                return
-            log_figure(trainer, "test/residual_heatmap", fig)
-
-
-def load_trajectories(path: str) -> Dict[str, Any]:
-    """Read a file written by :class:`ResidualTrajectories` (scalars as Python numbers)."""
-    data = load_npz(path)
-    missing = {"counts", "log10_edges", "tolerances", "mean_iters", "n_samples"} - set(data)
-    if missing:
-        raise ValueError(f"{path} is not a trajectories file: missing {sorted(missing)}")
-    return data
-
-
-def merge_trajectories(datasets: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
-    """Pool runs (e.g. seeds): counts and sums add (shorter runs padded), means are re-derived,
-    so ``mean_iters`` is the ``n_samples``-weighted mean of the inputs' ``mean_iters``."""
-    datasets = list(datasets)
-    if not datasets:
-        raise ValueError("merge_trajectories needs at least one dataset")
-    first = datasets[0]
-    for d in datasets[1:]:
-        for key in ("log10_edges", "tolerances"):
-            if d[key].shape != first[key].shape or not np.allclose(d[key], first[key]):
-                raise ValueError(f"cannot merge trajectories with different {key}")
-        if d["tol"] != first["tol"]:
-            raise ValueError(f"cannot merge trajectories with tol {first['tol']} and {d['tol']}")
-    rows = max(d["counts"].shape[0] for d in datasets)
-    counts = np.zeros((rows, first["counts"].shape[1]), dtype=np.int64)
-    for d in datasets:
-        counts[: d["counts"].shape[0]] += d["counts"]
-    n_samples = sum(int(d["n_samples"]) for d in datasets)
-    sum_iters = sum(np.asarray(d["sum_iters"], dtype=np.int64) for d in datasets)
-    stages = {d["stage"] for d in datasets}
-    return dict(
-        counts=counts, log10_edges=first["log10_edges"], tolerances=first["tolerances"],
-        sum_iters=sum_iters, mean_iters=sum_iters / max(n_samples, 1),
-        not_converged=sum(np.asarray(d["not_converged"], dtype=np.int64) for d in datasets),
-        iters_at_tol=np.concatenate([d["iters_at_tol"] for d in datasets]),
-        tol=first["tol"], stage=stages.pop() if len(stages) == 1 else "mixed",
-        n_samples=n_samples, max_iter=max(int(d["max_iter"]) for d in datasets),
-        format_version=FORMAT_VERSION,
-    )
-
-
-def plot_trajectory_heatmap(data: Dict[str, Any], ax: Optional[Axes] = None,
-                            title: Optional[str] = None, norm: Optional[Normalize] = None,
-                            colorbar: Optional[bool] = None) -> Axes:
-    """Density heatmap of residual trajectories, in the style of Figures 3-4; returns the Axes.
-
-    x: iterations done (column ``n`` of ``counts``, the residual after ``n + 1`` iterations, is
-    centred on ``n + 1``, the unit of the iterations-to-converge); y: relative residual, log
-    scale over the histogram range; colour: count, log scale (``norm``, by default
-    ``LogNorm(1, max)``; pass one ``LogNorm`` to several panels to share a colour bar), empty
-    cells blank. A white dashed line marks ``tol``, the cyan curve gives the mean iterations to
-    converge for each tolerance of the grid, the white circle the mean at ``tol`` (Table 2).
-
-    Without ``ax`` it makes a new :class:`~matplotlib.figure.Figure` (no pyplot), with a colour
-    bar unless ``colorbar=False``; get it as ``ax.figure``.
-    """
-    counts = np.asarray(data["counts"])
-    n_iter = counts.shape[0]
-    if ax is None:
-        ax = Figure(figsize=(4.4, 4.6), layout="constrained").add_subplot()
-        colorbar = True if colorbar is None else colorbar
-    x_edges = np.arange(n_iter + 1) + 0.5
-    y_edges = 10.0 ** np.asarray(data["log10_edges"])
-    norm = norm if norm is not None else LogNorm(vmin=1, vmax=max(1, int(counts.max(initial=0))))
-    mesh = ax.pcolormesh(x_edges, y_edges, np.ma.masked_less_equal(counts.T, 0),
-                         cmap=HEATMAP_CMAP, norm=norm, shading="flat", rasterized=True)
-    ax.set_yscale("log")
-    ax.set_xlim(0, n_iter + 0.5)
-    ax.set_ylim(y_edges[0], y_edges[-1])
-    tol = float(data["tol"])
-    # A thin dark outline keeps the white marks visible where no trajectory passes.
-    outline = [patheffects.withStroke(linewidth=2.0, foreground="0.35", alpha=0.5)]
-    ax.axhline(tol, color="white", linestyle="--", linewidth=1.0, path_effects=outline)
-    tolerances = np.asarray(data["tolerances"])
-    order = np.argsort(tolerances)
-    ax.plot(np.asarray(data["mean_iters"])[order], tolerances[order], color="tab:cyan",
-            linewidth=1.2)
-    iters_at_tol = np.asarray(data.get("iters_at_tol", ()))
-    if iters_at_tol.size:
-        for colour, width in (("0.35", 2.6), ("white", 1.4)):  # outline, then the white ring
-            ax.plot([iters_at_tol.mean()], [tol], marker="o", markersize=7, linestyle="none",
-                    markerfacecolor="none", markeredgecolor=colour, markeredgewidth=width,
-                    alpha=0.6 if colour != "white" else 1.0)
-    ax.set_xlabel("Nr. of iterations")
-    ax.set_ylabel(r"Relative residual $\frac{\|s_{n+1} - s_n\|}{\|s_{n+1}\|}$")
-    if title is not None:
-        ax.set_title(title)
-    if colorbar:
-        ax.figure.colorbar(mesh, ax=ax, label=COUNTS_LABEL)
-    return ax
+        self.result = data

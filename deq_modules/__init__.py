@@ -1,13 +1,29 @@
-"""Hopfield networks (CHN, HAM) as DEQs: models, LightningModules, data and the experiments."""
-from .activations import rho, rho_integral, rho_prime
-from .data import DATASETS, DatasetNotFoundError, HopfieldDataModule
-from .experiments import EXPERIMENTS, ROWS, Experiment, get_experiment, select
-from .functions import EvenOddFunction, OneMatrixFunction
-from .lit import LitEvenOddDEQ, LitHopfieldDEQ, LitOneMatrixDEQ, lit_module_for
+"""Hopfield networks (CHN, HAM) as DEQs: models, LightningModules, data and the experiments.
 
-__all__ = [
-    "DATASETS", "DatasetNotFoundError", "EXPERIMENTS", "EvenOddFunction", "Experiment",
-    "HopfieldDataModule", "LitEvenOddDEQ", "LitHopfieldDEQ", "LitOneMatrixDEQ",
-    "OneMatrixFunction", "ROWS", "get_experiment", "lit_module_for", "rho", "rho_integral",
-    "rho_prime", "select",
-]
+Importing the package is cheap: ``deq_modules.experiments`` (the registry of Table 2) needs
+neither torch nor Lightning, so tools that only read results (``paper_figures``) stay light.
+The names below load their module on first use.
+"""
+from importlib import import_module
+from typing import Any
+
+_LAZY = {
+    "rho": "activations", "rho_prime": "activations", "rho_integral": "activations",
+    "DATASETS": "data", "DatasetNotFoundError": "data", "HopfieldDataModule": "data",
+    "EXPERIMENTS": "experiments", "ROWS": "experiments", "Experiment": "experiments",
+    "get_experiment": "experiments", "select": "experiments",
+    "OneMatrixFunction": "functions", "EvenOddFunction": "functions",
+    "LitHopfieldDEQ": "lit", "LitOneMatrixDEQ": "lit", "LitEvenOddDEQ": "lit",
+    "lit_module_for": "lit",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'deq_modules' has no attribute {name!r}")
+    return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY))

@@ -7,9 +7,8 @@ the single-run entry point and the figure scripts all read it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Tuple
 
-ARCHITECTURES: Dict[int, Tuple[int, ...]] = {
+ARCHITECTURES: dict[int, tuple[int, ...]] = {
     3: (784, 1990, 10),
     5: (784, 1280, 510, 200, 10),
     7: (784, 1024, 512, 256, 128, 70, 10),
@@ -43,8 +42,8 @@ class Experiment:
     schedule_epochs: int
     base_row: str  # the row the speedup is measured against
     local_updates: int  # updates per iteration counted by the speedup (CHN-EO: 2 x 10)
-    published_iters: Tuple[float, float]  # mean, std over 5 seeds
-    published_acc: Tuple[float, float]  # test accuracy in %, mean, std
+    published_iters: tuple[float, float]  # mean, std over 5 seeds
+    published_acc: tuple[float, float]  # test accuracy in %, mean, std
     note: str = ""
     inner_iter: int = 10  # CHN-EO local iterations per half
     inner_damping: float = 0.5
@@ -52,7 +51,7 @@ class Experiment:
     p_scale: float = 1024.0
     g_bound: float = 3.0
     backward_method: str = "backprop"
-    layers: Tuple[int, ...] = field(init=False)
+    layers: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", ARCHITECTURES[self.depth])
@@ -64,6 +63,15 @@ class Experiment:
     @property
     def key(self) -> str:
         return f"{self.row}-L{self.depth}"
+
+    @staticmethod
+    def from_key(key: str) -> "Experiment":
+        """The registry entry named by :attr:`key` (``"HAM-EO-DEQ-L3"``)."""
+        row, sep, depth = str(key).rpartition("-L")
+        if not sep or not depth.isdigit():
+            raise ValueError(f"invalid experiment key {key!r}: expected ROW-L<depth>; valid keys: "
+                             f"{[e.key for e in EXPERIMENTS]}")
+        return get_experiment(row, int(depth))
 
     def run_name(self, seed: int) -> str:
         """``HAM-EO-DEQ-L3-s2``: the name of a run in W&B and in the results store."""
@@ -96,7 +104,7 @@ def _row(row, depth, model, structure, solver, iters, acc, *, epochs=10, damped=
 
 _CHN_EO_NOTE = ("published CHN-EO read its prediction from hidden units (a bug); ours reads the "
                 "output layer, so numbers may differ")
-EXPERIMENTS: Tuple[Experiment, ...] = (
+EXPERIMENTS: tuple[Experiment, ...] = (
     _row("CHN-10ep", 3, "chn", "onematrix", "picard", (75.5, 2.1), (97.9, 0.1), damped=True),
     _row("CHN-3ep", 3, "chn", "onematrix", "picard", (39.1, 3.8), (97.0, 0.2), damped=True,
          epochs=3),
@@ -119,8 +127,8 @@ EXPERIMENTS: Tuple[Experiment, ...] = (
     _row("HAM-EO", 7, "ham", "evenodd", "picard", (32.2, 0.8), (95.5, 0.2)),
     _row("HAM-EO-DEQ", 7, "ham", "evenodd", "anderson", (31.0, 1.0), (95.5, 0.2)),
 )
-ROWS: Tuple[str, ...] = tuple(dict.fromkeys(e.row for e in EXPERIMENTS))
-DEPTHS: Tuple[int, ...] = tuple(sorted(ARCHITECTURES))
+ROWS: tuple[str, ...] = tuple(dict.fromkeys(e.row for e in EXPERIMENTS))
+DEPTHS: tuple[int, ...] = tuple(sorted(ARCHITECTURES))
 
 
 def get_experiment(row: str, depth: int) -> Experiment:
@@ -134,7 +142,7 @@ def get_experiment(row: str, depth: int) -> Experiment:
     raise ValueError(f"row {row!r} has no {depth}-layer experiment; it exists for {depths} layers")
 
 
-def select(rows: Optional[List[str]] = None, depths: Optional[List[int]] = None) -> List[Experiment]:
+def select(rows: list[str] | None = None, depths: list[int] | None = None) -> list[Experiment]:
     """The experiments whose row and depth are in the given lists (``None`` means all)."""
     for row in rows or ():
         if row not in ROWS:
@@ -142,8 +150,14 @@ def select(rows: Optional[List[str]] = None, depths: Optional[List[int]] = None)
     for depth in depths or ():
         if depth not in DEPTHS:
             raise ValueError(f"unknown depth {depth!r}; valid depths: {list(DEPTHS)}")
-    return [e for e in EXPERIMENTS
-            if (rows is None or e.row in rows) and (depths is None or e.depth in depths)]
+    chosen = [e for e in EXPERIMENTS
+              if (rows is None or e.row in rows) and (depths is None or e.depth in depths)]
+    if not chosen:
+        exists = {r: [e.depth for e in EXPERIMENTS if e.row == r] for r in rows or ROWS}
+        raise ValueError(f"no experiment has row in {rows} and depth in {depths}; these rows "
+                         "exist at these depths: "
+                         + ", ".join(f"{r} ({'/'.join(map(str, d))})" for r, d in exists.items()))
+    return chosen
 
 
 def speedup(iters: float, exp: Experiment, base_iters: float) -> float:

@@ -2,173 +2,50 @@
 
 ``run_experiment(RunConfig(row="HAM-EO-DEQ", depth=3, seed=0))`` trains, tests, and leaves
 ``results/<sweep>/<run>/`` with ``config.json``, ``metrics.csv``, ``summary.json``,
-``trajectories.npz`` and ``checkpoints/last.ckpt``. A run whose summary says ``finished`` is
-skipped; a run killed midway resumes from its last epoch checkpoint; a failure is recorded in
-the summary (status ``failed`` and the error) and re-raised.
+``trajectories.npz``, ``energy.npz`` and ``checkpoints/last.ckpt``. Its life cycle:
+
+- a run already ``finished`` (and sound) with the same settings is returned as it is; one
+  stored with other settings is refused (:class:`ConfigMismatch`), never silently reused;
+- one process at a time trains a run (:class:`~runner.store.RunLock`);
+- a run killed or interrupted resumes from the checkpoint of its last finished epoch;
+- a loss that goes non-finite ends the run as ``diverged`` (epoch and batch recorded);
+- SIGTERM/SIGINT end it as ``interrupted``; any other error as ``failed`` with its traceback.
 """
 from __future__ import annotations
 
-import csv
-import io
+import math
 import os
-import secrets
-import string
+import shutil
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 
-from custom_callbacks import IterationsToConverge, ResidualTrajectories
+from custom_callbacks import EnergyTracker, IterationsToConverge, ResidualTrajectories
+from deq_modules.data import HopfieldDataModule
+from deq_modules.experiments import CONVERGENCE_TOL
+from deq_modules.lit import lit_module_for
 
-from .data import HopfieldDataModule
-from .experiments import CONVERGENCE_TOL, get_experiment
-from .lit import lit_module_for
-from .results import (
-    FAILED, FINISHED, RUNNING, atomic_write_json, atomic_write_text, read_json, run_dir, summary_of,
-)
+from .config import RunConfig
+from .history import EpochHistory, ProgressLog, mean_epoch_seconds
+from .result_files import plot_trajectory_heatmap, save_npz
+from .safety import DivergenceGuard, Diverged, EpochCheckpoint, Interrupted
+from .store import (CONFIG, DIVERGED, FAILED, FINISHED, INTERRUPTED, LAST_CHECKPOINT, LOCK,
+                    METRICS, RUNNING, SUMMARY, TEST_METRICS, TRAJECTORIES, RunLock,
+                    atomic_write_json, finished_problems, read_json, summary_of)
 
-WANDB_MODES = ("online", "offline", "disabled")
-SUMMARY_KEYS = ("test/acc", "test/loss", "test/iters_to_converge", "test/not_converged",
-                "test/rel_residual")
-
-
-@dataclass
-class RunConfig:
-    """Everything that defines one run; the registry fills in the paper's settings."""
-
-    row: str
-    depth: int
-    seed: int
-    dataset: str = "emnist-mnist"
-    data_dir: Optional[str] = None
-    download: bool = True
-    epochs: Optional[int] = None  # None: the row's epochs from the registry
-    limit_train_batches: Optional[Union[int, float]] = None
-    limit_test_batches: Optional[Union[int, float]] = None
-    results: str = "results"
-    sweep: str = "table2"
-    accelerator: str = "auto"
-    devices: Union[int, str] = 1
-    wandb_mode: str = "disabled"
-    wandb_project: str = "hopfield-deq"
-    wandb_entity: Optional[str] = None
-    wandb_run_id: Optional[str] = None  # set by a W&B agent whose run is already started
-    synthetic_kwargs: Optional[Dict[str, Any]] = None
-    extra_tags: List[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.wandb_mode not in WANDB_MODES:
-            raise ValueError(f"unknown wandb_mode {self.wandb_mode!r}; valid: {list(WANDB_MODES)}")
-        self.experiment = get_experiment(self.row, self.depth)  # validates row and depth
-
-    @property
-    def name(self) -> str:
-        return self.experiment.run_name(self.seed)
-
-    @property
-    def directory(self) -> Path:
-        return run_dir(self.results, self.sweep, self.name)
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items()}
-        d["experiment"] = self.experiment.to_dict()
-        d["run_name"] = self.name
-        return d
+SUMMARY_KEYS = (*TEST_METRICS, "test/rel_residual")
+ENERGY = "energy.npz"
 
 
-def parse_batches(text: str) -> Union[int, float]:
-    """A ``--limit-*-batches`` value: ``"5"`` is a count of batches, ``"0.25"`` a fraction."""
-    value = float(text)
-    return int(value) if value.is_integer() and "." not in text else value
-
-
-def quiet_lightning() -> None:
-    """Keep a long log readable: Lightning's banners and known-harmless warnings off.
-
-    Called by the entry points (never at import)."""
-    import logging
-    import warnings
-
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for pattern in (".*does not have many workers.*", ".*is smaller than the logging interval.*",
-                    ".*exists and is not empty.*", ".*treespec, LeafSpec.*",
-                    ".*anonymous setting has no effect.*"):
-        warnings.filterwarnings("ignore", pattern)
-
-
-class EpochHistory(Callback):
-    """Per-epoch history: one row per epoch in ``metrics.csv`` and one plain log line.
-
-    The CSV is rewritten atomically at every epoch end; after a resume, the rows of epochs
-    that are being redone are dropped, so every epoch appears exactly once. The line is made
-    for ``nohup`` logs (no progress-bar escapes).
-    """
-
-    SHOWN = ("train/loss", "val/acc", "val/iters_to_converge")
-
-    def __init__(self, path: Path, prefix: str, stream=None):
-        self.path, self.prefix, self.stream = Path(path), prefix, stream
-        self.start_epoch = 0  # > 0 when resumed from a checkpoint
-        self._t0 = time.monotonic()
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.start_epoch = trainer.current_epoch
-        rows = self._read()
-        if rows and trainer.is_global_zero:
-            self._write([r for r in rows if int(r["epoch"]) < self.start_epoch])
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._t0 = time.monotonic()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        seconds = time.monotonic() - self._t0
-        row: Dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step,
-                               "epoch_time_s": round(seconds, 3)}
-        for key, value in sorted(trainer.callback_metrics.items()):
-            if not key.endswith("_step"):
-                row[key.removesuffix("_epoch")] = float(value)
-        if trainer.lr_scheduler_configs:
-            row["lr-Madam"] = trainer.optimizers[0].param_groups[0]["lr"]
-        if trainer.is_global_zero:
-            self._write(self._read() + [row])
-            parts = [f"{self.prefix} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
-            parts += [f"{k} {row[k]:.4g}" for k in self.SHOWN if k in row]
-            print("  ".join(parts + [f"{seconds:.0f}s"]), file=self.stream or sys.stdout,
-                  flush=True)
-
-    def _read(self) -> List[Dict[str, str]]:
-        if not self.path.exists():
-            return []
-        with open(self.path, newline="") as f:
-            return list(csv.DictReader(f))
-
-    def _write(self, rows: List[Dict[str, Any]]) -> None:
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(self.path, buffer.getvalue())
-
-
-def _wandb_logger(cfg: RunConfig, directory: Path, run_id: Optional[str]):
-    from lightning.pytorch.loggers import WandbLogger
-
-    exp = cfg.experiment
-    return WandbLogger(
-        project=cfg.wandb_project, entity=cfg.wandb_entity, name=cfg.name, id=run_id,
-        group=exp.key, tags=[exp.structure, exp.model, exp.solver, exp.row, *cfg.extra_tags],
-        save_dir=str(directory), offline=cfg.wandb_mode == "offline", resume="allow",
-        config=cfg.to_dict(), log_model=False,
-    )
+class ConfigMismatch(ValueError):
+    """The run directory holds a run with other settings than the one asked for."""
 
 
 def _is_main_process() -> bool:
@@ -176,100 +53,145 @@ def _is_main_process() -> bool:
     return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK"))
 
 
-def run_experiment(cfg: RunConfig, skip_finished: bool = True) -> Dict[str, Any]:
-    """Train and test one run; returns its summary (also written to ``summary.json``)."""
+def discard(directory: Path) -> None:
+    """Remove a run's outputs (not its lock), so that it trains again from the start."""
+    for path in directory.iterdir() if directory.is_dir() else ():
+        if path.name == LOCK:
+            continue
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def run_experiment(cfg: RunConfig, rerun: bool = False) -> dict[str, Any]:
+    """Train and test one run; returns its summary (also written to ``summary.json``).
+
+    A finished or diverged run with the same settings is returned as stored, unless ``rerun``
+    discards it (results and checkpoints) to train again. Raises :class:`ConfigMismatch` for a stored run with other settings,
+    :class:`~runner.store.RunLocked` when another process trains it now.
+    """
     out = cfg.directory
     if not _is_main_process():  # a DDP worker: train, leave the store to rank 0
-        return _train_and_test(cfg, out, read_json(out / "config.json").get("wandb_run_id"))
-    previous = summary_of(out)
-    if skip_finished and previous and previous.get("status") == FINISHED:
-        return previous
+        return _train_and_test(cfg, out, (read_json(out / CONFIG) or {}).get("wandb_run_id"))
     out.mkdir(parents=True, exist_ok=True)
-    config = read_json(out / "config.json") or {}
-    run_id = cfg.wandb_run_id or config.get("wandb_run_id")
-    if cfg.wandb_mode != "disabled" and run_id is None:
-        # W&B's own format (8 lowercase letters/digits), kept so a resumed run continues it.
-        run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-    atomic_write_json(out / "config.json", {**cfg.to_dict(), "wandb_run_id": run_id})
-    atomic_write_json(out / "summary.json", {"status": RUNNING, "run_name": cfg.name})
-    start = time.monotonic()
-    try:
-        summary = _train_and_test(cfg, out, run_id)
-    except BaseException as err:
-        atomic_write_json(out / "summary.json", {
-            "status": FAILED, "run_name": cfg.name, "error": f"{type(err).__name__}: {err}",
-            "traceback": traceback.format_exc(), "wall_time_s": time.monotonic() - start,
-        })
-        raise
-    summary.update(status=FINISHED, run_name=cfg.name, wall_time_s=time.monotonic() - start)
-    atomic_write_json(out / "summary.json", summary)
-    return summary
+    with RunLock(out):
+        if rerun:
+            discard(out)
+        stored = read_json(out / CONFIG)
+        if stored is not None:
+            diff = cfg.differences(stored)
+            if diff:
+                raise ConfigMismatch(
+                    f"{out} holds a run with other settings ({'; '.join(diff)}); use another "
+                    "--name (or --results) for these settings, or --rerun to discard it")
+        previous = summary_of(out) or {}
+        if previous.get("status") == DIVERGED:
+            return previous
+        if previous.get("status") == FINISHED:
+            problems = finished_problems(out)
+            if not problems:
+                return previous
+            print(f"{cfg.name}: stored result is damaged ({'; '.join(problems)}); training "
+                  "it again", flush=True)
+            discard(out)
+            stored = None
+        run_id = cfg.wandb_run_id or (stored or {}).get("wandb_run_id")
+        if cfg.wandb_mode != "disabled" and run_id is None:
+            from .wandb_run import new_run_id
+
+            run_id = new_run_id()
+        atomic_write_json(out / CONFIG, {**cfg.to_dict(), "wandb_run_id": run_id})
+        atomic_write_json(out / SUMMARY, {"status": RUNNING, "run_name": cfg.name,
+                                          "pid": os.getpid()})
+        start = time.monotonic()
+        record = dict(run_name=cfg.name, row=cfg.row, depth=cfg.depth, seed=cfg.seed)
+        try:
+            summary = _train_and_test(cfg, out, run_id)
+        except Diverged as err:
+            summary = dict(record, status=DIVERGED, error=str(err), epoch=err.epoch + 1,
+                           batch=None if err.batch is None else err.batch + 1, loss=err.loss,
+                           wall_time_s=time.monotonic() - start)
+            atomic_write_json(out / SUMMARY, summary)
+            return summary
+        except BaseException as err:
+            status = INTERRUPTED if isinstance(err, (Interrupted, KeyboardInterrupt)) else FAILED
+            atomic_write_json(out / SUMMARY, dict(
+                record, status=status, error=f"{type(err).__name__}: {err}",
+                traceback=traceback.format_exc(), wall_time_s=time.monotonic() - start))
+            raise
+        summary.update(record, wall_time_s=time.monotonic() - start)
+        atomic_write_json(out / SUMMARY, summary)
+        return summary
 
 
-def _train_and_test(cfg: RunConfig, out: Path, run_id: Optional[str]) -> Dict[str, Any]:
+def _trainer(cfg: RunConfig, out: Path, run_id: str | None, callbacks: list) -> L.Trainer:
+    loggers: list = [CSVLogger(str(out), name="csv_logs")]  # step logs, one version per start
+    if cfg.wandb_mode != "disabled":
+        from .wandb_run import wandb_logger
+
+        loggers.append(wandb_logger(cfg, out, run_id))
+    return L.Trainer(
+        max_epochs=cfg.planned_epochs, accelerator=cfg.accelerator, devices=cfg.devices,
+        logger=loggers, callbacks=callbacks, default_root_dir=str(out),
+        enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False,
+        enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=50,
+        limit_train_batches=cfg.limit_train_batches, limit_val_batches=cfg.limit_test_batches,
+        limit_test_batches=cfg.limit_test_batches,
+    )
+
+
+def _train_and_test(cfg: RunConfig, out: Path, run_id: str | None) -> dict[str, Any]:
     exp = cfg.experiment
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = HopfieldDataModule(cfg.dataset, cfg.data_dir, batch_size=exp.batch_size,
                             download=cfg.download, seed=cfg.seed,
                             synthetic_kwargs=cfg.synthetic_kwargs)
     model = lit_module_for(exp, input_size=dm.input_size)
-    epochs = cfg.epochs if cfg.epochs is not None else exp.epochs
-
-    last_ckpt = out / "checkpoints" / "last.ckpt"
+    last_ckpt = out / LAST_CHECKPOINT
     resume = str(last_ckpt) if last_ckpt.exists() else None
-    if resume is None and (out / "metrics.csv").exists():
-        (out / "metrics.csv").unlink()  # a fresh start must not inherit a dead run's history
-    # Step-level CSV logs, one version per (re)start; metrics.csv holds the epoch history.
-    loggers = [CSVLogger(str(out), name="csv_logs")]
-    if cfg.wandb_mode != "disabled":
-        loggers.append(_wandb_logger(cfg, out, run_id))
-    history = EpochHistory(out / "metrics.csv", cfg.name)
-    callbacks = [
-        IterationsToConverge(tol=CONVERGENCE_TOL),
-        ResidualTrajectories(out_dir=str(out), log_image=cfg.wandb_mode != "disabled"),
-        ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0),
-        LearningRateMonitor(logging_interval="step"),
-        history,
-    ]
-    trainer = L.Trainer(
-        max_epochs=epochs, accelerator=cfg.accelerator, devices=cfg.devices,
-        logger=loggers, callbacks=callbacks, default_root_dir=str(out),
-        enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False,
-        num_sanity_val_steps=0, log_every_n_steps=50,
-        limit_train_batches=cfg.limit_train_batches, limit_val_batches=cfg.limit_test_batches,
-        limit_test_batches=cfg.limit_test_batches,
-    )
-    fit_start = time.monotonic()
+    if resume is None and (out / METRICS).exists():
+        (out / METRICS).unlink()  # a fresh start must not inherit a dead run's history
+    trajectories = ResidualTrajectories(tol=CONVERGENCE_TOL)
+    energy = EnergyTracker(stage="test")
+    history = EpochHistory(out / METRICS, cfg.name)
+    trainer = _trainer(cfg, out, run_id, [
+        IterationsToConverge(tol=CONVERGENCE_TOL), trajectories, energy,
+        LearningRateMonitor(logging_interval="step"), DivergenceGuard(), history,
+        EpochCheckpoint(last_ckpt), ProgressLog(cfg.name),
+    ])
+    last_ckpt.parent.mkdir(parents=True, exist_ok=True)
     trainer.fit(model, datamodule=dm, ckpt_path=resume)
-    if trainer.interrupted:  # Lightning swallows Ctrl-C / SIGTERM; the run is not finished
-        raise KeyboardInterrupt(f"{cfg.name}: training was interrupted")
-    fit_time = time.monotonic() - fit_start
+    if trainer.interrupted:  # Lightning swallowed a signal: the run is not finished
+        raise Interrupted(15)
     results = trainer.test(model, datamodule=dm, verbose=False)[0]
     if trainer.interrupted:
-        raise KeyboardInterrupt(f"{cfg.name}: testing was interrupted")
-    summary: Dict[str, Any] = {k: results[k] for k in SUMMARY_KEYS if k in results}
+        raise Interrupted(15)
+    summary: dict[str, Any] = {k: results[k] for k in SUMMARY_KEYS if k in results}
+    if not all(math.isfinite(summary.get(k, math.nan)) for k in ("test/loss", "test/acc")):
+        raise Diverged(trainer.current_epoch - 1, None, summary.get("test/loss", math.nan))
+    if trainer.is_global_zero:
+        _save_results(trainer, out, trajectories.result, energy.result)
     summary.update(
-        row=exp.row, depth=exp.depth, seed=cfg.seed, dataset=cfg.dataset,
-        epochs_trained=trainer.current_epoch, fit_time_s=fit_time,
-        seconds_per_epoch=fit_time / max(trainer.current_epoch - history.start_epoch, 1),
-        device=str(trainer.strategy.root_device), resumed_from=resume,
+        status=FINISHED, dataset=cfg.dataset, epochs_trained=trainer.current_epoch,
+        seconds_per_epoch=mean_epoch_seconds(out / METRICS),
+        device=str(trainer.strategy.root_device), resumed=resume is not None,
         published_iters=exp.published_iters, published_acc=exp.published_acc,
-        torch=torch.__version__, host=os.uname().nodename,
+        torch=torch.__version__,
     )
-    for logger in loggers[1:]:
-        _finish_wandb(logger.experiment, summary, out)
+    if cfg.wandb_mode != "disabled":
+        from .wandb_run import finish_wandb
+
+        finish_wandb(trainer.loggers[1], summary, out)
     return summary
 
 
-def _finish_wandb(run, summary: Dict[str, Any], out: Path) -> None:
-    """Final metrics into the W&B summary; trajectories and checkpoint as an artifact, so
-    another machine can rebuild the figures from W&B alone."""
-    import wandb
+def _save_results(trainer: L.Trainer, out: Path, trajectories: dict | None,
+                  energy: dict | None) -> None:
+    """The callbacks' arrays into the store (and the heatmap into W&B)."""
+    if trajectories is not None:
+        save_npz(out / TRAJECTORIES, trajectories)
+    if energy is not None:
+        save_npz(out / ENERGY, energy)
+    if trajectories is not None and len(trainer.loggers) > 1:
+        from .wandb_run import log_figure
 
-    run.summary.update({k: v for k, v in summary.items() if "/" in k})
-    artifact = wandb.Artifact(f"results-{run.name}", type="run-results")
-    for name in ("config.json", "trajectories.npz", "metrics.csv", "checkpoints/last.ckpt"):
-        if (out / name).exists():
-            artifact.add_file(str(out / name), name=name)
-    run.log_artifact(artifact)
-    run.finish()
+        figure = plot_trajectory_heatmap(trajectories, title="Residual trajectories (test)").figure
+        log_figure(trainer.loggers[1], "test/residual_heatmap", figure, trainer.global_step)

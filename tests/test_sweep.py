@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import sweep
-from deq_modules import run as run_module
+from runner.store import atomic_write_json
 from deq_modules.experiments import EXPERIMENTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,26 +74,21 @@ def test_tiny_offline_sweep_writes_the_store_and_reruns_nothing(capsys, tmp_path
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
 
 
-def test_failed_run_is_recorded_and_the_sweep_goes_on(capsys, tmp_path, offline_env,
-                                                     monkeypatch):
-    real = run_module._train_and_test
-
-    def fail_seed_0(cfg, out, run_id):
-        if cfg.seed == 0:
-            raise RuntimeError("simulated divergence")
-        return real(cfg, out, run_id)
-
-    monkeypatch.setattr(run_module, "_train_and_test", fail_seed_0)
+def test_failed_run_is_recorded_and_the_sweep_goes_on(capsys, tmp_path, offline_env):
     args = ["--rows", "HAM-EO-DEQ", "--layers", "3", "--seeds", "0,1", *TINY, "--no-wandb",
             "--results", str(tmp_path)]
+    # A damaged checkpoint of seed 0 (as a full disk would leave): resuming from it fails.
+    victim = sweep.plan(sweep.parse_args(args))[0]
+    atomic_write_json(victim.directory / "config.json", victim.to_dict())
+    (victim.directory / "checkpoints").mkdir(parents=True)
+    (victim.directory / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
     assert sweep.main(args) == 1
     out = capsys.readouterr().out
-    assert "seed 0: FAILED after" in out and "RuntimeError: simulated divergence" in out
-    assert "seed 1: finished in" in out
-    failed = json.loads((tmp_path / "table2" / "HAM-EO-DEQ-L3-s0" / "summary.json").read_text())
-    assert failed["status"] == "failed" and "simulated divergence" in failed["error"]
-    assert "Traceback" in failed["traceback"]
-    monkeypatch.setattr(run_module, "_train_and_test", real)
+    assert "seed 0: FAILED after" in out
+    assert "seed 1: finished in" in out and "failed: HAM-EO-DEQ-L3-s0" in out
+    failed = json.loads((victim.directory / "summary.json").read_text())
+    assert failed["status"] == "failed" and "Traceback" in failed["traceback"]
+    (victim.directory / "checkpoints" / "last.ckpt").unlink()
     assert sweep.main(args) == 0  # the rerun redoes only the failed run
     out = capsys.readouterr().out
     assert "seed 1: already finished, skipped" in out and "seed 0: finished in" in out
@@ -126,40 +121,163 @@ def test_join_without_network_fails_at_once(monkeypatch, offline_env):
 def test_bad_flags_are_refused(capsys):
     with pytest.raises(SystemExit):
         sweep.main(["--rows", "HAM-EOO"])
-    assert "invalid value(s) ['HAM-EOO']; valid: CHN-10ep" in capsys.readouterr().err
+    assert "invalid row(s) ['HAM-EOO']; valid: CHN-10ep" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_killed_sweep_resumes_and_finishes_every_run_once(tmp_path):
-    env = dict(os.environ, WANDB_MODE="disabled", HOME=str(tmp_path))
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs: must be >= 1"),
+    (["--epochs", "-1"], "--epochs: must be >= 1"),
+    (["--limit-train-batches", "0"], "whole number >= 1"),
+    (["--limit-train-batches", "1.5"], "fraction in \\(0, 1\\]"),
+    (["--limit-test-batches", "nan"], "fraction in"),
+    (["--limit-test-batches", "inf"], "fraction in"),
+    (["--seeds", "-1"], "invalid seed\\(s\\) \\[-1\\] \\(whole numbers >= 0\\)"),
+    (["--rows", "CHN-DEQ", "--layers", "5"], "CHN-DEQ \\(3\\)"),
+    (["--name", "../x"], "plain folder name"),
+    (["--name", "/tmp/elsewhere"], "plain folder name"),
+    (["--join", "e/p/s", "--rows", "HAM"], "--rows cannot be used with --join"),
+    (["--join", "e/p/s", "--dry-run"], "--dry-run cannot be used with --join"),
+    (["--count", "3"], "--count only applies with --join"),
+])
+def test_bad_command_lines_are_refused_at_once(capsys, tmp_path, flags, message):
+    import re
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main([*flags, "--results", str(tmp_path), "--dry-run"] if "--join" not in flags
+                   else flags)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert len(err) < 2000  # one clear message, not a list of a million valid seeds
+    assert not list(tmp_path.iterdir())
+
+
+def test_stored_runs_with_other_settings_are_never_reused(capsys, tmp_path, offline_env):
+    args = ["--rows", "HAM", "--layers", "3", "--seeds", "0", *TINY, "--no-wandb",
+            "--results", str(tmp_path)]
+    assert sweep.main(args) == 0
+    before = (tmp_path / "table2" / "HAM-L3-s0" / "summary.json").read_text()
+    capsys.readouterr()
+    assert sweep.main([*args, "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "HAM-L3-s0: epochs: stored 1, now 2" in err and "nothing was run" in err
+    assert (tmp_path / "table2" / "HAM-L3-s0" / "summary.json").read_text() == before
+
+
+def test_damaged_finished_run_is_named_and_trained_again(capsys, tmp_path, offline_env):
+    args = ["--rows", "HAM", "--layers", "3", "--seeds", "0", *TINY, "--no-wandb",
+            "--results", str(tmp_path)]
+    assert sweep.main(args) == 0
+    metrics = tmp_path / "table2" / "HAM-L3-s0" / "metrics.csv"
+    metrics.write_text(metrics.read_text()[:40])  # truncated
+    capsys.readouterr()
+    assert sweep.main(args) == 0
+    out = capsys.readouterr().out
+    assert "stored result is damaged (metrics.csv is empty or truncated)" in out
+    assert "seed 0: finished in" in out
+    assert len(list(csv.DictReader(open(metrics)))) == 1
+
+
+def test_diverged_run_is_recorded_not_finished_and_not_retrained(capsys, tmp_path, offline_env):
+    args = ["--rows", "HAM", "--layers", "3", "--seeds", "0", "--dataset", "synthetic",
+            "--epochs", "2", "--limit-train-batches", "25", "--limit-test-batches", "1",
+            "--lr", "100", "--no-wandb", "--results", str(tmp_path)]
+    assert sweep.main(args) == 0
+    out = capsys.readouterr().out
+    assert "seed 0: DIVERGED after" in out and "diverged: HAM-L3-s0" in out
+    summary = json.loads((tmp_path / "table2" / "HAM-L3-s0" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["epoch"] == 1
+    assert 1 <= summary["batch"] <= 20 and "test/acc" not in summary
+    assert sweep.main(args) == 0
+    assert "diverged earlier, skipped" in capsys.readouterr().out
+
+
+def sweep_cmd(tmp_path, *extra):
+    return [sys.executable, str(ROOT / "sweep.py"), "--rows", "HAM-EO,HAM-EO-DEQ", "--layers",
+            "3", "--seeds", "0", "--dataset", "synthetic", "--epochs", "6",
+            "--limit-train-batches", "30", "--limit-test-batches", "1", "--no-wandb",
+            "--results", str(tmp_path), *extra]
+
+
+def quiet_env(tmp_path):
+    env = dict(os.environ, WANDB_MODE="disabled", HOME=str(tmp_path), OMP_NUM_THREADS="1")
     env.pop("WANDB_API_KEY", None)
-    cmd = [sys.executable, str(ROOT / "sweep.py"), "--rows", "HAM-EO,HAM-EO-DEQ", "--layers", "3",
-           "--seeds", "0", "--dataset", "synthetic", "--epochs", "8", "--limit-train-batches",
-           "30", "--limit-test-batches", "1", "--no-wandb", "--results", str(tmp_path)]
-    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
-    store = tmp_path / "table2"
-    victim = store / "HAM-EO-DEQ-L3-s0"
-    deadline = time.monotonic() + 240
-    # Kill the sweep once the second run has its first epoch checkpoint: mid-run, mid-epoch.
-    while not (victim / "checkpoints" / "last.ckpt").exists():
-        assert first.poll() is None and time.monotonic() < deadline, "sweep ended too early"
-        time.sleep(0.05)
-    first.send_signal(signal.SIGKILL)
-    log1 = first.communicate()[0]
-    assert json.loads((victim / "summary.json").read_text())["status"] == "running"
+    return env
 
-    second = subprocess.run(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True,
-                            timeout=300)
-    assert second.returncode == 0, second.stdout
-    log = log1 + second.stdout
+
+def read_until(process, needle: str, limit_s: float = 600) -> str:
+    """Lines of ``process``'s stdout up to the first holding ``needle`` (generous limit)."""
+    lines, deadline = [], time.monotonic() + limit_s
+    for line in process.stdout:
+        lines.append(line)
+        if needle in line:
+            return "".join(lines)
+        assert time.monotonic() < deadline, f"no {needle!r} yet:\n{''.join(lines)}"
+    raise AssertionError(f"process ended before {needle!r}:\n{''.join(lines)}")
+
+
+def check_every_epoch_once(store, epochs=6):
     for name in ("HAM-EO-L3-s0", "HAM-EO-DEQ-L3-s0"):
         summary = json.loads((store / name / "summary.json").read_text())
         assert summary["status"] == "finished"
         history = list(csv.DictReader(open(store / name / "metrics.csv")))
-        assert [r["epoch"] for r in history] == [str(e) for e in range(8)]  # each exactly once
-        assert summary["epochs_trained"] == 8
-    assert log.count("seed 0: finished in") == 2  # each run finished exactly once
-    assert "HAM-EO L3 seed 0: already finished, skipped" in second.stdout
-    resumed = json.loads((victim / "summary.json").read_text())["resumed_from"]
-    assert resumed and resumed.endswith("last.ckpt")
+        assert [r["epoch"] for r in history] == [str(e) for e in range(epochs)]
+        assert summary["epochs_trained"] == epochs
+        assert summary["seconds_per_epoch"] > 0
     assert not list(store.rglob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_sweep_killed_mid_training_resumes_from_its_last_epoch(tmp_path):
+    cmd, env = sweep_cmd(tmp_path), quiet_env(tmp_path)
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    # kill -9 in the middle of the second run's training, after its second epoch
+    log1 = read_until(first, "HAM-EO-DEQ-L3-s0 epoch 2/6  train/loss")
+    first.send_signal(signal.SIGKILL)
+    log1 += first.communicate()[0]
+    victim = tmp_path / "table2" / "HAM-EO-DEQ-L3-s0"
+    assert json.loads((victim / "summary.json").read_text())["status"] == "running"
+
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stdout
+    assert "HAM-EO L3 seed 0: already finished, skipped" in second.stdout
+    # the restart did not train the first epoch again: it resumed from a checkpoint
+    assert "HAM-EO-DEQ-L3-s0 epoch 1/6  train/loss" not in second.stdout
+    assert json.loads((victim / "summary.json").read_text())["resumed"] is True
+    assert (log1 + second.stdout).count("seed 0: finished in") == 2
+    check_every_epoch_once(tmp_path / "table2")
+
+
+@pytest.mark.slow
+def test_sigterm_marks_the_run_interrupted_exits_143_and_resumes(tmp_path):
+    cmd, env = sweep_cmd(tmp_path), quiet_env(tmp_path)
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    read_until(first, "HAM-EO-L3-s0 epoch 2/6  train/loss")
+    first.send_signal(signal.SIGTERM)
+    log1 = first.communicate(timeout=300)[0]
+    assert first.returncode == 143, log1
+    assert "interrupted by SIGTERM; start it again to resume" in log1
+    summary = json.loads((tmp_path / "table2" / "HAM-EO-L3-s0" / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stdout
+    assert "HAM-EO-L3-s0 epoch 1/6  train/loss" not in second.stdout
+    check_every_epoch_once(tmp_path / "table2")
+
+
+@pytest.mark.slow
+def test_two_sweeps_on_one_store_share_the_grid(tmp_path):
+    cmd, env = sweep_cmd(tmp_path), quiet_env(tmp_path)
+    a = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    read_until(a, "HAM-EO-L3-s0 epoch 1/6")  # a holds the first run
+    b = subprocess.run(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True,
+                       timeout=600)
+    log_a = a.communicate(timeout=600)[0]
+    assert a.returncode == 0 and b.returncode == 0, log_a + b.stdout
+    assert "HAM-EO L3 seed 0: skipped: HAM-EO-L3-s0 is being trained by another process" \
+        in b.stdout
+    assert "HAM-EO-DEQ L3 seed 0: finished in" in b.stdout
+    # every run trained by exactly one of the two processes
+    assert (log_a + b.stdout).count("seed 0: finished in") == 2
+    check_every_epoch_once(tmp_path / "table2")

@@ -187,15 +187,3 @@ def toy() -> SimpleNamespace:
         make_trainer=make_trainer, closed_form_iters=closed_form_iters,
         closed_form_residuals=closed_form_residuals,
     )
-
-
-@pytest.fixture
-def no_wandb_run():
-    """Finish any W&B run and session before and after the test: an open run is reused by the
-    next WandbLogger, and a session keeps the mode (disabled/offline) it started with."""
-    wandb = pytest.importorskip("wandb")
-    wandb.finish()
-    wandb.teardown()
-    yield wandb
-    wandb.finish()
-    wandb.teardown()

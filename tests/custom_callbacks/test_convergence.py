@@ -54,7 +54,7 @@ def test_test_stage_logs_closed_form(toy, tmp_path):
     module = toy.ToyLit(toy.RateMap(), iters=ITERS)
     want_iters, want_conv = toy.closed_form_iters(rates_of(module.deq.f_module, x), TOL, ITERS)
     assert 0 < (~want_conv).sum() < 70
-    trainer = toy.make_trainer(tmp_path, [IterationsToConverge(TOL)])
+    trainer = toy.make_trainer(tmp_path, [IterationsToConverge(tol=TOL)])
     (result,) = trainer.test(module, toy.loader(x, y))
     assert result["test/iters_to_converge"] == pytest.approx(want_iters.mean(), rel=1e-6)
     assert result["test/not_converged"] == (~want_conv).sum()
@@ -66,7 +66,7 @@ def test_fit_logs_train_steps_and_val_epoch(toy, tmp_path):
     xv, yv = toy.make_data(50, seed=2)
     module = toy.ToyLit(toy.RateMap(), iters=ITERS)
     logger = toy.RecordingLogger()
-    trainer = toy.make_trainer(tmp_path, [IterationsToConverge(TOL)], logger=logger,
+    trainer = toy.make_trainer(tmp_path, [IterationsToConverge(tol=TOL)], logger=logger,
                                limit_train_batches=3, limit_val_batches=2)
     trainer.fit(module, toy.loader(x, y, 32), toy.loader(xv, yv, 20))
     rates = rates_of(module.deq.f_module, x)
@@ -91,7 +91,7 @@ def test_solver_stopping_early_counts_its_own_length(toy, tmp_path):
     x, y = toy.make_data(20, seed=3)
     x[2:5, 0] = 0.5  # no sample too slow for 1e-3 within 40 iterations
     module = toy.ToyLit(toy.RateMap(), iters=ITERS, tol=1e-3)
-    trainer = toy.make_trainer(tmp_path, [IterationsToConverge(TOL)])
+    trainer = toy.make_trainer(tmp_path, [IterationsToConverge(tol=TOL)])
     (result,) = trainer.test(module, toy.loader(x, y))
     n_solve = module.deq.last_forward_stats.n_iter
     assert n_solve < ITERS
@@ -110,24 +110,26 @@ def run_test(toy, root, callbacks, x, y):
 
 def test_callback_order_does_not_matter(toy, tmp_path):
     x, y = toy.make_data(70)
-    alone = run_test(toy, tmp_path / "alone", [IterationsToConverge(TOL)], x, y)
-    tight = run_test(toy, tmp_path / "tight", [IterationsToConverge(1e-6)], x, y)
+    alone = run_test(toy, tmp_path / "alone", [IterationsToConverge(tol=TOL)], x, y)
+    tight = run_test(toy, tmp_path / "tight", [IterationsToConverge(tol=1e-6)], x, y)
 
-    def callbacks(name):
-        return [IterationsToConverge(TOL), IterationsToConverge(1e-6, suffix="@1e-6"),
-                ResidualTrajectories(out_dir=tmp_path / name), EnergyTracker(out_dir=tmp_path / name)]
+    def callbacks():
+        return [IterationsToConverge(tol=TOL), IterationsToConverge(tol=1e-6, suffix="@1e-6"),
+                ResidualTrajectories(tol=TOL), EnergyTracker()]
 
-    forward = run_test(toy, tmp_path / "fwd", callbacks("fwd"), x, y)
-    backward = run_test(toy, tmp_path / "bwd", callbacks("bwd")[::-1], x, y)
+    fwd_callbacks, bwd_callbacks = callbacks(), callbacks()
+    forward = run_test(toy, tmp_path / "fwd", fwd_callbacks, x, y)
+    backward = run_test(toy, tmp_path / "bwd", bwd_callbacks[::-1], x, y)
     assert forward == backward
     for key in alone:
         assert forward[key] == alone[key]
     assert forward["test/iters_to_converge@1e-6"] == tight["test/iters_to_converge"]
     assert forward["test/not_converged@1e-6"] == tight["test/not_converged"]
     assert forward["test/iters_to_converge@1e-6"] > forward["test/iters_to_converge"]
-    for name in ("trajectories.npz", "energy.npz"):
-        fwd, bwd = np.load(tmp_path / "fwd" / name), np.load(tmp_path / "bwd" / name)
-        for key in fwd.files:
+    for fwd_cb, bwd_cb in zip(fwd_callbacks[2:], bwd_callbacks[2:]):  # trajectories, energy
+        fwd, bwd = fwd_cb.result, bwd_cb.result
+        assert fwd is not None and set(fwd) == set(bwd)
+        for key in fwd:
             np.testing.assert_array_equal(fwd[key], bwd[key])
 
 
@@ -135,8 +137,8 @@ def test_callback_order_does_not_matter(toy, tmp_path):
 def test_no_observer_left_after_a_failed_step(toy, tmp_path, stage):
     x, y = toy.make_data(70)
     module = toy.ToyLit(toy.RateMap(), iters=5, fail_at=(stage, 1))
-    callbacks = [IterationsToConverge(TOL), ResidualTrajectories(out_dir=tmp_path),
-                 EnergyTracker(stage=stage, out_dir=tmp_path)]
+    callbacks = [IterationsToConverge(tol=TOL), ResidualTrajectories(tol=TOL),
+                 EnergyTracker(stage=stage)]
     trainer = toy.make_trainer(tmp_path, callbacks)
     with pytest.raises(RuntimeError, match="planned failure"):
         if stage == "test":
@@ -149,6 +151,8 @@ def test_no_observer_left_after_a_failed_step(toy, tmp_path, stage):
     (result,) = toy.make_trainer(tmp_path, callbacks).test(module, toy.loader(x, y))
     assert "test/iters_to_converge" in result
     assert module.deq._observers == []
+    # Nothing of the failed run's partial batches is counted.
+    assert callbacks[1].result["n_samples"] == 70
 
 
 def test_a_module_without_deq_is_a_clear_error(toy, tmp_path):
@@ -163,11 +167,15 @@ def test_a_module_without_deq_is_a_clear_error(toy, tmp_path):
 
     x, y = toy.make_data(8)
     with pytest.raises(AttributeError, match="pl_module.deq"):
-        toy.make_trainer(tmp_path, [IterationsToConverge()]).test(NoDEQ(), toy.loader(x, y))
+        toy.make_trainer(tmp_path, [IterationsToConverge(tol=TOL)]).test(NoDEQ(), toy.loader(x, y))
 
 
 def test_invalid_arguments():
-    with pytest.raises(ValueError, match="tol"):
+    with pytest.raises(TypeError, match="tol"):
+        IterationsToConverge()  # the criterion has no default
+    with pytest.raises(TypeError):
+        IterationsToConverge(TOL)  # keyword only
+    with pytest.raises(ValueError, match="tol must be positive"):
         IterationsToConverge(tol=0)
     with pytest.raises(ValueError, match="valid stages"):
-        IterationsToConverge(stages=("validation",))
+        IterationsToConverge(tol=TOL, stages=("validation",))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from deq_modules.run import RunConfig, run_experiment
+from runner import RunConfig, run_experiment
 
 FMNIST = Path(os.environ.get("HOPFIELD_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 

@@ -1,0 +1,225 @@
+"""What defines one run, and the one mapping between it and a command line.
+
+``add_run_args(parser)`` declares the options every entry point shares (``train.py``,
+``sweep.py``), :meth:`RunConfig.from_args` reads them back, and :meth:`RunConfig.to_argv` writes
+a ``train.py`` command line for the same run (DDP subprocesses, W&B agents). A new option is
+written once, here.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from deq_modules.data import DATASETS
+from deq_modules.experiments import Experiment, get_experiment
+
+from .store import check_name, jsonable, run_dir
+
+WANDB_MODES = ("online", "offline", "disabled")
+# The keys of config.json that decide what a run computes: a stored run is reused only if they
+# match (where the results go, the device and the W&B settings do not change the numbers).
+DEFINING_KEYS = ("row", "depth", "seed", "dataset", "epochs", "limit_train_batches",
+                 "limit_test_batches", "synthetic_kwargs", "lr", "experiment")
+Batches = int | float | None
+
+
+def check_batches(value: Any, flag: str) -> Batches:
+    """``None``, a count of batches (int >= 1) or a fraction in (0, 1]."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{flag} must be a number of batches or a fraction, got {value!r}")
+    if isinstance(value, int) and value >= 1:
+        return value
+    if isinstance(value, float) and math.isfinite(value) and 0 < value <= 1:
+        return value
+    raise ValueError(f"{flag} must be a whole number >= 1 (batches) or a fraction in (0, 1], "
+                     f"got {value!r}")
+
+
+def parse_batches(text: str) -> int | float:
+    """A ``--limit-*-batches`` value: ``"5"`` is a count of batches, ``"0.25"`` a fraction."""
+    try:
+        value: int | float = int(text) if text.strip().lstrip("+-").isdigit() else float(text)
+        return check_batches(value, "the batch limit")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err) if "must be" in str(err) else
+                                         f"not a number: {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def synthetic_sizes(text: str) -> dict[str, int]:
+    """``--synthetic-sizes 256,128``: training and test images of the synthetic set."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected TRAIN,TEST (e.g. 256,128), got {text!r}")
+    n_train, n_test = (positive_int(p) for p in parts)
+    return dict(n_train=n_train, n_test=n_test)
+
+
+def _sweep_name(text: str) -> str:
+    try:
+        return check_name(text, "--name")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one run; the registry fills in the paper's settings."""
+
+    row: str
+    depth: int
+    seed: int
+    dataset: str = "emnist-mnist"
+    data_dir: str | None = None
+    download: bool = True
+    epochs: int | None = None  # None: the row's epochs from the registry
+    limit_train_batches: Batches = None
+    limit_test_batches: Batches = None
+    results: str = "results"
+    sweep: str = "table2"
+    accelerator: str = "auto"
+    devices: int | str = 1
+    wandb_mode: str = "disabled"
+    wandb_project: str = "hopfield-deq"
+    wandb_entity: str | None = None
+    wandb_run_id: str | None = None  # set by a W&B agent whose run is already started
+    synthetic_kwargs: dict[str, Any] | None = None
+    lr: float | None = None  # None: the row's learning rate from the registry
+    extra_tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.experiment: Experiment = get_experiment(self.row, self.depth)  # validates both
+        if self.lr is not None:
+            if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) \
+                    or not math.isfinite(self.lr) or self.lr <= 0:
+                raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+            self.experiment = replace(self.experiment, lr=float(self.lr))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; valid: {list(DATASETS)}")
+        if self.epochs is not None and (isinstance(self.epochs, bool)
+                                        or not isinstance(self.epochs, int) or self.epochs < 1):
+            raise ValueError(f"epochs must be a whole number >= 1, got {self.epochs!r}")
+        check_batches(self.limit_train_batches, "limit_train_batches")
+        check_batches(self.limit_test_batches, "limit_test_batches")
+        if self.wandb_mode not in WANDB_MODES:
+            raise ValueError(f"unknown wandb_mode {self.wandb_mode!r}; valid: {list(WANDB_MODES)}")
+        run_dir(self.results, self.sweep, self.name)  # a sweep name that stays inside results
+
+    @property
+    def name(self) -> str:
+        return self.experiment.run_name(self.seed)
+
+    @property
+    def directory(self) -> Path:
+        return run_dir(self.results, self.sweep, self.name)
+
+    @property
+    def planned_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else self.experiment.epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``config.json`` holds (flat keys, the registry entry under ``experiment``)."""
+        return {**asdict(self), "experiment": self.experiment.to_dict(), "run_name": self.name,
+                "epochs": self.planned_epochs}
+
+    def differences(self, stored: dict[str, Any]) -> list[str]:
+        """The defining settings in which a stored ``config.json`` differs from this run."""
+        mine = jsonable(self.to_dict())  # the stored values went through the same conversion
+        return [f"{k}: stored {stored.get(k)!r}, now {mine.get(k)!r}"
+                for k in DEFINING_KEYS if stored.get(k) != mine.get(k)]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **run: Any) -> "RunConfig":
+        """A run from the shared options (:func:`add_run_args`) plus ``row``, ``depth``,
+        ``seed`` and anything else given as keywords."""
+        shared = dict(dataset=args.dataset or "emnist-mnist", data_dir=args.data_dir, download=not args.no_download,
+                      epochs=args.epochs, limit_train_batches=args.limit_train_batches,
+                      limit_test_batches=args.limit_test_batches, results=args.results,
+                      sweep=args.name, accelerator=args.accelerator, devices=args.devices,
+                      wandb_project=args.project, wandb_entity=args.entity,
+                      synthetic_kwargs=args.synthetic_sizes, lr=args.lr)
+        return cls(**{**shared, **run})
+
+    def to_argv(self) -> list[str]:
+        """``train.py`` arguments that rebuild this run (``wandb_run_id`` and tags aside)."""
+        argv = ["--experiment", self.experiment.key, "--seed", str(self.seed),
+                "--dataset", self.dataset, "--results", self.results, "--name", self.sweep,
+                "--accelerator", self.accelerator, "--devices", str(self.devices),
+                "--wandb", self.wandb_mode, "--project", self.wandb_project]
+        for flag, value in (("--data-dir", self.data_dir), ("--epochs", self.epochs),
+                            ("--lr", self.lr),
+                            ("--limit-train-batches", self.limit_train_batches),
+                            ("--limit-test-batches", self.limit_test_batches),
+                            ("--entity", self.wandb_entity)):
+            if value is not None:
+                argv += [flag, str(value)]
+        if self.synthetic_kwargs:
+            argv += ["--synthetic-sizes",
+                     f"{self.synthetic_kwargs['n_train']},{self.synthetic_kwargs['n_test']}"]
+        if not self.download:
+            argv.append("--no-download")
+        return argv
+
+
+def devices_arg(text: str) -> int | str:
+    """``--devices``: a count (``2``), or what Lightning accepts (``auto``, ``0,1``)."""
+    return int(text) if text.isdigit() else text
+
+
+def add_run_args(parser: argparse.ArgumentParser, default_name: str | None) -> None:
+    """The options every entry point shares: data, training length, results, devices, W&B."""
+    g = parser.add_argument_group("run settings (the paper's where not given)")
+    g.add_argument("--dataset", default=None, choices=DATASETS,
+                   help="dataset (default emnist-mnist, the paper's)")
+    g.add_argument("--data-dir", default=None,
+                   help="dataset directory (default $HOPFIELD_DATA_DIR or ./data)")
+    g.add_argument("--no-download", action="store_true",
+                   help="never download; fail with a clear error if the files are missing")
+    g.add_argument("--epochs", type=positive_int, default=None,
+                   help="epochs to train (default: the row's, 10 for most); the learning-rate "
+                        "schedule stays the paper's 10 epochs")
+    g.add_argument("--lr", type=positive_float, default=None,
+                   help="learning rate (default: the row's, 0.01 or 0.005); recorded in the run")
+    g.add_argument("--limit-train-batches", type=parse_batches, default=None,
+                   help="train on this many batches (whole number) or this fraction (0-1] "
+                        "per epoch")
+    g.add_argument("--limit-test-batches", type=parse_batches, default=None,
+                   help="validate/test on this many batches or this fraction")
+    g.add_argument("--synthetic-sizes", type=synthetic_sizes, default=None, metavar="TRAIN,TEST",
+                   help="images in the synthetic set (default 2000,500)")
+    g.add_argument("--results", default="results", help="results directory (default results/)")
+    g.add_argument("--name", type=_sweep_name, default=default_name,
+                   help=f"sweep name: runs go to RESULTS/NAME/RUN/ (default {default_name})")
+    g.add_argument("--accelerator", default="auto", help="Lightning accelerator (default auto)")
+    g.add_argument("--devices", type=devices_arg, default=1,
+                   help="devices per run; N > 1 trains each run with Lightning DDP (default 1)")
+    g.add_argument("--project", default="hopfield-deq", help="W&B project (default hopfield-deq)")
+    g.add_argument("--entity", default=None, help="W&B entity (default: your default entity)")

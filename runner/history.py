@@ -1,0 +1,153 @@
+"""What a run tells the outside while it trains: ``metrics.csv`` and plain progress lines.
+
+Both are made for long runs under ``nohup``: one line per event, no escape codes, flushed at
+once, so ``tail -f sweep.log`` shows where a sweep stands.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+
+from .store import atomic_write_text
+
+
+def quiet_lightning() -> None:
+    """Keep a long log readable: Lightning's banners and known-harmless warnings off.
+
+    Called by the entry points (never at import)."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (".*does not have many workers.*", ".*is smaller than the logging interval.*",
+                    ".*exists and is not empty.*", ".*LeafSpec.*",
+                    ".*anonymous setting has no effect.*"):
+        warnings.filterwarnings("ignore", pattern)
+
+
+def read_history(path: Path) -> list[dict[str, str]]:
+    """The rows of a ``metrics.csv`` (``[]`` when there is none)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class EpochHistory(Callback):
+    """Per-epoch history: one row per epoch in ``metrics.csv`` and one plain log line.
+
+    The CSV is rewritten atomically at every epoch end; after a resume, the rows of epochs
+    that are being redone are dropped, so every epoch appears exactly once.
+    """
+
+    SHOWN = ("train/loss", "val/acc", "val/iters_to_converge")
+
+    def __init__(self, path: Path, prefix: str, stream: TextIO | None = None):
+        self.path, self.prefix, self.stream = Path(path), prefix, stream
+        self.start_epoch = 0  # > 0 when resumed from a checkpoint
+        self._t0 = time.monotonic()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start_epoch = trainer.current_epoch
+        rows = read_history(self.path)
+        if rows and trainer.is_global_zero:
+            self._write([r for r in rows if int(r["epoch"]) < self.start_epoch])
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0 = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        seconds = time.monotonic() - self._t0
+        row: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+                               "epoch_time_s": round(seconds, 3)}
+        for key, value in sorted(trainer.callback_metrics.items()):
+            if not key.endswith("_step"):
+                row[key.removesuffix("_epoch")] = float(value)
+        if trainer.lr_scheduler_configs:
+            row["lr-Madam"] = trainer.optimizers[0].param_groups[0]["lr"]
+        if trainer.is_global_zero:
+            self._write(read_history(self.path) + [row])
+            parts = [f"{self.prefix} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+            parts += [f"{k} {row[k]:.4g}" for k in self.SHOWN if k in row]
+            print("  ".join(parts + [_duration(seconds)]), file=self.stream or sys.stdout,
+                  flush=True)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        keys = list(dict.fromkeys(k for r in rows for k in r)) or ["epoch"]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path, buffer.getvalue())
+
+
+def mean_epoch_seconds(path: Path) -> float | None:
+    """Mean ``epoch_time_s`` over the epochs of a ``metrics.csv`` (all starts of the run)."""
+    times = [float(r["epoch_time_s"]) for r in read_history(path) if r.get("epoch_time_s")]
+    return sum(times) / len(times) if times else None
+
+
+class ProgressLog(Callback):
+    """A progress line at least every ``fraction`` of an epoch and every ``seconds``.
+
+    ``HAM-L3-s0 epoch 2/10 batch 470/938 (50%)  7.9 batch/s  run ETA 17m48s``: batches done,
+    the rate since this start, and the time left for the whole run at that rate. Reading the
+    clock is all it does per batch (no device synchronisation).
+    """
+
+    def __init__(self, prefix: str, fraction: float = 0.1, seconds: float = 60.0,
+                 stream: TextIO | None = None):
+        self.prefix, self.fraction, self.seconds, self.stream = prefix, fraction, seconds, stream
+        self._start = self._last = 0.0
+        self._done = 0  # batches trained in this process
+        self._next = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = self._last = time.monotonic()
+        self._done = 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._next = self._step(trainer)
+
+    def _step(self, trainer: pl.Trainer) -> int:
+        total = trainer.num_training_batches
+        return max(1, int(round(total * self.fraction))) if math.isfinite(total) else 1
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._done += 1
+        now = time.monotonic()
+        total = trainer.num_training_batches
+        if not math.isfinite(total):  # an iterable loader of unknown length: nothing to scale
+            return
+        done_in_epoch = batch_idx + 1
+        if done_in_epoch < total and (done_in_epoch >= self._next
+                                      or now - self._last >= self.seconds):
+            self._next = done_in_epoch + self._step(trainer)
+            self._last = now
+            if trainer.is_global_zero:
+                rate = self._done / max(now - self._start, 1e-9)
+                left = (trainer.max_epochs - trainer.current_epoch - 1) * total + total \
+                    - done_in_epoch
+                print(f"{self.prefix} epoch {trainer.current_epoch + 1}/{trainer.max_epochs} "
+                      f"batch {done_in_epoch}/{total} ({100 * done_in_epoch / total:.0f}%)  "
+                      f"{rate:.3g} batch/s  run ETA {_duration(left / rate)}",
+                      file=self.stream or sys.stdout, flush=True)

@@ -1,0 +1,195 @@
+"""The files a run leaves for the figures: ``trajectories.npz`` and ``energy.npz``.
+
+Format, reading, pooling over seeds and plotting, for the writer (the run layer) and the
+readers (``paper_figures``) alike; numpy and matplotlib only (no torch, no Lightning).
+The arrays come from ``custom_callbacks.ResidualTrajectories.result`` and
+``custom_callbacks.EnergyTracker.result``.
+
+``trajectories.npz`` (format version 1) holds:
+
+===================  ===============  ===========================================================
+key                  shape, dtype     meaning
+===================  ===============  ===========================================================
+``counts``           (n_iter, n_bins) samples whose relative residual after iteration ``n + 1``
+                     int64            fell in bin ``b`` (below the range: lowest bin, exact zeros
+                                      included; above it or NaN: highest bin)
+``log10_edges``      (n_bins + 1,)    bin edges in log10 of the relative residual
+``tolerances``       (T,)             the tolerance grid (1e-8 .. 1e-2 in half decades by default)
+``sum_iters``        (T,) int64       sum over samples of the iterations to converge at each
+``mean_iters``       (T,) float64     ``sum_iters / n_samples``: the cyan curve
+``not_converged``    (T,) int64       samples that did not reach each tolerance
+``iters_at_tol``     (n_samples,)     per-sample iterations to converge at ``tol``
+``tol``, ``stage``   scalars          the Table 2 criterion (1e-4) and ``"test"``
+``n_samples``        scalar           samples seen
+``max_iter``         scalar           the longest solve (``counts`` rows; shorter solves stop
+                                      early when the solver has a ``tol``, their rows are absent)
+``format_version``   scalar           1
+===================  ===============  ===========================================================
+
+Iterations are counted as in :func:`custom_callbacks.iterations_to_converge`.
+
+``energy.npz`` (format version 1) holds ``mean_energy`` (n_iter,) float64 (the mean over the
+samples whose solve reached that iteration), ``sum_energy`` (n_iter,), ``n_samples`` (n_iter,)
+int64, ``stage`` and ``format_version``. Entry ``n`` is the energy after ``n + 1`` iterations.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from matplotlib import patheffects
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+
+from .store import atomic_write_with
+
+FORMAT_VERSION = 1
+HEATMAP_CMAP = "magma_r"  # light = few trajectories, dark = many, as in Figures 3-4
+COUNTS_LABEL = "State trajectory density (raw counts)"
+TRAJECTORY_KEYS = ("counts", "log10_edges", "tolerances", "mean_iters", "n_samples")
+ENERGY_KEYS = ("mean_energy", "n_samples")
+
+
+class BadResultFile(ValueError):
+    """A results file that is missing keys, truncated or not an ``.npz`` at all."""
+
+
+def save_npz(path: os.PathLike | str, data: dict[str, Any]) -> None:
+    """``np.savez`` of ``data`` to ``path``, atomically (never a half-written file)."""
+    atomic_write_with(path, lambda f: np.savez(f, **data))
+
+
+def load_npz(path: os.PathLike | str, required: Iterable[str] = ()) -> dict[str, Any]:
+    """An ``.npz`` as a dict (0-d arrays as Python scalars); :class:`BadResultFile` names the
+    file when it is unreadable or lacks a ``required`` key."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out = {k: (data[k].item() if data[k].ndim == 0 else data[k]) for k in data.files}
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # zipfile.BadZipFile, EOFError, ValueError, OSError, ...
+        raise BadResultFile(f"{path}: unreadable ({type(err).__name__}: {err})") from None
+    missing = sorted(set(required) - set(out))
+    if missing:
+        raise BadResultFile(f"{path}: missing {missing}")
+    return out
+
+
+def load_trajectories(path: os.PathLike | str) -> dict[str, Any]:
+    """Read a ``trajectories.npz`` (scalars as Python numbers)."""
+    return load_npz(path, TRAJECTORY_KEYS)
+
+
+def merge_trajectories(datasets: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Pool runs (e.g. seeds): counts and sums add (shorter runs padded), means are re-derived,
+    so ``mean_iters`` is the ``n_samples``-weighted mean of the inputs' ``mean_iters``."""
+    datasets = list(datasets)
+    if not datasets:
+        raise ValueError("merge_trajectories needs at least one dataset")
+    first = datasets[0]
+    for d in datasets[1:]:
+        for key in ("log10_edges", "tolerances"):
+            if d[key].shape != first[key].shape or not np.allclose(d[key], first[key]):
+                raise ValueError(f"cannot merge trajectories with different {key}")
+        if d["tol"] != first["tol"]:
+            raise ValueError(f"cannot merge trajectories with tol {first['tol']} and {d['tol']}")
+    rows = max(d["counts"].shape[0] for d in datasets)
+    counts = np.zeros((rows, first["counts"].shape[1]), dtype=np.int64)
+    for d in datasets:
+        counts[: d["counts"].shape[0]] += d["counts"]
+    n_samples = sum(int(d["n_samples"]) for d in datasets)
+    sum_iters = sum(np.asarray(d["sum_iters"], dtype=np.int64) for d in datasets)
+    stages = {d["stage"] for d in datasets}
+    return dict(
+        counts=counts, log10_edges=first["log10_edges"], tolerances=first["tolerances"],
+        sum_iters=sum_iters, mean_iters=sum_iters / max(n_samples, 1),
+        not_converged=sum(np.asarray(d["not_converged"], dtype=np.int64) for d in datasets),
+        iters_at_tol=np.concatenate([d["iters_at_tol"] for d in datasets]),
+        tol=first["tol"], stage=stages.pop() if len(stages) == 1 else "mixed",
+        n_samples=n_samples, max_iter=max(int(d["max_iter"]) for d in datasets),
+        format_version=FORMAT_VERSION,
+    )
+
+
+def plot_trajectory_heatmap(data: dict[str, Any], ax: Axes | None = None,
+                            title: str | None = None, norm: Normalize | None = None,
+                            colorbar: bool | None = None) -> Axes:
+    """Density heatmap of residual trajectories, in the style of Figures 3-4; returns the Axes.
+
+    x: iterations done (column ``n`` of ``counts``, the residual after ``n + 1`` iterations, is
+    centred on ``n + 1``, the unit of the iterations-to-converge); y: relative residual, log
+    scale over the histogram range; colour: count, log scale (``norm``, by default
+    ``LogNorm(1, max)``; pass one ``LogNorm`` to several panels to share a colour bar), empty
+    cells blank. A white dashed line marks ``tol``, the cyan curve gives the mean iterations to
+    converge for each tolerance of the grid, the white circle the mean at ``tol`` (Table 2).
+
+    Without ``ax`` it makes a new :class:`~matplotlib.figure.Figure` (no pyplot), with a colour
+    bar unless ``colorbar=False``; get it as ``ax.figure``.
+    """
+    counts = np.asarray(data["counts"])
+    n_iter = counts.shape[0]
+    if ax is None:
+        ax = Figure(figsize=(4.4, 4.6), layout="constrained").add_subplot()
+        colorbar = True if colorbar is None else colorbar
+    x_edges = np.arange(n_iter + 1) + 0.5
+    y_edges = 10.0 ** np.asarray(data["log10_edges"])
+    norm = norm if norm is not None else LogNorm(vmin=1, vmax=max(1, int(counts.max(initial=0))))
+    mesh = ax.pcolormesh(x_edges, y_edges, np.ma.masked_less_equal(counts.T, 0),
+                         cmap=HEATMAP_CMAP, norm=norm, shading="flat", rasterized=True)
+    ax.set_yscale("log")
+    ax.set_xlim(0, n_iter + 0.5)
+    ax.set_ylim(y_edges[0], y_edges[-1])
+    tol = float(data["tol"])
+    # A thin dark outline keeps the white marks visible where no trajectory passes.
+    outline = [patheffects.withStroke(linewidth=2.0, foreground="0.35", alpha=0.5)]
+    ax.axhline(tol, color="white", linestyle="--", linewidth=1.0, path_effects=outline)
+    tolerances = np.asarray(data["tolerances"])
+    order = np.argsort(tolerances)
+    ax.plot(np.asarray(data["mean_iters"])[order], tolerances[order], color="tab:cyan",
+            linewidth=1.2)
+    iters_at_tol = np.asarray(data.get("iters_at_tol", ()))
+    if iters_at_tol.size:
+        for colour, width in (("0.35", 2.6), ("white", 1.4)):  # outline, then the white ring
+            ax.plot([iters_at_tol.mean()], [tol], marker="o", markersize=7, linestyle="none",
+                    markerfacecolor="none", markeredgecolor=colour, markeredgewidth=width,
+                    alpha=0.6 if colour != "white" else 1.0)
+    ax.set_xlabel("Nr. of iterations")
+    ax.set_ylabel(r"Relative residual $\frac{\|s_{n+1} - s_n\|}{\|s_{n+1}\|}$")
+    if title is not None:
+        ax.set_title(title)
+    if colorbar:
+        ax.figure.colorbar(mesh, ax=ax, label=COUNTS_LABEL)
+    return ax
+
+
+def load_energy(path: os.PathLike | str) -> dict[str, Any]:
+    """Read an ``energy.npz`` (scalars as Python values)."""
+    return load_npz(path, ENERGY_KEYS)
+
+
+def plot_energy_curve(data: dict[str, Any], ax: Axes | None = None,
+                      title: str | None = None) -> Axes:
+    """Mean energy against iterations done (entry ``n`` at ``n + 1``); returns the Axes.
+
+    Without ``ax`` it makes a new :class:`~matplotlib.figure.Figure` (no pyplot): ``ax.figure``.
+    """
+    mean = np.asarray(data["mean_energy"])
+    if ax is None:
+        ax = Figure(figsize=(4.4, 3.4), layout="constrained").add_subplot()
+    ax.plot(np.arange(1, mean.size + 1), mean, marker=".", linewidth=1.2)
+    ax.set_xlabel("Nr. of iterations")
+    ax.set_ylabel("Mean energy")
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """Render a figure with the Agg canvas (no pyplot state) to an RGB ``uint8`` array."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -1,0 +1,259 @@
+"""``trajectories.npz`` / ``energy.npz``: save, load, pool, plot, on data built here from the
+closed-form residuals of a linear contraction (no torch, no Lightning)."""
+import os
+
+import numpy as np
+import pytest
+from matplotlib.collections import QuadMesh
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+from runner.result_files import (BadResultFile, figure_to_array, load_energy, load_trajectories,
+                                 merge_trajectories, plot_energy_curve, plot_trajectory_heatmap,
+                                 save_npz)
+
+TOL = 1e-4
+GRID = 10.0 ** np.arange(-8, -1.5, 0.5)
+ITERS = 40
+N_BINS = 80
+
+
+def contraction_residuals(a, n_iter=ITERS):
+    """``(n_iter, B)``: relative residual of ``z <- a z + c`` from 0, ``a^n (1-a) / (1-a^{n+1})``
+    (1 then exact zeros for ``a = 0``)."""
+    n = np.arange(n_iter)[:, None]
+    a = np.asarray(a, dtype=np.float64)[None, :]
+    return a**n * (1 - a) / (1 - a ** (n + 1))
+
+
+def iters_to_converge(residuals, tol):
+    """Per sample: first iteration (1-based) with residual < tol, else the solve's length."""
+    below = residuals < tol
+    return np.where(below.any(axis=0), below.argmax(axis=0) + 1, residuals.shape[0])
+
+
+def trajectories_of(residuals, tol=TOL):
+    """The trajectories.npz content for a matrix of residuals, straight from its definition."""
+    edges = np.linspace(-8.0, 0.0, N_BINS + 1)
+    logs = np.log10(np.clip(residuals, 1e-8, 1.0))
+    counts = np.stack([np.histogram(row, bins=edges)[0] for row in logs]).astype(np.int64)
+    iters = np.stack([iters_to_converge(residuals, t) for t in GRID])
+    n = residuals.shape[1]
+    return dict(counts=counts, log10_edges=edges, tolerances=GRID, sum_iters=iters.sum(axis=1),
+                mean_iters=iters.mean(axis=1),
+                not_converged=(residuals >= GRID[:, None, None]).all(axis=1).sum(axis=1),
+                iters_at_tol=iters_to_converge(residuals, tol), tol=tol, stage="test",
+                n_samples=n, max_iter=residuals.shape[0], format_version=1)
+
+
+@pytest.fixture
+def rates():
+    a = np.random.default_rng(0).uniform(0.0, 0.995, size=70)
+    a[:2], a[2:5] = 0.0, 0.995  # exact zeros; never converged at 1e-4 within 40 iterations
+    return a
+
+
+def assert_same(got, want):
+    assert set(got) == set(want)
+    for key, value in want.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_allclose(got[key], value, rtol=1e-12, err_msg=key)
+        else:
+            assert got[key] == value, key
+
+
+# -- save and load ---------------------------------------------------------------------------
+def test_save_load_round_trip_is_atomic(rates, tmp_path):
+    data = trajectories_of(contraction_residuals(rates))
+    path = tmp_path / "run" / "trajectories.npz"  # the folder is made
+    save_npz(path, data)
+    assert os.listdir(path.parent) == ["trajectories.npz"]  # no temporary file left
+    loaded = load_trajectories(path)
+    assert_same(loaded, data)
+    assert loaded["counts"].dtype == np.int64
+    scalars = (loaded["tol"], loaded["stage"], loaded["n_samples"])
+    assert tuple(map(type, scalars)) == (float, str, int)  # 0-d arrays back as Python values
+    # Saving again replaces the file.
+    other = trajectories_of(contraction_residuals(rates[:10]))
+    save_npz(path, other)
+    assert_same(load_trajectories(path), other)
+    assert os.listdir(path.parent) == ["trajectories.npz"]
+
+
+def test_failed_save_keeps_the_old_file(rates, tmp_path):
+    class Unsaveable:
+        def __array__(self, *args, **kwargs):
+            raise RuntimeError("cannot convert")
+
+    data = trajectories_of(contraction_residuals(rates))
+    path = tmp_path / "trajectories.npz"
+    save_npz(path, data)
+    with pytest.raises(RuntimeError, match="cannot convert"):
+        save_npz(path, dict(data, counts=Unsaveable()))
+    assert os.listdir(tmp_path) == ["trajectories.npz"]
+    assert_same(load_trajectories(path), data)
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.5, 0.99])
+def test_truncated_file_is_a_bad_result_file(rates, tmp_path, keep):
+    whole = tmp_path / "whole.npz"
+    save_npz(whole, trajectories_of(contraction_residuals(rates)))
+    raw = whole.read_bytes()
+    cut = tmp_path / "trajectories.npz"
+    cut.write_bytes(raw[: int(len(raw) * keep)])
+    with pytest.raises(BadResultFile, match="unreadable") as info:
+        load_trajectories(cut)
+    assert isinstance(info.value, ValueError)
+    assert str(cut) in str(info.value)
+
+
+def test_truncated_energy_file_is_a_bad_result_file(tmp_path):
+    whole = tmp_path / "whole.npz"
+    save_npz(whole, dict(mean_energy=np.linspace(3.0, 1.0, 50), n_samples=np.full(50, 7)))
+    cut = tmp_path / "energy.npz"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(BadResultFile, match="unreadable") as info:
+        load_energy(cut)
+    assert str(cut) in str(info.value)
+
+
+def test_not_an_npz_is_a_bad_result_file(tmp_path):
+    path = tmp_path / "trajectories.npz"
+    path.write_text("not a zip archive\n")
+    with pytest.raises(BadResultFile) as info:
+        load_trajectories(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("load, key", [(load_trajectories, "counts"),
+                                       (load_trajectories, "n_samples"),
+                                       (load_energy, "mean_energy")])
+def test_missing_key_is_a_bad_result_file(rates, tmp_path, load, key):
+    data = dict(trajectories_of(contraction_residuals(rates)), mean_energy=np.ones(3))
+    del data[key]
+    path = tmp_path / "result.npz"
+    save_npz(path, data)
+    with pytest.raises(BadResultFile, match="missing") as info:
+        load(path)
+    assert str(path) in str(info.value) and repr(key) in str(info.value)
+
+
+def test_missing_file_is_not_a_bad_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_trajectories(tmp_path / "absent.npz")
+
+
+# -- pooling ---------------------------------------------------------------------------------
+def test_merge_of_two_runs_equals_one_run_over_both(rates):
+    residuals = contraction_residuals(rates)
+    first, second = trajectories_of(residuals[:, :40]), trajectories_of(residuals[:, 40:])
+    merged = merge_trajectories([first, second])
+    assert_same(merged, trajectories_of(residuals))
+    weighted = (40 * first["mean_iters"] + 30 * second["mean_iters"]) / 70
+    np.testing.assert_allclose(merged["mean_iters"], weighted, rtol=1e-12)
+
+
+def test_merge_pads_a_shorter_run(rates):
+    # A run whose solves stopped after 25 iterations has no rows beyond them.
+    residuals = contraction_residuals(rates)
+    short, full = trajectories_of(residuals[:25, :40]), trajectories_of(residuals[:, 40:])
+    merged = merge_trajectories([short, full])
+    assert merged["max_iter"] == ITERS and merged["counts"].shape == (ITERS, N_BINS)
+    np.testing.assert_array_equal(merged["counts"][:25], short["counts"] + full["counts"][:25])
+    np.testing.assert_array_equal(merged["counts"][25:], full["counts"][25:])
+    np.testing.assert_array_equal(merged["sum_iters"], short["sum_iters"] + full["sum_iters"])
+    np.testing.assert_array_equal(merged["iters_at_tol"],
+                                  np.concatenate([short["iters_at_tol"], full["iters_at_tol"]]))
+    assert merged["n_samples"] == 70
+
+
+def test_merge_pads_and_refuses_mismatches():
+    def fake(rows, n, tolerances=(1e-4, 1e-2), tol=1e-4):
+        return dict(counts=np.ones((rows, 3), dtype=np.int64), log10_edges=np.linspace(-8, 0, 4),
+                    tolerances=np.array(tolerances), sum_iters=np.array([2 * n, n]),
+                    not_converged=np.array([1, 0]), iters_at_tol=np.full(n, 2), tol=tol,
+                    stage="test", n_samples=n, max_iter=rows)
+    merged = merge_trajectories([fake(2, 5), fake(4, 15)])
+    np.testing.assert_array_equal(merged["counts"][:, 0], [2, 2, 1, 1])
+    np.testing.assert_allclose(merged["mean_iters"], [2.0, 1.0])
+    assert merged["max_iter"] == 4 and merged["iters_at_tol"].size == 20
+    with pytest.raises(ValueError, match="tolerances"):
+        merge_trajectories([fake(2, 5), fake(2, 5, tolerances=(1e-5, 1e-2))])
+    with pytest.raises(ValueError, match="log10_edges"):
+        merge_trajectories([fake(2, 5), dict(fake(2, 5), log10_edges=np.linspace(-6, 0, 4))])
+    with pytest.raises(ValueError, match="tol"):
+        merge_trajectories([fake(2, 5), fake(2, 5, tol=1e-3)])
+    with pytest.raises(ValueError, match="at least one"):
+        merge_trajectories([])
+
+
+# -- plots -----------------------------------------------------------------------------------
+def test_heatmap_has_the_figure_elements(rates, tmp_path):
+    data = trajectories_of(contraction_residuals(rates))
+    ax = plot_trajectory_heatmap(data, title="State dynamics for a toy")
+    fig = ax.figure
+    assert isinstance(fig, Figure)
+    (mesh,) = [c for c in ax.collections if isinstance(c, QuadMesh)]
+    assert isinstance(mesh.norm, LogNorm) and mesh.norm.vmin == 1
+    assert mesh.norm.vmax == data["counts"].max()
+    assert np.ma.count_masked(mesh.get_array()) == (data["counts"] == 0).sum()  # zeros blank
+    assert ax.get_yscale() == "log" and ax.get_ylim() == pytest.approx((1e-8, 1.0))
+    lines = ax.get_lines()
+    dashed = [ln for ln in lines if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and list(dashed[0].get_ydata()) == [TOL, TOL]
+    assert dashed[0].get_color() == "white"
+    (curve,) = [ln for ln in lines if ln.get_color() == "tab:cyan"]
+    order = np.argsort(data["tolerances"])
+    np.testing.assert_allclose(curve.get_xdata(), data["mean_iters"][order])
+    np.testing.assert_allclose(curve.get_ydata(), data["tolerances"][order])
+    circle = [ln for ln in lines if ln.get_marker() == "o" and ln.get_markeredgecolor() == "white"]
+    assert len(circle) == 1 and circle[0].get_markerfacecolor() == "none"
+    assert circle[0].get_xdata()[0] == pytest.approx(data["iters_at_tol"].mean())
+    assert list(circle[0].get_ydata()) == [TOL]
+    assert ax.get_title() == "State dynamics for a toy"
+    assert len(fig.axes) == 2  # the heatmap and its colour bar
+    path = tmp_path / "heatmap.png"
+    fig.savefig(path, dpi=100)  # Agg through Figure.savefig: no pyplot needed
+    assert path.stat().st_size > 10_000
+
+
+def test_heatmap_into_given_axes_with_shared_norm(rates):
+    data = trajectories_of(contraction_residuals(rates[:20]))
+    fig = Figure()
+    axes = fig.subplots(1, 2)
+    norm = LogNorm(1, 100)
+    for ax in axes:
+        assert plot_trajectory_heatmap(data, ax=ax, norm=norm) is ax
+    assert len(fig.axes) == 2  # no colour bar unless asked
+    assert all(ax.collections[0].norm is norm for ax in axes)
+
+
+def test_figure_to_array_gives_the_rendered_pixels():
+    fig = Figure(figsize=(2.0, 1.0), dpi=50, facecolor=(1.0, 0.0, 0.0))
+    image = figure_to_array(fig)
+    assert image.dtype == np.uint8 and image.shape == (50, 100, 3)  # (height, width, RGB)
+    assert (image == np.array([255, 0, 0], dtype=np.uint8)).all()
+
+
+def test_heatmap_renders_to_an_rgb_image(rates):
+    # What the run layer logs to W&B as test/residual_heatmap.
+    fig = plot_trajectory_heatmap(trajectories_of(contraction_residuals(rates))).figure
+    image = figure_to_array(fig)
+    width, height = fig.get_size_inches() * fig.dpi
+    assert image.dtype == np.uint8 and image.shape == (round(height), round(width), 3)
+    assert (image == 255).all(axis=2).any()  # white background
+    assert (image.max(axis=2) < 128).any()  # dark cells of the dense region and the text
+
+
+def test_energy_round_trip_and_curve(tmp_path):
+    mean = np.array([3.0, 2.0, 1.5])
+    data = dict(mean_energy=mean, sum_energy=10 * mean, n_samples=np.full(3, 10, dtype=np.int64),
+                stage="val", format_version=1)
+    save_npz(tmp_path / "energy.npz", data)
+    loaded = load_energy(tmp_path / "energy.npz")
+    assert_same(loaded, data)
+    ax = plot_energy_curve(loaded, title="HAM-EO")
+    assert isinstance(ax.figure, Figure) and ax.get_title() == "HAM-EO"
+    (line,) = ax.get_lines()
+    np.testing.assert_array_equal(line.get_xdata(), [1, 2, 3])  # entry n after n + 1 iterations
+    np.testing.assert_array_equal(line.get_ydata(), mean)
