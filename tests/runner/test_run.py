@@ -1,0 +1,69 @@
+"""runner/run.py: the life cycle of one run in the store (in-process, synthetic data)."""
+import csv
+import json
+
+import pytest
+
+from runner.config import RunConfig
+from runner.run import ConfigMismatch, run_experiment
+from runner.store import RunLock, RunLocked, read_json
+
+
+def tiny(tmp_path, **kwargs) -> RunConfig:
+    settings = dict(row="HAM-EO", depth=3, seed=0, dataset="synthetic", epochs=2,
+                    limit_train_batches=3, limit_test_batches=1, results=str(tmp_path),
+                    sweep="t", accelerator="cpu", synthetic_kwargs=dict(n_train=256, n_test=64))
+    return RunConfig(**{**settings, **kwargs})
+
+
+def epochs_in(directory):
+    return [r["epoch"] for r in csv.DictReader(open(directory / "metrics.csv"))]
+
+
+def test_finished_run_is_returned_as_stored(tmp_path):
+    cfg = tiny(tmp_path)
+    first = run_experiment(cfg)
+    assert first["status"] == "finished" and first["resumed"] is False
+    assert first["seconds_per_epoch"] > 0 and epochs_in(cfg.directory) == ["0", "1"]
+    assert (cfg.directory / "trajectories.npz").exists() and (cfg.directory / "energy.npz").exists()
+    mtime = (cfg.directory / "summary.json").stat().st_mtime_ns
+    second = run_experiment(cfg)
+    assert second == read_json(cfg.directory / "summary.json")
+    assert second["wall_time_s"] == first["wall_time_s"]  # not trained again
+    assert (cfg.directory / "summary.json").stat().st_mtime_ns == mtime
+
+
+def test_rerun_trains_again_instead_of_retesting_the_final_checkpoint(tmp_path):
+    cfg = tiny(tmp_path)
+    first = run_experiment(cfg)
+    again = run_experiment(cfg, rerun=True)
+    assert again["resumed"] is False  # the old last.ckpt was discarded, not resumed from
+    assert again["wall_time_s"] != first["wall_time_s"]
+    assert epochs_in(cfg.directory) == ["0", "1"]
+
+
+def test_kill_during_test_keeps_the_training_time_per_epoch(tmp_path):
+    cfg = tiny(tmp_path)
+    trained = run_experiment(cfg)
+    # What a kill during the test leaves: every epoch checkpointed, the summary still running.
+    (cfg.directory / "summary.json").write_text(json.dumps({"status": "running"}))
+    resumed = run_experiment(cfg)
+    assert resumed["status"] == "finished" and resumed["resumed"] is True
+    assert resumed["epochs_trained"] == 2 and epochs_in(cfg.directory) == ["0", "1"]
+    assert resumed["seconds_per_epoch"] == pytest.approx(trained["seconds_per_epoch"])
+
+
+def test_stored_run_with_other_settings_is_refused(tmp_path):
+    run_experiment(tiny(tmp_path))
+    with pytest.raises(ConfigMismatch, match="dataset: stored 'synthetic', now 'mnist'"):
+        run_experiment(tiny(tmp_path, dataset="mnist"))
+    with pytest.raises(ConfigMismatch, match="epochs: stored 2, now 3"):
+        run_experiment(tiny(tmp_path, epochs=3))
+
+
+def test_a_run_held_by_another_holder_is_not_touched(tmp_path):
+    cfg = tiny(tmp_path)
+    with RunLock(cfg.directory):
+        with pytest.raises(RunLocked, match="being trained by another process"):
+            run_experiment(cfg)
+    assert not (cfg.directory / "summary.json").exists()
