@@ -131,14 +131,14 @@ def print_plan(runs: list[RunConfig], args: argparse.Namespace) -> None:
 
 
 def ensure_data(args: argparse.Namespace) -> None:
-    """Find (or download) the dataset once, before any run: a missing dataset is one clear
-    error at the start, not 85 failed runs."""
-    from deq_modules.data import DatasetNotFoundError, HopfieldDataModule
+    """Find (or download) and check the dataset once, before any run: a missing or corrupt
+    dataset is one clear error at the start, not 85 failed runs."""
+    from deq_modules.data import DatasetNotFoundError, check_dataset
 
-    try:
-        HopfieldDataModule(args.dataset, args.data_dir, download=not args.no_download,
-                           synthetic_kwargs=args.synthetic_sizes).prepare_data()
-    except DatasetNotFoundError as err:
+    try:  # reads every file's header and length: a corrupt file stops the sweep here
+        print(check_dataset(args.dataset, args.data_dir, download=not args.no_download),
+              flush=True)
+    except DatasetNotFoundError as err:  # DatasetCorruptError included
         raise SystemExit(f"sweep.py: {err}") from None
 
 

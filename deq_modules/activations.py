@@ -15,8 +15,12 @@ def rho(u: Tensor) -> Tensor:
 
 def rho_prime(u: Tensor) -> Tensor:
     """Derivative of ``rho``; the gain of the CHN dynamics (Eq. 5)."""
+    return rho_prime_from_rho(rho(u))
+
+
+def rho_prime_from_rho(r: Tensor) -> Tensor:
+    """``rho'(u)`` given ``r = rho(u)``: for callers that already hold ``rho(u)``."""
     # rho'(u) = 4 rho(u) (1 - rho(u))
-    r = rho(u)
     return 4.0 * r * (1.0 - r)
 
 

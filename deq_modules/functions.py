@@ -14,11 +14,12 @@ import abc
 import math
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .activations import rho, rho_integral
+from .activations import rho, rho_integral, rho_prime, rho_prime_from_rho
 
 
 def _is_int(n: object) -> bool:
@@ -136,7 +137,7 @@ class OneMatrixFunction(_LayeredHopfield):
     ``W_sw`` under the buffer ``sw_mask`` (upper blocks only, symmetrised on use).
     """
 
-    def __init__(self, layers: Sequence[int], ham: bool = True, small_world_proba: float = 0.0):
+    def __init__(self, layers: Sequence[int], ham: bool = True, small_world_proba: float = 0.0) -> None:
         super().__init__(layers, ham)
         self.state_size = sum(self.sizes)
         p = float(small_world_proba)
@@ -176,7 +177,7 @@ class OneMatrixFunction(_LayeredHopfield):
         if self.W_sw is not None:
             f = torch.addmm(f, rz, self.small_world_W())  # unstructured extras: dense path
         if not self.ham:
-            f = 4.0 * rz * (1.0 - rz) * f  # Eq. 5: rho'(s) = 4 rho (1 - rho), reusing rho(s)
+            f = rho_prime_from_rho(rz) * f  # Eq. 5, reusing rho(s)
         return f
 
     def dense_W(self) -> Tensor:
@@ -243,7 +244,7 @@ class EvenOddFunction(_LayeredHopfield):
         return super().extra_repr() + ("" if self.ham else inner)  # HAM half steps are exact
 
     @classmethod
-    def from_OneMatrix(cls, om: OneMatrixFunction, **kwargs) -> EvenOddFunction:
+    def from_OneMatrix(cls, om: OneMatrixFunction, **kwargs: Any) -> EvenOddFunction:
         """The equivalent even-odd model: same layers, ham, copied parameters, same fixed points."""
         if om.W_sw is not None:
             raise ValueError(
@@ -258,18 +259,11 @@ class EvenOddFunction(_LayeredHopfield):
         # Eq. 8: odd layers see only even neighbours, so their equilibrium is one exact step
         return self._drives(self._odd, Ux, {k: rho(s) for k, s in zip(self._even, even)})
 
-    def odd_from_even(self, Ux: Tensor, z_even: Tensor) -> Tensor:
-        """HAM only (Eq. 8): the odd layers ``concat(s_1, s_3, ...)`` fixed by the even state."""
-        if not self.ham:
-            raise ValueError("odd_from_even is the HAM half step (Eq. 8); a CHN state holds them")
-        return torch.cat(self._odd_from_even(Ux, z_even.split(self.even_sizes, dim=1)), dim=1)
-
     def _local_equilibrium(self, s: Tensor, drive: Tensor) -> Tensor:
         # Eq. 7 half step: damped Picard on s = rho'(s) * drive (drive fixed: no same-parity links)
         d = self.inner_damping
         for _ in range(self.inner_iter):
-            r = rho(s)
-            s = d * s + (1.0 - d) * (4.0 * r * (1.0 - r)) * drive
+            s = d * s + (1.0 - d) * rho_prime(s) * drive
         return s
 
     def forward(self, Ux: Tensor, z: Tensor) -> Tensor:

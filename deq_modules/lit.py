@@ -1,7 +1,8 @@
 """LightningModules that train Hopfield DEQs as classifiers (ECAI 2024, Appendix F)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -11,10 +12,13 @@ from torchmetrics.classification import MulticlassAccuracy
 from deq_core import DEQ
 from madam import Madam
 
+from .experiments import Experiment, get_experiment
 from .functions import EvenOddFunction, OneMatrixFunction
 
 STRUCTURES = ("onematrix", "evenodd")
 STAGES = ("train", "val", "test")
+# Every default below is this registry row's setting: the paper's HAM-EO-DEQ with 3 layers
+_DEFAULT = get_experiment("HAM-EO-DEQ", 3)
 
 
 class LitHopfieldDEQ(L.LightningModule):
@@ -24,12 +28,16 @@ class LitHopfieldDEQ(L.LightningModule):
         layers: layer sizes including the input, e.g. ``[784, 1990, 10]`` (odd length).
         ham: HAM (``True``) or CHN (``False``).
         structure: ``"onematrix"`` (synchronous updates) or ``"evenodd"``.
-        forward_kwargs, backward_kwargs, damping_factor: passed to :class:`deq_core.DEQ`.
+        forward_kwargs, backward_kwargs, damping_factor: passed to :class:`deq_core.DEQ`;
+            ``None`` (or empty) takes the default row's solvers and iteration counts.
         lr: Madam learning rate, decayed linearly to ``lr / 10`` over ``schedule_epochs``.
         schedule_epochs: length of the planned decay (the paper's 10, also for runs that stop
             earlier); ``None`` uses the trainer's ``max_epochs``.
         p_scale, g_bound: Madam's bounds.
         inner_iter, inner_damping: local iterations of the even-odd CHN's half steps.
+
+    The defaults are the registry's HAM-EO-DEQ row at 3 layers
+    (:func:`~deq_modules.experiments.get_experiment`), the paper's headline model.
 
     Loss: ``0.5 * sum((y_pred - onehot)^2) / batch``; accuracy: micro-averaged (the fraction
     of correct predictions; torchmetrics' ``MulticlassAccuracy`` defaults to macro).
@@ -37,19 +45,19 @@ class LitHopfieldDEQ(L.LightningModule):
 
     def __init__(
         self,
-        layers: Sequence[int] = (784, 1990, 10),
-        ham: bool = True,
-        structure: str = "evenodd",
-        forward_kwargs: Optional[Dict[str, Any]] = None,
-        backward_kwargs: Optional[Dict[str, Any]] = None,
-        damping_factor: float = 0.0,
-        lr: float = 0.01,
-        schedule_epochs: Optional[int] = 10,
-        p_scale: float = 1024.0,
-        g_bound: float = 3.0,
-        inner_iter: int = 10,
-        inner_damping: float = 0.5,
-    ):
+        layers: Sequence[int] = _DEFAULT.layers,
+        ham: bool = _DEFAULT.ham,
+        structure: str = _DEFAULT.structure,
+        forward_kwargs: dict[str, Any] | None = None,
+        backward_kwargs: dict[str, Any] | None = None,
+        damping_factor: float = _DEFAULT.damping,
+        lr: float = _DEFAULT.lr,
+        schedule_epochs: int | None = _DEFAULT.schedule_epochs,
+        p_scale: float = _DEFAULT.p_scale,
+        g_bound: float = _DEFAULT.g_bound,
+        inner_iter: int = _DEFAULT.inner_iter,
+        inner_damping: float = _DEFAULT.inner_damping,
+    ) -> None:
         super().__init__()
         if structure not in STRUCTURES:
             raise ValueError(f"unknown structure {structure!r}; valid: {list(STRUCTURES)}")
@@ -63,8 +71,8 @@ class LitHopfieldDEQ(L.LightningModule):
             f = EvenOddFunction(layers, ham=ham, inner_iter=inner_iter, inner_damping=inner_damping)
         self.deq = DEQ(
             f, None,
-            forward_kwargs=forward_kwargs or dict(solver="anderson", iter=40),
-            backward_kwargs=backward_kwargs or dict(solver="picard", iter=8, method="backprop"),
+            forward_kwargs=forward_kwargs or _DEFAULT.forward_kwargs,
+            backward_kwargs=backward_kwargs or _DEFAULT.backward_kwargs,
             damping_factor=damping_factor,
         )
         n_classes = layers[-1]
@@ -73,7 +81,7 @@ class LitHopfieldDEQ(L.LightningModule):
         )
 
     @property
-    def f(self):
+    def f(self) -> OneMatrixFunction | EvenOddFunction:
         """The Hopfield function (OneMatrix or EvenOdd) inside the DEQ."""
         return self.deq.f_module
 
@@ -81,7 +89,7 @@ class LitHopfieldDEQ(L.LightningModule):
         """Output-layer state at equilibrium, ``(B, n_classes)``."""
         return self.f.readout(self.deq(x))
 
-    def _step(self, batch, stage: str) -> Tensor:
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
         y_pred = self(x)
         batch_size = x.shape[0]
@@ -97,23 +105,23 @@ class LitHopfieldDEQ(L.LightningModule):
                  on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=sync)
         return loss
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "train")
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(self, outputs: Any, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         # After backward: the full-adjoint method only knows its residual then.
         stats = self.deq.last_backward_stats
         if stats is not None:
             self.log("train/rel_residual_backward", stats.rel_residual.mean(),
                      on_step=True, on_epoch=True, batch_size=batch[0].shape[0])
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "val")
 
-    def test_step(self, batch, batch_idx):
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "test")
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer = Madam(self.parameters(), lr=hp.lr, p_scale=hp.p_scale, g_bound=hp.g_bound)
         max_epochs = max(self.trainer.max_epochs or 1, 1)
@@ -127,23 +135,32 @@ class LitHopfieldDEQ(L.LightningModule):
         return dict(optimizer=optimizer, lr_scheduler=dict(scheduler=scheduler, interval="step"))
 
 
+def _own_structure(cls: type, structure: str, kwargs: dict[str, Any]) -> str:
+    """``structure``, after taking a ``structure`` keyword out of ``kwargs`` (a checkpoint's
+    hyperparameters hold one), which must agree with it."""
+    given = kwargs.pop("structure", structure)
+    if given != structure:
+        raise ValueError(
+            f"{cls.__name__} builds structure {structure!r}, but structure={given!r} was given "
+            f"(a checkpoint of the other structure?); LitHopfieldDEQ builds either")
+    return structure
+
+
 class LitOneMatrixDEQ(LitHopfieldDEQ):
     """The synchronous (OneMatrix) Hopfield DEQ: Eq. 5 (CHN) and Eq. 6 (HAM)."""
 
-    def __init__(self, layers: Sequence[int] = (784, 1990, 10), ham: bool = True, **kwargs):
-        kwargs.pop("structure", None)
-        super().__init__(layers, ham, structure="onematrix", **kwargs)
+    def __init__(self, layers: Sequence[int] = _DEFAULT.layers, ham: bool = _DEFAULT.ham, **kwargs: Any) -> None:
+        super().__init__(layers, ham, structure=_own_structure(type(self), "onematrix", kwargs), **kwargs)
 
 
 class LitEvenOddDEQ(LitHopfieldDEQ):
     """The even-odd Hopfield DEQ: Eq. 10 (HAM, even state only) and Eq. 7 (CHN)."""
 
-    def __init__(self, layers: Sequence[int] = (784, 1990, 10), ham: bool = True, **kwargs):
-        kwargs.pop("structure", None)
-        super().__init__(layers, ham, structure="evenodd", **kwargs)
+    def __init__(self, layers: Sequence[int] = _DEFAULT.layers, ham: bool = _DEFAULT.ham, **kwargs: Any) -> None:
+        super().__init__(layers, ham, structure=_own_structure(type(self), "evenodd", kwargs), **kwargs)
 
 
-def lit_module_for(exp, input_size: Optional[int] = None) -> LitHopfieldDEQ:
+def lit_module_for(exp: Experiment, input_size: int | None = None) -> LitHopfieldDEQ:
     """The LightningModule of a registry :class:`~deq_modules.experiments.Experiment`.
 
     ``input_size`` replaces the first layer size (e.g. 3072 for CIFAR-10).

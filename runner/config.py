@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from deq_modules.data import DATASETS
+from deq_modules.dataset_names import DATASETS
 from deq_modules.experiments import Experiment, get_experiment
 
 from .store import check_name, jsonable, run_dir

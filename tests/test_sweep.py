@@ -102,6 +102,20 @@ def test_missing_dataset_stops_the_sweep_before_any_run(capsys, tmp_path, offlin
     assert not (tmp_path / "table2").exists()
 
 
+def test_corrupt_dataset_stops_the_sweep_before_any_run(tmp_path, offline_env):
+    data = tmp_path / "data"
+    data.mkdir()
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
+    for name in names:  # what an interrupted download leaves: random bytes named .gz
+        (data / f"{name}.gz").write_bytes(os.urandom(300))
+    args = ["--dataset", "fashion-mnist", "--data-dir", str(data), "--no-download",
+            "--results", str(tmp_path)]
+    with pytest.raises(SystemExit, match=r"fashion-mnist.*train-images-idx3-ubyte.gz"):
+        sweep.main(args)
+    assert not (tmp_path / "table2").exists()
+
+
 def test_join_without_key_fails_at_once_with_a_clear_message(capsys, offline_env):
     start = time.monotonic()
     with pytest.raises(SystemExit, match="needs a W&B API key.*WANDB_API_KEY.*wandb login"):

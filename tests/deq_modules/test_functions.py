@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from deq_modules.activations import rho, rho_integral, rho_prime
+from deq_modules.activations import rho, rho_integral, rho_prime, rho_prime_from_rho
 from deq_modules.functions import EvenOddFunction, OneMatrixFunction
 
 LAYERS = [[5, 8, 3], [6, 9, 5, 7, 4], [7, 6, 5, 4, 3, 4, 2]]
@@ -61,6 +61,7 @@ def test_rho_derivative_and_antiderivative():
     torch.testing.assert_close(rho(u), _sig(u))
     (g,) = torch.autograd.grad(rho(u).sum(), u)
     torch.testing.assert_close(rho_prime(u), g)
+    torch.testing.assert_close(rho_prime_from_rho(rho(u)), g)
     (g,) = torch.autograd.grad(rho_integral(u).sum(), u)
     torch.testing.assert_close(g, rho(u))
     assert rho_integral(torch.tensor(-20.0, dtype=DT)) < 1e-30  # L(-inf) = 0, L >= 0

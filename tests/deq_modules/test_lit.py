@@ -4,7 +4,7 @@ import torch
 
 from deq_modules import (
     EXPERIMENTS, EvenOddFunction, HopfieldDataModule, LitEvenOddDEQ, LitHopfieldDEQ,
-    LitOneMatrixDEQ, OneMatrixFunction, lit_module_for,
+    LitOneMatrixDEQ, OneMatrixFunction, get_experiment, lit_module_for,
 )
 
 SMALL = [784, 64, 10]
@@ -105,3 +105,37 @@ def test_registry_rows_build_their_models():
 def test_bad_structure_is_refused():
     with pytest.raises(ValueError, match=r"unknown structure 'oddeven'.*'onematrix', 'evenodd'"):
         LitHopfieldDEQ(SMALL, structure="oddeven")
+
+
+def save_unfitted(model, tmp_path, name: str):
+    """A checkpoint of ``model`` as the trainer writes it, without training."""
+    t = trainer(tmp_path)
+    t.strategy.connect(model)
+    path = tmp_path / name
+    t.save_checkpoint(path)
+    return path
+
+
+def test_a_checkpoint_of_the_other_structure_is_refused(tmp_path):
+    saved = {cls: save_unfitted(cls(SMALL, ham=False), tmp_path, f"{cls.__name__}.ckpt")
+             for cls in (LitOneMatrixDEQ, LitEvenOddDEQ)}
+    for cls, other, structure, other_structure in ((LitOneMatrixDEQ, LitEvenOddDEQ, "onematrix", "evenodd"),
+                                                   (LitEvenOddDEQ, LitOneMatrixDEQ, "evenodd", "onematrix")):
+        with pytest.raises(ValueError, match=f"{cls.__name__} builds structure '{structure}', but "
+                                             f"structure='{other_structure}' was given"):
+            cls.load_from_checkpoint(saved[other])
+        with pytest.raises(ValueError, match=f"structure='{other_structure}'"):
+            cls(SMALL, structure=other_structure)
+        assert cls.load_from_checkpoint(saved[cls]).hparams.structure == structure  # matching: fine
+        assert cls(SMALL, structure=structure).hparams.structure == structure
+        assert isinstance(LitHopfieldDEQ.load_from_checkpoint(saved[other]).f, type(other(SMALL).f))
+
+
+def test_defaults_are_the_registry_row_ham_eo_deq_3_layers():
+    default, row = LitHopfieldDEQ(), lit_module_for(get_experiment("HAM-EO-DEQ", 3))
+    assert isinstance(default.f, EvenOddFunction) and default.f.ham and tuple(default.f.layers) == row.f.layers
+    assert default.deq.forward_kwargs == row.deq.forward_kwargs
+    assert default.deq.backward_kwargs == row.deq.backward_kwargs
+    assert default.deq.damping_factor == row.deq.damping_factor
+    assert {k: v for k, v in default.hparams.items() if "kwargs" not in k and k != "layers"} == {
+        k: v for k, v in row.hparams.items() if "kwargs" not in k and k != "layers"}
