@@ -52,7 +52,8 @@ def _check_kwargs(kind: str, kwargs: Mapping[str, Any], extra: frozenset[str]) -
     if "solver" not in kwargs or "iter" not in kwargs:
         raise ValueError(f"{kind} needs 'solver' and 'iter'; got keys {sorted(kwargs)}")
     spec = get_solver(kwargs["solver"])
-    allowed = {"solver", "iter"} | COMMON_OPTIONS | set(spec.options) | extra
+    # ``restrict`` is the DEQ's to give (``compact=True`` asks for it)
+    allowed = ({"solver", "iter"} | COMMON_OPTIONS | set(spec.options) | extra) - {"restrict"}
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise ValueError(
@@ -64,6 +65,25 @@ def _check_kwargs(kind: str, kwargs: Mapping[str, Any], extra: frozenset[str]) -
     for name, check in spec.options.items():
         if name in kwargs:
             check(f"{kind}[{name!r}]", kwargs[name])
+    return kwargs
+
+
+def _in_state_dtype(fz: Tensor, z: Tensor) -> Tensor:
+    """Under autocast ``f`` computes in low precision; the state (and the residuals and the
+    convergence test computed from it) keeps its own dtype. Outside autocast a dtype change is
+    an error of ``f``, reported by the solver's check."""
+    if isinstance(fz, Tensor) and fz.dtype != z.dtype and torch.is_autocast_enabled(z.device.type):
+        return fz.to(z.dtype)
+    return fz
+
+
+def _check_forward_kwargs(kind: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    kwargs = _check_kwargs(kind, kwargs, frozenset({"compact"}))
+    compact = kwargs.get("compact", False)
+    if not isinstance(compact, bool) or (compact and kwargs.get("tol") is None):
+        raise ValueError(f"{kind}['compact'] must be True or False, and True needs a 'tol' "
+                         f"(samples leave the batch once below it); got {compact!r} with "
+                         f"tol={kwargs.get('tol')!r}")
     return kwargs
 
 
@@ -100,8 +120,13 @@ class DEQ(nn.Module):
             ``None`` means zeros of width ``f_module.state_size``.
         logger: optional ``callable(name, value)`` receiving ``rel_residual_forward`` and
             ``rel_residual_backward`` (batch means) after each solve.
-        forward_kwargs: ``{solver, iter}`` plus ``tol``, ``trace`` and solver options
+        forward_kwargs: ``{solver, iter}`` plus ``tol``, ``trace``, ``compact`` (with ``tol``:
+            converged samples leave the batch, :mod:`deq_core.compaction`) and solver options
             (``m``, ``lam`` for Anderson).
+        train_forward_kwargs: the same, used instead of ``forward_kwargs`` while the module is
+            in training mode (e.g. a tolerance stop with compaction to train fast, and the
+            fixed iteration count of ``forward_kwargs`` to evaluate); ``None``: always
+            ``forward_kwargs``.
         backward_kwargs: ``{solver, iter, method}``; ``method`` is ``backprop`` (Picard only)
             or ``full_adjoint`` (which also accepts ``tol`` and solver options).
         damping_factor: ``d`` in ``[0, 1)``; every step is ``z <- d z + (1 - d) f(z)``,
@@ -120,13 +145,15 @@ class DEQ(nn.Module):
         forward_kwargs: Mapping[str, Any] | None = None,
         backward_kwargs: Mapping[str, Any] | None = None,
         damping_factor: float = 0.0,
+        train_forward_kwargs: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.f_module = f_module
         self.logger = logger
-        self.forward_kwargs = _check_kwargs(
-            "forward_kwargs", forward_kwargs or dict(solver="anderson", iter=40), frozenset()
-        )
+        self.forward_kwargs = _check_forward_kwargs(
+            "forward_kwargs", forward_kwargs or dict(solver="anderson", iter=40))
+        self.train_forward_kwargs = None if train_forward_kwargs is None else \
+            _check_forward_kwargs("train_forward_kwargs", train_forward_kwargs)
         bkw = dict(backward_kwargs or dict(solver="picard", iter=8, method="backprop"))
         method = bkw.setdefault("method", "backprop")
         if method not in BACKWARD_METHODS:
@@ -191,18 +218,26 @@ class DEQ(nn.Module):
     # -- the map -------------------------------------------------------------------------
     def _step(self, Ux: Tensor) -> Callable[[Tensor], Tensor]:
         # Checked before damping, where a wrong width would broadcast or fail inside torch.
-        f, d = checked_map("DEQ", lambda z: self.f_module(Ux, z)), self.damping_factor
+        f, d = checked_map("DEQ", lambda z: _in_state_dtype(self.f_module(Ux, z), z)), \
+            self.damping_factor
         if d == 0.0:
             return f
         return lambda z: d * z + (1.0 - d) * f(z)
 
     def initial_state(self, Ux: Tensor) -> Tensor:
-        """The starting state for a batch whose preprocessed input is ``Ux``."""
+        """The starting state for a batch whose preprocessed input is ``Ux``.
+
+        It has ``Ux``'s dtype, but at least float32 under autocast: low precision is for the
+        products inside ``f``, not for the state, its residuals and the convergence test.
+        """
         batch = Ux.shape[0]
+        dtype = Ux.dtype
+        if torch.is_autocast_enabled(Ux.device.type) and Ux.is_floating_point():
+            dtype = torch.promote_types(dtype, torch.float32)
         if self.z_init is None:
-            return Ux.new_zeros(batch, self.f_module.state_size)
+            return Ux.new_zeros(batch, self.f_module.state_size, dtype=dtype)
         _check_z_init(self.z_init, self._state_size())  # the buffer may have been reassigned
-        z0 = self.z_init.to(dtype=Ux.dtype)
+        z0 = self.z_init.to(dtype=dtype)
         if z0.dim() == 1 or z0.shape[0] == 1:
             return z0.reshape(1, -1).expand(batch, -1)
         if z0.shape[0] != batch:
@@ -211,8 +246,11 @@ class DEQ(nn.Module):
 
     def _solve(self, step: Callable[[Tensor], Tensor], z0: Tensor, kwargs: Mapping[str, Any],
                on_iterate: Callable[[int, Tensor], None] | None = None,
-               trace: bool = False) -> tuple[Tensor, SolverStats]:
-        options = {k: v for k, v in kwargs.items() if k not in ("solver", "iter", "method")}
+               trace: bool = False, Ux: Tensor | None = None) -> tuple[Tensor, SolverStats]:
+        options = {k: v for k, v in kwargs.items()
+                   if k not in ("solver", "iter", "method", "compact")}
+        if kwargs.get("compact") and Ux is not None:
+            options["restrict"] = lambda idx: self._step(Ux[idx])
         options["trace"] = bool(options.get("trace", False)) or trace
         spec = get_solver(kwargs["solver"])
         return spec.fn(step, z0, max_iter=kwargs["iter"], on_iterate=on_iterate, **options)
@@ -228,8 +266,8 @@ class DEQ(nn.Module):
         with torch.no_grad():
             step = self._step(Ux.detach())
             z_star, stats = self._solve(
-                step, self.initial_state(Ux), self.forward_kwargs,
-                on_iterate=self._on_iterate(), trace=bool(self._observers),
+                step, self.initial_state(Ux), self.active_forward_kwargs,
+                on_iterate=self._on_iterate(), trace=bool(self._observers), Ux=Ux.detach(),
             )
         self.last_forward_stats = stats
         self._log("rel_residual_forward", stats)
@@ -242,6 +280,13 @@ class DEQ(nn.Module):
         if self.backward_kwargs["method"] == "backprop":
             return self._backprop(Ux, z_star)
         return self._full_adjoint(Ux, z_star)
+
+    @property
+    def active_forward_kwargs(self) -> dict[str, Any]:
+        """The forward options in use now (``train_forward_kwargs`` while training)."""
+        if self.training and self.train_forward_kwargs is not None:
+            return self.train_forward_kwargs
+        return self.forward_kwargs
 
     def _has_trainable_params(self) -> bool:
         return any(p.requires_grad for p in self.f_module.parameters())
@@ -282,5 +327,7 @@ class DEQ(nn.Module):
         return z
 
     def extra_repr(self) -> str:
-        return (f"forward_kwargs={self.forward_kwargs}, backward_kwargs={self.backward_kwargs}, "
+        train = "" if self.train_forward_kwargs is None else \
+            f"train_forward_kwargs={self.train_forward_kwargs}, "
+        return (f"forward_kwargs={self.forward_kwargs}, {train}backward_kwargs={self.backward_kwargs}, "
                 f"damping_factor={self.damping_factor}")

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .compaction import ActiveSet, Restrict
+
 FixedPointMap = Callable[[Tensor], Tensor]
 IterateCallback = Callable[[int, Tensor], None]
 OptionCheck = Callable[[str, Any], None]  # (label, value); raises ValueError naming both
@@ -79,6 +81,12 @@ def check_nonnegative(label: str, value: Any) -> None:
         raise ValueError(f"{label} must be a non-negative finite number, got {value!r}")
 
 
+def check_restrict(label: str, value: Any) -> None:
+    """``restrict``: ``None`` or a callable (active indices -> the map on those samples)."""
+    if value is not None and not callable(value):
+        raise ValueError(f"{label} must be a callable or None, got {value!r}")
+
+
 def _check_start(solver: str, z0: Any, max_iter: Any, tol: Any) -> None:
     if not isinstance(z0, Tensor) or z0.dim() < 1:
         shape = tuple(z0.shape) if isinstance(z0, Tensor) else type(z0).__name__
@@ -118,24 +126,38 @@ def picard(
     tol: float | None = None,
     trace: bool = False,
     on_iterate: IterateCallback | None = None,
+    restrict: Restrict | None = None,
 ) -> tuple[Tensor, SolverStats]:
-    """Plain fixed-point iteration ``z_{n+1} = f(z_n)`` (forward Euler with step 1)."""
+    """Plain fixed-point iteration ``z_{n+1} = f(z_n)`` (forward Euler with step 1).
+
+    With ``restrict`` and ``tol``, converged samples leave the working batch
+    (:mod:`deq_core.compaction`).
+    """
     _check_start("picard", z0, max_iter, tol)
+    active = ActiveSet(restrict, tol, z0)
     f = checked_map("picard", f)
-    z = z0
+    z, shape = z0, z0.shape
     residuals = []
     for n in range(max_iter):
         fz = f(z)
         res = relative_residual(fz, z)
+        row = active.full("res", res)
         if trace:
-            residuals.append(res)
+            residuals.append(row)
         z = fz
         if on_iterate is not None:
-            on_iterate(n, z)
-        if _converged(res, tol):
+            on_iterate(n, active.state(z).view(shape))
+        if active.enabled:
+            keep = active.leave(res < tol, z)
+            if keep is not None:
+                z = z[keep]
+                if active.size == 0:
+                    break
+                f = checked_map("picard", active.map())
+        elif _converged(res, tol):
             break
     stacked = torch.stack(residuals) if trace else None
-    return z, SolverStats("picard", n + 1, res, stacked)
+    return active.result(z, shape), SolverStats("picard", n + 1, row, stacked)
 
 
 def anderson(
@@ -148,6 +170,7 @@ def anderson(
     on_iterate: IterateCallback | None = None,
     m: int = 4,
     lam: float = 1e-10,
+    restrict: Restrict | None = None,
 ) -> tuple[Tensor, SolverStats]:
     """Safeguarded Anderson acceleration (type II, mixing parameter 1), batched per sample.
 
@@ -165,10 +188,14 @@ def anderson(
 
     The state keeps its dtype; the small ``k x k`` system (and the mix) is solved in float32
     at least, since float16/bfloat16 have no linear solver and too little precision for it.
+
+    With ``restrict`` and ``tol``, converged samples leave the working batch with their
+    ``f(z_best)`` (:mod:`deq_core.compaction`).
     """
     _check_start("anderson", z0, max_iter, tol)
     check_positive_int("anderson: m", m)
     check_nonnegative("anderson: lam", lam)
+    active = ActiveSet(restrict, tol, z0)
     f = checked_map("anderson", f)
     batch, shape = z0.shape[0], z0.shape
     x = z0.reshape(batch, math.prod(shape[1:]))  # not (batch, -1): ambiguous for batch 0
@@ -183,13 +210,13 @@ def anderson(
     was_mixed = torch.zeros(batch, dtype=torch.bool, device=x.device)
     residuals = []
     for n in range(max_iter):
-        fx = f(x.view(shape)).reshape(batch, width)
+        fx = f(x.view(batch, *shape[1:])).reshape(batch, width)
         slot = n % m
         F[:, slot] = fx
         g = torch.sub(fx, x, out=G[:, slot])
         res = g.norm(dim=1) / (fx.norm(dim=1) + _EPS)
         if trace:
-            residuals.append(res)
+            residuals.append(active.full("res", res))
         if best_res is None:
             best_fx, best_res, anchor_fx, anchor_res = fx, res, fx, res
             accepted = torch.ones_like(was_mixed)
@@ -214,11 +241,22 @@ def anderson(
         was_mixed = ok & accepted & (k > 1)  # with one pair the "mix" is the plain step
         x = torch.where(was_mixed[:, None], mixed, anchor_fx)
         if on_iterate is not None:
-            on_iterate(n, x.view(shape))
-        if _converged(best_res, tol):
+            on_iterate(n, active.state(x).view(shape))
+        final_res = active.full("best", best_res)
+        if active.enabled:
+            keep = active.leave(best_res < tol, best_fx)
+            if keep is not None:  # every per-sample tensor follows the samples that stay
+                x, F, G, best_fx, best_res, anchor_fx, anchor_res, was_mixed = (
+                    t[keep] for t in (x, F, G, best_fx, best_res, anchor_fx, anchor_res,
+                                      was_mixed))
+                batch = active.size
+                if batch == 0:
+                    break
+                f = checked_map("anderson", active.map())
+        elif _converged(best_res, tol):
             break
     stacked = torch.stack(residuals) if trace else None
-    return best_fx.view(shape), SolverStats("anderson", n + 1, best_res, stacked)
+    return active.result(best_fx, shape), SolverStats("anderson", n + 1, final_res, stacked)
 
 
 @dataclass(frozen=True)
@@ -230,8 +268,9 @@ class SolverSpec:
 
 
 SOLVERS: dict[str, SolverSpec] = {
-    "picard": SolverSpec(picard, {}),
-    "anderson": SolverSpec(anderson, {"m": check_positive_int, "lam": check_nonnegative}),
+    "picard": SolverSpec(picard, {"restrict": check_restrict}),
+    "anderson": SolverSpec(anderson, {"m": check_positive_int, "lam": check_nonnegative,
+                                      "restrict": check_restrict}),
 }
 COMMON_OPTIONS = frozenset({"tol", "trace"})
 

@@ -10,13 +10,14 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from deq_core import DEQ
+from deq_core.names import STAGES
 from madam import Madam
 
-from .experiments import Experiment, get_experiment
+from .experiments import FAST_MODE, Experiment, get_experiment
 from .functions import EvenOddFunction, OneMatrixFunction
 
 STRUCTURES = ("onematrix", "evenodd")
-STAGES = ("train", "val", "test")
+TRAIN_PRECISIONS = (None, "bf16")
 # Every default below is this registry row's setting: the paper's HAM-EO-DEQ with 3 layers
 _DEFAULT = get_experiment("HAM-EO-DEQ", 3)
 
@@ -35,6 +36,10 @@ class LitHopfieldDEQ(L.LightningModule):
             earlier); ``None`` uses the trainer's ``max_epochs``.
         p_scale, g_bound: Madam's bounds.
         inner_iter, inner_damping: local iterations of the even-odd CHN's half steps.
+        train_forward_kwargs: forward solver options while training (``None``: those of
+            evaluation); the fast mode's tolerance stop with compaction.
+        train_precision: ``"bf16"`` runs the training forward pass under bfloat16 autocast
+            (the DEQ state, residuals and loss stay float32); ``None``: float32.
 
     The defaults are the registry's HAM-EO-DEQ row at 3 layers
     (:func:`~deq_modules.experiments.get_experiment`), the paper's headline model.
@@ -57,8 +62,13 @@ class LitHopfieldDEQ(L.LightningModule):
         g_bound: float = _DEFAULT.g_bound,
         inner_iter: int = _DEFAULT.inner_iter,
         inner_damping: float = _DEFAULT.inner_damping,
+        train_forward_kwargs: dict[str, Any] | None = None,
+        train_precision: str | None = None,
     ) -> None:
         super().__init__()
+        if train_precision not in TRAIN_PRECISIONS:
+            raise ValueError(f"unknown train_precision {train_precision!r}; valid: "
+                             f"{list(TRAIN_PRECISIONS)}")
         if structure not in STRUCTURES:
             raise ValueError(f"unknown structure {structure!r}; valid: {list(STRUCTURES)}")
         if schedule_epochs is not None and schedule_epochs < 1:
@@ -73,7 +83,7 @@ class LitHopfieldDEQ(L.LightningModule):
             f, None,
             forward_kwargs=forward_kwargs or _DEFAULT.forward_kwargs,
             backward_kwargs=backward_kwargs or _DEFAULT.backward_kwargs,
-            damping_factor=damping_factor,
+            damping_factor=damping_factor, train_forward_kwargs=train_forward_kwargs,
         )
         n_classes = layers[-1]
         self.acc = torch.nn.ModuleDict(
@@ -106,7 +116,9 @@ class LitHopfieldDEQ(L.LightningModule):
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        low = self.hparams.get("train_precision") == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=low):
+            return self._step(batch, "train")
 
     def on_train_batch_end(self, outputs: Any, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         # After backward: the full-adjoint method only knows its residual then.
@@ -160,10 +172,13 @@ class LitEvenOddDEQ(LitHopfieldDEQ):
         super().__init__(layers, ham, structure=_own_structure(type(self), "evenodd", kwargs), **kwargs)
 
 
-def lit_module_for(exp: Experiment, input_size: int | None = None) -> LitHopfieldDEQ:
+def lit_module_for(exp: Experiment, input_size: int | None = None,
+                   fast: bool = False) -> LitHopfieldDEQ:
     """The LightningModule of a registry :class:`~deq_modules.experiments.Experiment`.
 
-    ``input_size`` replaces the first layer size (e.g. 3072 for CIFAR-10).
+    ``input_size`` replaces the first layer size (e.g. 3072 for CIFAR-10). ``fast`` trains in
+    the fast mode (:data:`~deq_modules.experiments.FAST_MODE`); evaluation keeps the paper's
+    settings either way, so test metrics and trajectories mean the same.
     """
     layers = list(exp.layers)
     if input_size is not None:
@@ -174,4 +189,15 @@ def lit_module_for(exp: Experiment, input_size: int | None = None) -> LitHopfiel
         damping_factor=exp.damping, lr=exp.lr, schedule_epochs=exp.schedule_epochs,
         p_scale=exp.p_scale, g_bound=exp.g_bound,
         inner_iter=exp.inner_iter, inner_damping=exp.inner_damping,
+        train_forward_kwargs=exp.fast_forward_kwargs if fast else None,
+        train_precision=FAST_MODE["precision"] if fast else None,
     )
+
+
+def apply_fast_mode(module: LitHopfieldDEQ) -> LitHopfieldDEQ:
+    """Switch a module built with paper settings to the fast mode (for benchmarks)."""
+    kwargs = {**module.deq.forward_kwargs, "tol": FAST_MODE["tol"], "compact": True}
+    module.deq.train_forward_kwargs = DEQ(module.f, forward_kwargs=kwargs).forward_kwargs
+    module.hparams["train_forward_kwargs"] = kwargs
+    module.hparams["train_precision"] = FAST_MODE["precision"]
+    return module

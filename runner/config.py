@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from deq_modules.dataset_names import DATASETS
-from deq_modules.experiments import Experiment, get_experiment
+from deq_modules.experiments import FAST_MODE, Experiment, get_experiment
 
 from .store import check_name, jsonable, run_dir
 
@@ -22,7 +22,8 @@ WANDB_MODES = ("online", "offline", "disabled")
 # The keys of config.json that decide what a run computes: a stored run is reused only if they
 # match (where the results go, the device and the W&B settings do not change the numbers).
 DEFINING_KEYS = ("row", "depth", "seed", "dataset", "epochs", "limit_train_batches",
-                 "limit_test_batches", "synthetic_kwargs", "lr", "experiment")
+                 "limit_test_batches", "synthetic_kwargs", "lr", "fast", "fast_mode",
+                 "experiment")
 Batches = int | float | None
 
 
@@ -111,6 +112,7 @@ class RunConfig:
     wandb_run_id: str | None = None  # set by a W&B agent whose run is already started
     synthetic_kwargs: dict[str, Any] | None = None
     lr: float | None = None  # None: the row's learning rate from the registry
+    fast: bool = False  # train in the fast mode (deq_modules.experiments.FAST_MODE)
     extra_tags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -148,7 +150,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """What ``config.json`` holds (flat keys, the registry entry under ``experiment``)."""
         return {**asdict(self), "experiment": self.experiment.to_dict(), "run_name": self.name,
-                "epochs": self.planned_epochs}
+                "epochs": self.planned_epochs, "fast_mode": dict(FAST_MODE) if self.fast else None}
 
     def differences(self, stored: dict[str, Any]) -> list[str]:
         """The defining settings in which a stored ``config.json`` differs from this run."""
@@ -165,7 +167,7 @@ class RunConfig:
                       limit_test_batches=args.limit_test_batches, results=args.results,
                       sweep=args.name, accelerator=args.accelerator, devices=args.devices,
                       wandb_project=args.project, wandb_entity=args.entity,
-                      synthetic_kwargs=args.synthetic_sizes, lr=args.lr)
+                      synthetic_kwargs=args.synthetic_sizes, lr=args.lr, fast=args.fast)
         return cls(**{**shared, **run})
 
     def to_argv(self) -> list[str]:
@@ -186,6 +188,8 @@ class RunConfig:
                      f"{self.synthetic_kwargs['n_train']},{self.synthetic_kwargs['n_test']}"]
         if not self.download:
             argv.append("--no-download")
+        if self.fast:
+            argv.append("--fast")
         return argv
 
 
@@ -208,6 +212,10 @@ def add_run_args(parser: argparse.ArgumentParser, default_name: str | None) -> N
                         "schedule stays the paper's 10 epochs")
     g.add_argument("--lr", type=positive_float, default=None,
                    help="learning rate (default: the row's, 0.01 or 0.005); recorded in the run")
+    g.add_argument("--fast", action="store_true",
+                   help="train in the fast mode: each sample's forward solve stops at the "
+                        "convergence tolerance and leaves the batch (evaluation keeps the "
+                        "paper's settings); recorded in the run's config")
     g.add_argument("--limit-train-batches", type=parse_batches, default=None,
                    help="train on this many batches (whole number) or this fraction (0-1] "
                         "per epoch")

@@ -10,6 +10,12 @@
 - a run killed or interrupted resumes from the checkpoint of its last finished epoch;
 - a loss that goes non-finite ends the run as ``diverged`` (epoch and batch recorded);
 - SIGTERM/SIGINT end it as ``interrupted``; any other error as ``failed`` with its traceback.
+
+With W&B (``cfg.wandb_mode`` online or offline) the W&B run is created only when the run is
+trained, and closed with its outcome whatever happens. The one exception: a point that a W&B
+sweep agent hands out (``cfg.wandb_run_id`` set) but the store already holds is published into
+the agent's run from the store (history, summary, artifact), never trained again and never
+left empty.
 """
 from __future__ import annotations
 
@@ -69,8 +75,8 @@ def run_experiment(cfg: RunConfig, rerun: bool = False) -> dict[str, Any]:
     :class:`~runner.store.RunLocked` when another process trains it now.
     """
     out = cfg.directory
-    if not _is_main_process():  # a DDP worker: train, leave the store to rank 0
-        return _train_and_test(cfg, out, (read_json(out / CONFIG) or {}).get("wandb_run_id"))
+    if not _is_main_process():  # a DDP worker: train, leave the store and W&B to rank 0
+        return _train_and_test(cfg, out, None)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         if rerun:
@@ -84,10 +90,12 @@ def run_experiment(cfg: RunConfig, rerun: bool = False) -> dict[str, Any]:
                     "--name (or --results) for these settings, or --rerun to discard it")
         previous = summary_of(out) or {}
         if previous.get("status") == DIVERGED:
+            _publish_for_agent(cfg, out, previous)
             return previous
         if previous.get("status") == FINISHED:
             problems = finished_problems(out)
             if not problems:
+                _publish_for_agent(cfg, out, previous)
                 return previous
             print(f"{cfg.name}: stored result is damaged ({'; '.join(problems)}); training "
                   "it again", flush=True)
@@ -103,31 +111,65 @@ def run_experiment(cfg: RunConfig, rerun: bool = False) -> dict[str, Any]:
                                           "pid": os.getpid()})
         start = time.monotonic()
         record = dict(run_name=cfg.name, row=cfg.row, depth=cfg.depth, seed=cfg.seed)
+        run = None  # the W&B run, when there is one
         try:
-            summary = _train_and_test(cfg, out, run_id)
+            if cfg.wandb_mode != "disabled":
+                from .wandb_run import start_run
+
+                run = start_run(cfg, out, run_id)
+            summary = _train_and_test(cfg, out, run)
         except Diverged as err:
             summary = dict(record, status=DIVERGED, error=str(err), epoch=err.epoch + 1,
                            batch=None if err.batch is None else err.batch + 1, loss=err.loss,
                            wall_time_s=time.monotonic() - start)
             atomic_write_json(out / SUMMARY, summary)
+            _end_wandb(run, summary, exit_code=0)
             return summary
         except BaseException as err:
             status = INTERRUPTED if isinstance(err, (Interrupted, KeyboardInterrupt)) else FAILED
-            atomic_write_json(out / SUMMARY, dict(
-                record, status=status, error=f"{type(err).__name__}: {err}",
-                traceback=traceback.format_exc(), wall_time_s=time.monotonic() - start))
+            failure = dict(record, status=status, error=f"{type(err).__name__}: {err}",
+                           traceback=traceback.format_exc(), wall_time_s=time.monotonic() - start)
+            atomic_write_json(out / SUMMARY, failure)
+            _end_wandb(run, failure, exit_code=getattr(err, "exit_code", 1))
             raise
         summary.update(record, wall_time_s=time.monotonic() - start)
         atomic_write_json(out / SUMMARY, summary)
+        if run is not None:
+            from .wandb_run import finish_wandb
+
+            finish_wandb(run, summary, out)
         return summary
 
 
-def _trainer(cfg: RunConfig, out: Path, run_id: str | None, callbacks: list) -> L.Trainer:
+def _publish_for_agent(cfg: RunConfig, out: Path, stored: dict[str, Any]) -> None:
+    """A W&B agent handed out a point the store already holds: fill its run from the store."""
+    if cfg.wandb_run_id is not None and cfg.wandb_mode != "disabled":
+        from .wandb_run import publish_stored
+
+        print(f"{cfg.name}: already {stored.get('status')} in {out}; publishing the stored "
+              f"result to W&B run {cfg.wandb_run_id} instead of training again", flush=True)
+        publish_stored(cfg, out, stored)
+
+
+def _end_wandb(run: Any, summary: dict[str, Any], exit_code: int) -> None:
+    """Close the W&B run of a run that did not finish; a W&B problem never hides the run's."""
+    if run is None:
+        return
+    from .wandb_run import end_run
+
+    try:
+        end_run(run, summary, exit_code)
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        print(f"{summary.get('run_name')}: could not close the W&B run: {exc!r}",
+              file=sys.stderr)
+
+
+def _trainer(cfg: RunConfig, out: Path, run: Any, callbacks: list) -> L.Trainer:
     loggers: list = [CSVLogger(str(out), name="csv_logs")]  # step logs, one version per start
-    if cfg.wandb_mode != "disabled":
+    if run is not None:
         from .wandb_run import wandb_logger
 
-        loggers.append(wandb_logger(cfg, out, run_id))
+        loggers.append(wandb_logger(run, out))
     return L.Trainer(
         max_epochs=cfg.planned_epochs, accelerator=cfg.accelerator, devices=cfg.devices,
         logger=loggers, callbacks=callbacks, default_root_dir=str(out),
@@ -138,13 +180,14 @@ def _trainer(cfg: RunConfig, out: Path, run_id: str | None, callbacks: list) -> 
     )
 
 
-def _train_and_test(cfg: RunConfig, out: Path, run_id: str | None) -> dict[str, Any]:
+def _train_and_test(cfg: RunConfig, out: Path, run: Any) -> dict[str, Any]:
+    """Train and test; ``run`` is the W&B run to log to (``None``: none, or a DDP worker)."""
     exp = cfg.experiment
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = HopfieldDataModule(cfg.dataset, cfg.data_dir, batch_size=exp.batch_size,
                             download=cfg.download, seed=cfg.seed,
                             synthetic_kwargs=cfg.synthetic_kwargs)
-    model = lit_module_for(exp, input_size=dm.input_size)
+    model = lit_module_for(exp, input_size=dm.input_size, fast=cfg.fast)
     last_ckpt = out / LAST_CHECKPOINT
     resume = str(last_ckpt) if last_ckpt.exists() else None
     if resume is None and (out / METRICS).exists():
@@ -152,7 +195,7 @@ def _train_and_test(cfg: RunConfig, out: Path, run_id: str | None) -> dict[str, 
     trajectories = ResidualTrajectories(tol=CONVERGENCE_TOL)
     energy = EnergyTracker(stage="test")
     history = EpochHistory(out / METRICS, cfg.name)
-    trainer = _trainer(cfg, out, run_id, [
+    trainer = _trainer(cfg, out, run, [
         IterationsToConverge(tol=CONVERGENCE_TOL), trajectories, energy,
         LearningRateMonitor(logging_interval="step"), DivergenceGuard(), history,
         EpochCheckpoint(last_ckpt), ProgressLog(cfg.name),
@@ -168,7 +211,7 @@ def _train_and_test(cfg: RunConfig, out: Path, run_id: str | None) -> dict[str, 
     if not all(math.isfinite(summary.get(k, math.nan)) for k in ("test/loss", "test/acc")):
         raise Diverged(trainer.current_epoch - 1, None, summary.get("test/loss", math.nan))
     if trainer.is_global_zero:
-        _save_results(trainer, out, trajectories.result, energy.result)
+        _save_results(trainer, out, trajectories.result, energy.result, run)
     summary.update(
         status=FINISHED, dataset=cfg.dataset, epochs_trained=trainer.current_epoch,
         seconds_per_epoch=mean_epoch_seconds(out / METRICS),
@@ -176,22 +219,18 @@ def _train_and_test(cfg: RunConfig, out: Path, run_id: str | None) -> dict[str, 
         published_iters=exp.published_iters, published_acc=exp.published_acc,
         torch=torch.__version__,
     )
-    if cfg.wandb_mode != "disabled":
-        from .wandb_run import finish_wandb
-
-        finish_wandb(trainer.loggers[1], summary, out)
     return summary
 
 
 def _save_results(trainer: L.Trainer, out: Path, trajectories: dict | None,
-                  energy: dict | None) -> None:
+                  energy: dict | None, run: Any) -> None:
     """The callbacks' arrays into the store (and the heatmap into W&B)."""
     if trajectories is not None:
         save_npz(out / TRAJECTORIES, trajectories)
     if energy is not None:
         save_npz(out / ENERGY, energy)
-    if trajectories is not None and len(trainer.loggers) > 1:
+    if trajectories is not None and run is not None:
         from .wandb_run import log_figure
 
         figure = plot_trajectory_heatmap(trajectories, title="Residual trajectories (test)").figure
-        log_figure(trainer.loggers[1], "test/residual_heatmap", figure, trainer.global_step)
+        log_figure(run, "test/residual_heatmap", figure, trainer.global_step)

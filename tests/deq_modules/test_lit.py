@@ -139,3 +139,25 @@ def test_defaults_are_the_registry_row_ham_eo_deq_3_layers():
     assert default.deq.damping_factor == row.deq.damping_factor
     assert {k: v for k, v in default.hparams.items() if "kwargs" not in k and k != "layers"} == {
         k: v for k, v in row.hparams.items() if "kwargs" not in k and k != "layers"}
+
+
+def test_fast_mode_trains_with_the_tolerance_stop_and_evaluates_with_paper_settings():
+    from deq_modules.experiments import FAST_MODE, get_experiment
+    from deq_modules.lit import apply_fast_mode
+
+    exp = get_experiment("HAM-EO-DEQ", 3)
+    fast = lit_module_for(exp, input_size=784, fast=True)
+    assert fast.deq.train_forward_kwargs == dict(exp.forward_kwargs, tol=FAST_MODE["tol"],
+                                                 compact=True)
+    assert fast.deq.forward_kwargs == exp.forward_kwargs
+    paper = apply_fast_mode(lit_module_for(exp, input_size=784))
+    assert paper.deq.train_forward_kwargs == fast.deq.train_forward_kwargs
+    x = torch.rand(32, 784)
+    y = torch.nn.functional.one_hot(torch.randint(0, 10, (32,)), 10).float()
+    fast.train()
+    fast.training_step((x, y), 0).backward()
+    assert fast.deq.last_forward_stats.n_iter < exp.forward_iter
+    fast.eval()
+    with torch.no_grad():
+        fast(x)
+    assert fast.deq.last_forward_stats.n_iter == exp.forward_iter
