@@ -1,28 +1,58 @@
-"""Table 2 (md, tex, csv) and Figures 3 and 4 in one go:
+"""Table 2, Figures 3 and 4 and the energy figure in one go:
 
     python -m paper_figures [--results results] [--sweep table2] [--wandb E/P/ID]
                             [--out figures] [--prefer ROW]
+
+The runs are read and checked once, before anything is written: a wrong source is one error
+line and leaves ``--out`` as it was.
 """
 from __future__ import annotations
 
 import argparse
 from typing import Optional, Sequence
 
-from . import table, trajectories
-from .runs import add_source_args
+from . import energy, table, trajectories
+from .cli import SourceError, add_source_args, error, records_for, warn_damaged
+
+EPILOG = f"""\
+what it runs (each script also runs alone; --prefer is for the trajectories):
+  python -m paper_figures.table
+      Table 2, ours beside the paper's: mean (std) over seeds of the iterations to
+      converge, speedup, test accuracy and test samples that never converged.
+      Writes {table.WRITES}.
+  python -m paper_figures.trajectories
+      Figures 3 and 4: density of the test set's residual trajectories pooled over
+      seeds, a 2 x 2 grid (plain/EO x Picard/DEQ) per model family.
+      Writes {trajectories.WRITES}.
+  python -m paper_figures.energy
+      Beyond the paper: mean Hopfield energy per iteration of each HAM row.
+      Writes {energy.WRITES}.
+
+Figures are drawn at a paper's text width (6.75 in). Failed, diverged, interrupted,
+running and damaged runs are never averaged; the table names them. A missing --results,
+an unknown --sweep or no finished run is an error and writes nothing."""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m paper_figures",
-                                     description="Table 2 and Figures 3-4 from a sweep.")
+    parser = argparse.ArgumentParser(
+        prog="python -m paper_figures",
+        description="Table 2, Figures 3-4 and the energy figure from a sweep's results "
+                    "(no model is run again).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_args(parser)
     trajectories.add_figure_args(parser)
     args = parser.parse_args(argv)
-    # Re-enter each script through its own parser, so both behave exactly as when run alone.
-    common = ["--results", args.results, "--sweep", args.sweep, "--out", args.out]
-    common += ["--wandb", args.wandb] if args.wandb else []
-    figure_only = [x for row in args.prefer or () for x in ("--prefer", row)]
-    return table.main(common) or trajectories.main(common + figure_only)
+    try:
+        records = records_for(args)
+        # From W&B the figures read the runs' mirrored files; a local store serves both.
+        figure_records = records_for(args, files=True) if args.wandb else records
+    except SourceError as err:
+        return error(parser.prog, err)
+    warn_damaged(records)
+    table.report(records, args)
+    trajectories.report(figure_records, args)
+    energy.report(figure_records, args)
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,27 +7,29 @@ and stores; only the W&B API calls themselves cannot be exercised without a serv
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from deq_modules.experiments import Experiment, get_experiment
-from deq_modules.results import (FAILED, FINISHED, RUNNING, atomic_write_json, iter_runs,
-                                 read_json)
+from runner.store import (CONFIG, FAILED, FINISHED, INTERRUPTED, RUNNING, STATUSES, SUMMARY,
+                          TEST_METRICS, TRAJECTORIES, atomic_write_json, finished_problems,
+                          iter_runs, read_json)
 
 # Logged names (DESIGN.md, "Logged names"): one name per quantity everywhere.
-ACC_KEY, ITERS_KEY = "test/acc", "test/iters_to_converge"
-# A finished run that lacks its test metrics (or a run directory with no summary at all) is
-# neither usable nor in progress: it gets its own status so the report can say so.
-INCOMPLETE = "incomplete"
-STATUSES = (FINISHED, FAILED, RUNNING, INCOMPLETE)
+ACC_KEY, ITERS_KEY, NOT_CONVERGED_KEY = \
+    "test/acc", "test/iters_to_converge", "test/not_converged"
+# Two statuses of records, beside the store's: a run that says it finished but whose files do
+# not hold up (runner.store.finished_problems, or test metrics missing) is DAMAGED; a run
+# directory with no readable summary, or an unknown status, is INCOMPLETE. Neither is counted.
+DAMAGED, INCOMPLETE = "damaged", "incomplete"
 # W&B run states (public API ``run.state``) and what they mean for the table.
 _WANDB_STATES = {"finished": FINISHED, "running": RUNNING, "pending": RUNNING,
-                 "preempting": RUNNING, "failed": FAILED, "crashed": FAILED, "killed": FAILED}
+                 "preempting": RUNNING, "preempted": INTERRUPTED, "failed": FAILED,
+                 "crashed": FAILED, "killed": FAILED}
 # Where W&B results are mirrored for the figures (git-ignored).
 WANDB_CACHE = Path(os.environ.get("HOPFIELD_FIGURE_CACHE", ".cache/paper_figures"))
 _RUN_NAME = re.compile(r"^(?P<row>.+)-L(?P<depth>\d+)-s(?P<seed>\d+)$")  # Experiment.run_name
@@ -36,8 +38,10 @@ _RUN_NAME = re.compile(r"^(?P<row>.+)-L(?P<depth>\d+)-s(?P<seed>\d+)$")  # Exper
 @dataclass(frozen=True)
 class RunRecord:
     """One run of a sweep. ``acc`` is a fraction (0..1), ``iters`` the mean iterations to
-    converge on the test set; both ``None`` unless the run finished. ``directory`` is the run's
-    folder in a local store (``None`` for records read from the W&B API)."""
+    converge on the test set, ``not_converged`` the test samples that never met the criterion;
+    all ``None`` unless the run finished. ``problems`` says why a :data:`DAMAGED` run is not
+    counted. ``directory`` is the run's folder in a local store (``None`` for records read from
+    the W&B API)."""
 
     name: str
     row: Optional[str]
@@ -46,7 +50,9 @@ class RunRecord:
     status: str
     acc: Optional[float] = None
     iters: Optional[float] = None
+    not_converged: Optional[float] = None
     directory: Optional[Path] = None
+    problems: Tuple[str, ...] = ()
 
     @property
     def experiment(self) -> Optional[Experiment]:
@@ -103,32 +109,47 @@ def _identity(name: str, config: Mapping[str, Any],
 
 
 def record_from(name: str, config: Mapping[str, Any], summary: Mapping[str, Any],
-                status: str, directory: Optional[Path] = None) -> RunRecord:
-    """A record from a run's config, summary and status, whatever the source."""
+                status: str, directory: Optional[Path] = None,
+                problems: Sequence[str] = ()) -> RunRecord:
+    """A record from a run's config, summary and status, whatever the source.
+
+    A finished run is :data:`DAMAGED` when ``problems`` (what is wrong with its files) is not
+    empty or its summary lacks the table's numbers; only a sound finished run keeps them.
+    """
+    problems = list(problems)
     acc, iters = _number(summary.get(ACC_KEY)), _number(summary.get(ITERS_KEY))
-    if status == FINISHED and (acc is None or iters is None):
-        status = INCOMPLETE
+    if status == FINISHED and not problems and (acc is None or iters is None):
+        lacking = [k for k in (ACC_KEY, ITERS_KEY) if _number(summary.get(k)) is None]
+        problems.append(f"summary lacks {', '.join(lacking)}")
+    if status == FINISHED and problems:
+        status = DAMAGED
+    not_converged = _number(summary.get(NOT_CONVERGED_KEY))
     if status != FINISHED:
-        acc = iters = None
+        acc = iters = not_converged = None
     name = name or str(config.get("run_name") or summary.get("run_name") or "")
-    return RunRecord(name=name, status=status, acc=acc, iters=iters, directory=directory,
+    return RunRecord(name=name, status=status, acc=acc, iters=iters,
+                     not_converged=not_converged, directory=directory,
+                     problems=tuple(problems) if status == DAMAGED else (),
                      **_identity(name, config, summary))
 
 
 def local_records(results: str | Path, sweep: Optional[str] = None) -> List[RunRecord]:
     """Every run (any status) under ``results/<sweep>/``, in path order.
 
-    A run directory with a config but no readable summary is :data:`INCOMPLETE` (the store
-    writes the summary right after the config, so this is a run killed in between or damaged).
+    A run directory with a config but no readable summary (killed between the two writes, or
+    damaged), or with a status the store does not know, is :data:`INCOMPLETE`; a finished run
+    whose files fail :func:`runner.store.finished_problems` is :data:`DAMAGED`.
     """
     records = []
     for directory in iter_runs(results, sweep):
-        config = read_json(directory / "config.json") or {}
-        summary = read_json(directory / "summary.json")
-        status = (summary or {}).get("status") or INCOMPLETE
+        config = read_json(directory / CONFIG) or {}
+        summary = read_json(directory / SUMMARY)
+        status = (summary or {}).get("status")
         if status not in STATUSES:
             status = INCOMPLETE
-        records.append(record_from(directory.name, config, summary or {}, status, directory))
+        problems = finished_problems(directory) if status == FINISHED else []
+        records.append(record_from(directory.name, config, summary or {}, status, directory,
+                                   problems))
     return records
 
 
@@ -177,18 +198,19 @@ def download_wandb_results(sweep_path: str, results: str | Path, api: Any = None
         if not record.usable:
             continue
         directory = Path(results) / name / record.name
-        if (directory / "trajectories.npz").exists() and (directory / "summary.json").exists():
+        if (directory / TRAJECTORIES).exists() and (directory / SUMMARY).exists():
             continue
         for artifact in run.logged_artifacts():
             if artifact.type == "run-results":
                 artifact.download(root=str(directory))
         identity = dict(row=record.row, depth=record.depth, seed=record.seed,
                         run_name=record.name, wandb_run_id=getattr(run, "id", None))
-        if read_json(directory / "config.json") is None:  # the artifact's own is richer
-            atomic_write_json(directory / "config.json", identity)
-        atomic_write_json(directory / "summary.json", {**identity, "status": FINISHED,
-                                                        ACC_KEY: record.acc,
-                                                        ITERS_KEY: record.iters})
+        if read_json(directory / CONFIG) is None:  # the artifact's own is richer
+            atomic_write_json(directory / CONFIG, identity)
+        summary = _wandb_summary(run)
+        atomic_write_json(directory / SUMMARY, {**identity, "status": FINISHED,
+                                                **{k: summary[k] for k in TEST_METRICS
+                                                   if k in summary}})
     return name
 
 
@@ -198,22 +220,3 @@ def read_records(results: str | Path = "results", sweep: Optional[str] = "table2
     if wandb_sweep:
         return wandb_records(wandb_sweep)
     return local_records(results, sweep)
-
-
-def add_source_args(parser: argparse.ArgumentParser) -> None:
-    """The options every paper_figures script shares: where the runs are, where files go."""
-    parser.add_argument("--results", default="results",
-                        help="local results store (default results/)")
-    parser.add_argument("--sweep", default="table2",
-                        help="sweep name under --results (default table2; sweep.py --quick "
-                             "writes 'quick')")
-    parser.add_argument("--wandb", metavar="ENTITY/PROJECT/SWEEP_ID", default=None,
-                        help="read the runs of this W&B sweep instead of the local store "
-                             f"(artifacts are cached under {WANDB_CACHE}, or "
-                             "$HOPFIELD_FIGURE_CACHE)")
-    parser.add_argument("--out", default="figures", help="output directory (default figures/)")
-
-
-def source_label(args: argparse.Namespace) -> str:
-    """Where the numbers came from, for the table's caption."""
-    return f"W&B sweep {args.wandb}" if args.wandb else str(Path(args.results) / args.sweep)

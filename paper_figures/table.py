@@ -5,10 +5,13 @@
 
 Writes ``table2.md`` (also printed), ``table2.tex`` (a booktabs tabular) and ``table2.csv`` to
 ``--out``. Per (row, depth) of the registry, in its order: mean (sample std) over the finished
-seeds of the iterations to converge and of the test accuracy (%), the speedup against the
-row's base at the same depth (Table 2's definition) and the number of seeds. Rows without
-results stay in the table with "—", and runs that failed or are still running are counted,
-so the table shows what is missing.
+seeds of the iterations to converge, of the test accuracy (%) and of the test samples that
+never converged, the speedup against the row's base at the same depth (Table 2's definition)
+and the number of seeds. Rows without results stay in the table with "—"; a single seed has
+no std ("-"). Runs that failed, diverged, were interrupted, are still running or are damaged
+(finished, but their files do not hold up) are never averaged: they are counted and named, so
+the table shows what is missing. A missing store, an unknown sweep or no finished run at all
+is an error, and nothing is written.
 """
 from __future__ import annotations
 
@@ -16,27 +19,32 @@ import argparse
 import csv
 import io
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from deq_modules.experiments import EXPERIMENTS, Experiment, get_experiment, speedup
-from deq_modules.results import FAILED, FINISHED, RUNNING, atomic_write_text
+from runner.store import DIVERGED, FAILED, FINISHED, INTERRUPTED, RUNNING, atomic_write_text
 
-from .runs import INCOMPLETE, RunRecord, add_source_args, read_records, source_label
+from .cli import (SourceError, add_source_args, error, records_for, source_label, tol_label,
+                  warn_damaged)
+from .runs import DAMAGED, INCOMPLETE, RunRecord
 
 MISSING = "—"  # an em dash: no result of ours for this cell
+NO_STD = "-"  # the standard deviation of a single seed
+# Statuses that are never averaged, in the order the notes list them (damaged: one line each).
+NOT_COUNTED = (FAILED, DIVERGED, INTERRUPTED, RUNNING, INCOMPLETE)
 
 
 def mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
-    """Mean and sample standard deviation (ddof=1; 0 for a single value; None for none)."""
+    """Mean and sample standard deviation (ddof=1); the std is ``None`` for a single value
+    (it is not zero, it is unknown), both are ``None`` for none."""
     n = len(values)
     if n == 0:
         return None, None
     mean = math.fsum(values) / n
     if n == 1:
-        return mean, 0.0
+        return mean, None
     return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
 
 
@@ -48,6 +56,7 @@ class RowStats:
     seeds: List[Optional[int]] = field(default_factory=list)
     iters: List[float] = field(default_factory=list)
     accs: List[float] = field(default_factory=list)  # in %, like the paper
+    not_converged: List[float] = field(default_factory=list)  # test samples, per seed that has it
     not_counted: Dict[str, List[str]] = field(default_factory=dict)  # status -> run names
     speedup: Optional[float] = None
     paper_speedup: Optional[float] = None
@@ -64,6 +73,10 @@ class RowStats:
     def acc_stats(self) -> Tuple[Optional[float], Optional[float]]:
         return mean_std(self.accs)
 
+    @property
+    def not_converged_stats(self) -> Tuple[Optional[float], Optional[float]]:
+        return mean_std(self.not_converged)
+
 
 def table_rows(records: Sequence[RunRecord]) -> List[RowStats]:
     """One :class:`RowStats` per registry experiment, in registry order."""
@@ -76,6 +89,8 @@ def table_rows(records: Sequence[RunRecord]) -> List[RowStats]:
             stats.seeds.append(rec.seed)
             stats.iters.append(rec.iters)
             stats.accs.append(100.0 * rec.acc)
+            if rec.not_converged is not None:  # W&B summaries of older runs may lack it
+                stats.not_converged.append(rec.not_converged)
         else:
             stats.not_counted.setdefault(rec.status, []).append(rec.name)
     for stats in rows.values():
@@ -89,13 +104,16 @@ def table_rows(records: Sequence[RunRecord]) -> List[RowStats]:
 
 
 def status_lines(records: Sequence[RunRecord]) -> List[str]:
-    """What the table counted and what it did not (failed, running, incomplete, unknown)."""
+    """What the table counted and what it did not (failed, diverged, interrupted, running,
+    incomplete, damaged with the reason, not in the registry)."""
     finished = [r for r in records if r.usable]
     lines = [f"{len(records)} runs read; {len(finished)} finished and counted."]
-    for status in (FAILED, RUNNING, INCOMPLETE):
+    for status in NOT_COUNTED:
         names = [r.name for r in records if r.status == status]
         if names:
             lines.append(f"Not counted, {status}: {len(names)} ({', '.join(sorted(names))}).")
+    for r in sorted((r for r in records if r.status == DAMAGED), key=lambda r: r.name):
+        lines.append(f"Not counted, {DAMAGED}: {r.name} ({'; '.join(r.problems)}).")
     seen: Dict[tuple, int] = {}
     for r in records:
         if r.usable:
@@ -112,7 +130,10 @@ def status_lines(records: Sequence[RunRecord]) -> List[str]:
 
 # -- formatting -------------------------------------------------------------------------------
 def fmt_pair(mean: Optional[float], std: Optional[float], missing: str = MISSING) -> str:
-    return missing if mean is None else f"{mean:.1f} ({std:.1f})"
+    """``mean (std)``; ``mean (-)`` for a single seed; ``missing`` for no result."""
+    if mean is None:
+        return missing
+    return f"{mean:.1f} ({NO_STD if std is None else f'{std:.1f}'})"
 
 
 def fmt_speedup(value: Optional[float]) -> str:
@@ -136,7 +157,7 @@ def seeds_cell(stats: RowStats) -> str:
 
 
 HEADER = ("layers", "model", "#iters ours", "#iters paper", "speedup ours", "speedup paper",
-          "test acc. (%) ours", "test acc. (%) paper", "seeds")
+          "test acc. (%) ours", "test acc. (%) paper", "not converged", "seeds")
 
 
 def cells(stats: RowStats, notes: Dict[str, int], marker: str = " [{}]") -> List[str]:
@@ -146,7 +167,8 @@ def cells(stats: RowStats, notes: Dict[str, int], marker: str = " [{}]") -> List
     return [str(exp.depth), model,
             fmt_pair(*stats.iters_stats), fmt_pair(*exp.published_iters),
             fmt_speedup(stats.speedup), fmt_speedup(stats.paper_speedup),
-            fmt_pair(*stats.acc_stats), fmt_pair(*exp.published_acc), seeds_cell(stats)]
+            fmt_pair(*stats.acc_stats), fmt_pair(*exp.published_acc),
+            fmt_pair(*stats.not_converged_stats), seeds_cell(stats)]
 
 
 def to_markdown(rows: Sequence[RowStats], records: Sequence[RunRecord], source: str) -> str:
@@ -157,9 +179,14 @@ def to_markdown(rows: Sequence[RowStats], records: Sequence[RunRecord], source: 
     lines += ["| " + " | ".join(cells(s, notes)) + " |" for s in rows]
     lines += [""] + [f"[{i}] {note}" for note, i in notes.items()]
     lines += ["", "Speedup = base row's mean iterations at the same depth / (mean iterations x "
-              "local updates per iteration); blank where the base row has no results."]
+              "local updates per iteration); blank where the base row has no results.",
+              NOT_CONVERGED_NOTE]
     lines += [""] + status_lines(records)
     return "\n".join(lines) + "\n"
+
+
+NOT_CONVERGED_NOTE = (f"Not converged = test samples whose relative residual never fell below "
+                      f"{tol_label()} (counted at the last iteration in #iters); our runs only.")
 
 
 def _tex(text: str) -> str:
@@ -172,11 +199,11 @@ def _tex(text: str) -> str:
 def to_latex(rows: Sequence[RowStats]) -> str:
     """A booktabs tabular (needs ``\\usepackage{booktabs}``), one midrule between depths."""
     notes = footnotes(rows)
-    out = [r"\begin{tabular}{rlrrrrrrl}", r"\toprule",
+    out = [r"\begin{tabular}{rlrrrrrrrl}", r"\toprule",
            r" & & \multicolumn{2}{c}{\#iters to conv.} & \multicolumn{2}{c}{speedup}"
-           r" & \multicolumn{2}{c}{test acc. (\%)} & \\",
+           r" & \multicolumn{2}{c}{test acc. (\%)} & not & \\",
            r"\cmidrule(lr){3-4} \cmidrule(lr){5-6} \cmidrule(lr){7-8}",
-           r"layers & model & ours & paper & ours & paper & ours & paper & seeds \\",
+           r"layers & model & ours & paper & ours & paper & ours & paper & converged & seeds \\",
            r"\midrule"]
     for i, stats in enumerate(rows):
         if i and stats.exp.depth != rows[i - 1].exp.depth:
@@ -186,12 +213,14 @@ def to_latex(rows: Sequence[RowStats]) -> str:
         out.append(" & ".join(row) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
     out += [rf"\par\footnotesize\textsuperscript{{{i}}} {_tex(note)}" for note, i in notes.items()]
+    out.append(rf"\par\footnotesize {_tex(NOT_CONVERGED_NOTE)}")
     return "\n".join(out) + "\n"
 
 
 CSV_FIELDS = ("layers", "row", "key", "n_seeds", "seeds", "iters_mean", "iters_std", "acc_mean",
-              "acc_std", "speedup", "paper_iters_mean", "paper_iters_std", "paper_acc_mean",
-              "paper_acc_std", "paper_speedup", "n_failed", "n_running", "n_incomplete", "note")
+              "acc_std", "not_converged", "not_converged_std", "speedup", "paper_iters_mean",
+              "paper_iters_std", "paper_acc_mean", "paper_acc_std", "paper_speedup",
+              *(f"n_{status}" for status in NOT_COUNTED + (DAMAGED,)), "note")
 
 
 def to_csv(rows: Sequence[RowStats]) -> str:
@@ -201,16 +230,17 @@ def to_csv(rows: Sequence[RowStats]) -> str:
     writer.writeheader()
     for s in rows:
         e = s.exp
-        (im, isd), (am, asd) = s.iters_stats, s.acc_stats
+        (im, isd), (am, asd), (nm, nsd) = s.iters_stats, s.acc_stats, s.not_converged_stats
         writer.writerow(dict(
             layers=e.depth, row=e.row, key=e.key, n_seeds=s.n,
             seeds=" ".join(str(x) for x in sorted(s.seeds, key=lambda x: (x is None, x))),
-            iters_mean=im, iters_std=isd, acc_mean=am, acc_std=asd, speedup=s.speedup,
+            iters_mean=im, iters_std=isd, acc_mean=am, acc_std=asd, not_converged=nm,
+            not_converged_std=nsd, speedup=s.speedup,
             paper_iters_mean=e.published_iters[0], paper_iters_std=e.published_iters[1],
             paper_acc_mean=e.published_acc[0], paper_acc_std=e.published_acc[1],
-            paper_speedup=s.paper_speedup, n_failed=len(s.not_counted.get(FAILED, ())),
-            n_running=len(s.not_counted.get(RUNNING, ())),
-            n_incomplete=len(s.not_counted.get(INCOMPLETE, ())), note=e.note))
+            paper_speedup=s.paper_speedup, note=e.note,
+            **{f"n_{status}": len(s.not_counted.get(status, ()))
+               for status in NOT_COUNTED + (DAMAGED,)}))
     return buffer.getvalue()  # DictWriter writes None as an empty cell
 
 
@@ -226,17 +256,28 @@ def write_table(records: Sequence[RunRecord], out: str | Path, source: str) -> D
     return paths
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m paper_figures.table",
-                                     description="Table 2 (ours beside the paper's) from a sweep.")
-    add_source_args(parser)
-    args = parser.parse_args(argv)
-    records = read_records(args.results, args.sweep, args.wandb)
-    if not records:  # most likely a wrong --results/--sweep: say so, but still write the table
-        print(f"warning: no runs found in {source_label(args)}", file=sys.stderr)
+WRITES = "table2.md (also printed), table2.tex (booktabs), table2.csv (full precision)"
+
+
+def report(records: Sequence[RunRecord], args: argparse.Namespace) -> None:
+    """Write the table for checked ``records`` and print it."""
     paths = write_table(records, args.out, source_label(args))
     print(paths["md"].read_text(), end="")
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m paper_figures.table",
+        description=f"Table 2 (ours beside the paper's) from a sweep. Writes {WRITES} to --out.")
+    add_source_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        records = records_for(args)
+    except SourceError as err:
+        return error(parser.prog, err)
+    warn_damaged(records)
+    report(records, args)
     return 0
 
 

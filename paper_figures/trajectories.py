@@ -2,45 +2,58 @@
 
     python -m paper_figures.trajectories [--results results] [--sweep table2]
                                          [--wandb ENTITY/PROJECT/SWEEP_ID] [--out figures]
+                                         [--prefer ROW]
 
 Each model family is a 2 x 2 grid, rows plain / even-odd ("EO"), columns Picard / Anderson
-("DEQ"), with one colour scale per family. ``fig3.png``: 3-layer CHN (left), 3-layer HAM
-(right); ``fig4.png``: 5-layer HAM (left), 7-layer HAM (right). Panels read the runs'
-``trajectories.npz`` (written by ``custom_callbacks.ResidualTrajectories``), so no model is run
-again; a panel without results says so instead of failing.
+("DEQ"), with one colour scale per family. ``fig3.pdf``/``.png``: 3-layer CHN (left), 3-layer
+HAM (right); ``fig4.pdf``/``.png``: 5-layer HAM (left), 7-layer HAM (right); both at a paper's
+text width, with a legend of the marks. Each panel is titled with its Table 2 row; under the
+title it says how many seeds it pools and how many of their test samples (all seeds together;
+the table gives the mean per seed) never met the criterion. Panels read the runs'
+``trajectories.npz`` (see ``runner.result_files``), so no model is run again; a panel without
+results says so instead of failing, and an unreadable file is skipped with a warning.
 """
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure, SubFigure
+from matplotlib.lines import Line2D
 
-from custom_callbacks import (HEATMAP_CMAP, load_trajectories, merge_trajectories,
-                              plot_trajectory_heatmap)
-from custom_callbacks.trajectories import COUNTS_LABEL
-from deq_modules.experiments import EXPERIMENTS, Experiment
+from deq_modules.experiments import CONVERGENCE_TOL, EXPERIMENTS, Experiment
+from runner.result_files import (COUNTS_LABEL, HEATMAP_CMAP, TRAJECTORY_KEYS, BadResultFile,
+                                 load_npz, merge_trajectories, plot_trajectory_heatmap)
+from runner.store import TRAJECTORIES
 
-from .runs import (WANDB_CACHE, RunRecord, add_source_args, download_wandb_results,
-                   local_records, source_label)
+from .cli import (SourceError, add_source_args, error, records_for, tol_label, warn,
+                  warn_damaged)
+from .runs import RunRecord
+from .style import NORMAL, SMALL, TEXT_WIDTH, fix_tick_sizes, paper_style, save
 
 STRUCTURES = ("onematrix", "evenodd")  # grid rows: plain, EO
 SOLVERS = ("picard", "anderson")  # grid columns: Picard, DEQ
-FIGURES: Dict[str, Tuple[Tuple[str, int], ...]] = {  # file -> (model, depth) left, right
-    "fig3.png": (("chn", 3), ("ham", 3)),
-    "fig4.png": (("ham", 5), ("ham", 7)),
+FIGURES: Dict[str, Tuple[Tuple[str, int], ...]] = {  # file stem -> (model, depth) left, right
+    "fig3": (("chn", 3), ("ham", 3)),
+    "fig4": (("ham", 5), ("ham", 7)),
 }
 # The plain 3-layer CHN slot has two registry rows (trained 10 and 3 epochs). We show the
 # 10-epoch run, trained like every other panel; the paper's Fig. 3 shows "CHN (3 epochs)",
-# which `--prefer CHN-3ep` reproduces. The chosen row is named in the family's title.
+# which `--prefer CHN-3ep` reproduces. The row not shown is named in the family's title.
 DEFAULT_PREFER = ("CHN-10ep",)
-DPI = 150
+HEIGHT = 4.6  # inches: two rows of panels, a colour bar per family and the legend
+# What pooling needs of a file beyond what load_trajectories checks.
+POOLED_KEYS = TRAJECTORY_KEYS + ("sum_iters", "not_converged", "iters_at_tol", "tol", "stage",
+                                 "max_iter")
+WRITES = "fig3.pdf, fig3.png, fig4.pdf, fig4.png"
+# The residual inline rather than as a fraction, whose small type would fall below 7 pt.
+YLABEL = r"Relative residual $\|s_{n+1} - s_n\| \,/\, \|s_{n+1}\|$"
 
 
 def panel_rows(model: str, depth: int, structure: str, solver: str) -> List[Experiment]:
@@ -60,37 +73,69 @@ def choose(candidates: Sequence[Experiment], prefer: Sequence[str]) -> Optional[
 
 def pooled_trajectories(records: Sequence[RunRecord], exp: Experiment
                         ) -> Tuple[Optional[dict], List[RunRecord]]:
-    """Every finished seed of ``exp`` with a trajectories file, merged; and the runs used."""
-    used = [r for r in records
-            if r.usable and (r.row, r.depth) == (exp.row, exp.depth) and r.directory is not None
-            and (r.directory / "trajectories.npz").is_file()]
-    if not used:
-        return None, []
-    data = [load_trajectories(str(r.directory / "trajectories.npz")) for r in used]
-    return merge_trajectories(data), used
+    """Every finished seed of ``exp`` with a readable trajectories file, merged; and the runs
+    used. An unreadable file, or one that cannot be pooled with the first, is skipped with a
+    warning naming the run and the file."""
+    used, data = [], []
+    for r in records:
+        if not (r.usable and (r.row, r.depth) == (exp.row, exp.depth) and r.directory):
+            continue
+        path = r.directory / TRAJECTORIES
+        if not path.is_file():
+            continue
+        try:
+            d = load_npz(path, POOLED_KEYS)
+            if data:
+                merge_trajectories([data[0], d])  # same bins, tolerances and criterion?
+        except (BadResultFile, ValueError) as err:
+            warn(f"{r.name}: skipped {path}: {err}")
+            continue
+        if not math.isclose(d["tol"], CONVERGENCE_TOL, rel_tol=1e-9):
+            warn(f"{r.name}: {path} measured convergence at {d['tol']:g}, not the table's "
+                 f"{CONVERGENCE_TOL:g}")
+        used.append(r)
+        data.append(d)
+    return (merge_trajectories(data), used) if data else (None, [])
 
 
-def _tol_label(tol: float) -> str:
-    exponent = math.log10(tol)
-    return f"1e{exponent:.0f}" if exponent.is_integer() else f"{tol:g}"
+def _not_converged_at_tol(data: dict) -> Optional[int]:
+    """Pooled test samples that never reached the criterion (None if the grid lacks it)."""
+    match = np.flatnonzero(np.isclose(data["tolerances"], data["tol"], rtol=1e-9, atol=0))
+    return int(np.asarray(data["not_converged"])[match[0]]) if match.size else None
 
 
-def _mean_at_tol(data: dict) -> float:
-    """The pooled mean iterations to converge at the Table 2 criterion (the white circle)."""
-    at_tol = data.get("iters_at_tol")
-    if at_tol is not None and len(at_tol):
-        return float(at_tol.mean())
-    match = [m for t, m in zip(data["tolerances"], data["mean_iters"])
-             if math.isclose(t, data["tol"], rel_tol=1e-9)]
-    return float(match[0]) if match else float("nan")
+def panel_note(data: dict, n_seeds: int) -> str:
+    """What a panel pools and what never converged: ``5 seeds · 12 not conv.``."""
+    note = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
+    stuck = _not_converged_at_tol(data)
+    return note if stuck is None else f"{note} · {stuck} not conv."
 
 
 def _empty_panel(ax: Axes, exp: Optional[Experiment], label: str) -> None:
     ax.text(0.5, 0.5, "no results", ha="center", va="center", transform=ax.transAxes,
-            color="0.4", fontsize=12)
+            color="0.4", fontsize=SMALL)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(exp.row if exp is not None else f"{label}: not in the registry")
+
+
+def legend_handles(ax: Axes) -> Dict[str, Line2D]:
+    """The marks of a drawn heatmap by what they mean, in legend order. The legend shows the
+    very artists ``plot_trajectory_heatmap`` drew (colour, dashes, outline): they never
+    disagree."""
+    found: Dict[str, Line2D] = {}
+    for line in ax.lines:
+        if line.get_linestyle() == "--":
+            found.setdefault("criterion", line)
+        elif line.get_marker() == "o" and line.get_markeredgecolor() == "white":
+            found.setdefault("circle", line)
+        elif line.get_marker() in ("None", "", None):
+            found.setdefault("curve", line)
+    tol = tol_label()
+    labels = {"curve": "mean iterations to converge, per tolerance",
+              "criterion": f"convergence criterion {tol}",
+              "circle": f"mean iterations at {tol} (Table 2)"}
+    return {label: found[key] for key, label in labels.items() if key in found}
 
 
 def draw_family(fig: SubFigure | Figure, records: Sequence[RunRecord], model: str,
@@ -103,13 +148,12 @@ def draw_family(fig: SubFigure | Figure, records: Sequence[RunRecord], model: st
     norm = LogNorm(vmin=1, vmax=max(peak, 10))  # one colour scale for the family, as in the paper
     axes = fig.subplots(len(STRUCTURES), len(SOLVERS), squeeze=False)
     title = f"{depth}-layer {model.upper()}"
-    alternatives = [
-        f"{chosen[k].row} (not shown: {', '.join(e.row for e in c if e is not chosen[k])})"
-        for k, c in slots.items() if len(c) > 1]
-    if alternatives:
-        title += " — shown: " + "; ".join(alternatives)
-    fig.suptitle(title)
+    not_shown = [e.row for k, c in slots.items() for e in c if e is not chosen[k]]
+    if not_shown:  # the panel titles name the rows shown
+        title += f" ({', '.join(not_shown)} not shown)"
+    fig.suptitle(title, fontsize=NORMAL)
     counts: Dict[str, int] = {}
+    drawn = False
     for (i, structure), (j, solver) in ((a, b) for a in enumerate(STRUCTURES)
                                         for b in enumerate(SOLVERS)):
         ax, exp = axes[i, j], chosen[(structure, solver)]
@@ -119,58 +163,53 @@ def draw_family(fig: SubFigure | Figure, records: Sequence[RunRecord], model: st
         if data is None:
             _empty_panel(ax, exp, f"{structure}/{solver}")
             continue
-        title = (f"{exp.row}: {_mean_at_tol(data):.1f} iters at {_tol_label(data['tol'])}\n"
-                 f"{len(used)} seed{'s' if len(used) != 1 else ''}, "
-                 f"{int(data['n_samples'])} trajectories")
-        plot_trajectory_heatmap(data, ax=ax, title=title, norm=norm, colorbar=False)
+        plot_trajectory_heatmap(data, ax=ax, norm=norm, colorbar=False)
+        ax.set_ylabel("")  # once per family, beside both rows
         if i < len(STRUCTURES) - 1:
             ax.set_xlabel("")  # only the bottom row names the axis, as in the paper
-        if j > 0:
-            ax.set_ylabel("")
-    if any(d is not None for d, _ in pooled.values()):
-        fig.colorbar(ScalarMappable(norm=norm, cmap=HEATMAP_CMAP), ax=axes, label=COUNTS_LABEL)
+        # The row name, and under it (outside the heatmap, hiding no trajectory) the note.
+        ax.set_title(exp.row, pad=SMALL * 1.2 + 3)
+        ax.text(0.5, 1.02, panel_note(data, len(used)), transform=ax.transAxes,
+                ha="center", va="bottom", fontsize=SMALL, color="0.25")
+        drawn = True
+    if drawn:
+        fig.supylabel(YLABEL)
+        fig.colorbar(ScalarMappable(norm=norm, cmap=HEATMAP_CMAP), ax=axes, location="bottom",
+                     shrink=0.85, aspect=35, pad=0.02, label=COUNTS_LABEL)
     return counts
 
 
 def make_figure(records: Sequence[RunRecord], families: Sequence[Tuple[str, int]],
                 prefer: Sequence[str] = DEFAULT_PREFER) -> Tuple[Figure, Dict[str, int]]:
-    """A figure with one family per column (Agg, no pyplot state); and runs pooled per key."""
-    fig = Figure(figsize=(8.0 * len(families), 7.5), layout="constrained")
-    counts: Dict[str, int] = {}
-    for sub, (model, depth) in zip(fig.subfigures(1, len(families), squeeze=False)[0], families):
-        counts.update(draw_family(sub, records, model, depth, prefer))
+    """A figure at text width with one family per column and, below, the legend of the marks
+    (Agg, no pyplot state); and the runs pooled per row key."""
+    with paper_style():
+        fig = Figure(figsize=(TEXT_WIDTH, HEIGHT), layout="constrained")
+        counts: Dict[str, int] = {}
+        subfigs = fig.subfigures(1, len(families), squeeze=False, wspace=0.03)[0]
+        for sub, (model, depth) in zip(subfigs, families):
+            counts.update(draw_family(sub, records, model, depth, prefer))
+        drawn = [ax for ax in fig.axes if ax.lines]
+        if drawn:
+            handles = legend_handles(drawn[0])
+            fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+                       ncols=len(handles), facecolor="0.8", frameon=True, edgecolor="none",
+                       handlelength=2.5, columnspacing=1.5)
+        fix_tick_sizes(fig)
     return fig, counts
-
-
-def _save(fig: Figure, path: Path) -> None:
-    """Render to a temporary file beside ``path``, then rename: never a half-written PNG."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(tmp, dpi=DPI, format="png")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_figures(records: Sequence[RunRecord], out: str | Path,
                   prefer: Sequence[str] = DEFAULT_PREFER) -> Dict[str, Dict[str, int]]:
-    """Write fig3.png and fig4.png to ``out``; returns, per file, the runs pooled per row key."""
+    """Write fig3 and fig4 (PDF and PNG) to ``out``; returns, per figure (its PDF's path),
+    the runs pooled per row key."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     written = {}
-    for name, families in FIGURES.items():
+    for stem, families in FIGURES.items():
         fig, counts = make_figure(records, families, prefer)
-        _save(fig, out / name)
-        written[str(out / name)] = counts
+        paths = save(fig, out, stem)
+        written[str(paths[0])] = counts
     return written
-
-
-def figure_records(args: argparse.Namespace) -> List[RunRecord]:
-    """The runs to draw: the local store, or a W&B sweep mirrored into the cache first."""
-    if args.wandb:
-        sweep = download_wandb_results(args.wandb, WANDB_CACHE)
-        return local_records(WANDB_CACHE, sweep)
-    return local_records(args.results, args.sweep)
 
 
 def add_figure_args(parser: argparse.ArgumentParser) -> None:
@@ -180,19 +219,27 @@ def add_figure_args(parser: argparse.ArgumentParser) -> None:
                              f"{', '.join(DEFAULT_PREFER)}; CHN-3ep gives the paper's Fig. 3)")
 
 
+def report(records: Sequence[RunRecord], args: argparse.Namespace) -> None:
+    """Write the figures for checked ``records`` and say what each pooled."""
+    prefer = tuple(args.prefer or ()) + DEFAULT_PREFER
+    for path, counts in write_figures(records, args.out, prefer).items():
+        detail = ", ".join(f"{key} {n}" for key, n in counts.items())
+        print(f"wrote {path} and .png (seeds pooled: {detail})")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m paper_figures.trajectories",
-                                     description="Figures 3 and 4 from a sweep's trajectories.")
+    parser = argparse.ArgumentParser(
+        prog="python -m paper_figures.trajectories",
+        description=f"Figures 3 and 4 from a sweep's trajectories. Writes {WRITES} to --out.")
     add_source_args(parser)
     add_figure_args(parser)
     args = parser.parse_args(argv)
-    prefer = tuple(args.prefer or ()) + DEFAULT_PREFER
-    records = figure_records(args)
-    if not records:  # most likely a wrong --results/--sweep: say so, but still draw
-        print(f"warning: no runs found in {source_label(args)}", file=sys.stderr)
-    for path, counts in write_figures(records, args.out, prefer).items():
-        detail = ", ".join(f"{key} {n}" for key, n in counts.items())
-        print(f"wrote {path} (seeds pooled: {detail})")
+    try:
+        records = records_for(args, files=True)
+    except SourceError as err:
+        return error(parser.prog, err)
+    warn_damaged(records)
+    report(records, args)
     return 0
 
 

@@ -171,6 +171,25 @@ def load_energy(path: os.PathLike | str) -> dict[str, Any]:
     return load_npz(path, ENERGY_KEYS)
 
 
+def merge_energy(datasets: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Pool runs (e.g. seeds): per iteration, the ``n_samples``-weighted mean of the inputs'
+    ``mean_energy`` (shorter runs add nothing to the later iterations); ``n_samples`` adds."""
+    datasets = list(datasets)
+    if not datasets:
+        raise ValueError("merge_energy needs at least one dataset")
+    rows = max(np.asarray(d["mean_energy"]).size for d in datasets)
+    sum_energy = np.zeros(rows, dtype=np.float64)
+    n_samples = np.zeros(rows, dtype=np.int64)
+    for d in datasets:
+        n = np.asarray(d["n_samples"], dtype=np.int64)
+        sum_energy[: n.size] += np.asarray(d["mean_energy"], dtype=np.float64) * n
+        n_samples[: n.size] += n
+    stages = {d.get("stage") for d in datasets}
+    return dict(mean_energy=sum_energy / np.maximum(n_samples, 1), sum_energy=sum_energy,
+                n_samples=n_samples, stage=stages.pop() if len(stages) == 1 else "mixed",
+                format_version=FORMAT_VERSION)
+
+
 def plot_energy_curve(data: dict[str, Any], ax: Axes | None = None,
                       title: str | None = None) -> Axes:
     """Mean energy against iterations done (entry ``n`` at ``n + 1``); returns the Axes.

@@ -42,12 +42,11 @@ from .config import RunConfig
 from .history import EpochHistory, ProgressLog, mean_epoch_seconds
 from .result_files import plot_trajectory_heatmap, save_npz
 from .safety import DivergenceGuard, Diverged, EpochCheckpoint, Interrupted
-from .store import (CONFIG, DIVERGED, FAILED, FINISHED, INTERRUPTED, LAST_CHECKPOINT, LOCK,
-                    METRICS, RUNNING, SUMMARY, TEST_METRICS, TRAJECTORIES, RunLock,
+from .store import (CONFIG, DIVERGED, ENERGY, FAILED, FINISHED, INTERRUPTED, LAST_CHECKPOINT,
+                    LOCK, METRICS, RUNNING, SUMMARY, TEST_METRICS, TRAJECTORIES, RunLock,
                     atomic_write_json, finished_problems, read_json, summary_of)
 
 SUMMARY_KEYS = (*TEST_METRICS, "test/rel_residual")
-ENERGY = "energy.npz"
 
 
 class ConfigMismatch(ValueError):

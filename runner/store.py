@@ -30,8 +30,8 @@ FINISHED, FAILED, RUNNING, DIVERGED, INTERRUPTED = (
 STATUSES = (FINISHED, FAILED, RUNNING, DIVERGED, INTERRUPTED)
 # What a finished summary must hold: the Table 2 numbers.
 TEST_METRICS = ("test/acc", "test/loss", "test/iters_to_converge", "test/not_converged")
-CONFIG, SUMMARY, METRICS, TRAJECTORIES = "config.json", "summary.json", "metrics.csv", \
-    "trajectories.npz"
+CONFIG, SUMMARY, METRICS = "config.json", "summary.json", "metrics.csv"
+TRAJECTORIES, ENERGY = "trajectories.npz", "energy.npz"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 LOCK = ".lock"
 

@@ -1,6 +1,8 @@
-"""A fabricated results store with known numbers, and trajectories written by the real callback.
+"""A fabricated results store with known numbers, and result files written by the real callbacks.
 
 The test modules cannot import each other (import-mode=importlib), so what they share is here.
+Building the files needs torch and Lightning (the real callbacks run on a toy DEQ); the code
+under test does not.
 """
 import shutil
 from types import SimpleNamespace
@@ -11,9 +13,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from custom_callbacks import ResidualTrajectories
+from custom_callbacks import EnergyTracker, ResidualTrajectories
 from deq_core import DEQ
-from deq_modules.results import atomic_write_json
+from deq_modules.experiments import CONVERGENCE_TOL
+from runner.result_files import save_npz
+from runner.store import FINISHED, atomic_write_json, atomic_write_text
 
 SWEEP = "table2"
 # (row, depth, seed) -> (test/iters_to_converge, test/acc as a fraction)
@@ -25,11 +29,19 @@ FINISHED_RUNS = {
     ("HAM-EO", 5, 0): (18.0, 0.971),  # its base (HAM, 5 layers) has no results
     ("HAM", 7, 0): (60.0, 0.955), ("HAM-DEQ", 7, 1): (50.0, 0.956),
 }
+# test/not_converged (test samples that never reached the criterion); 0 where not listed
+NOT_CONVERGED = {("HAM", 3, 0): 3, ("HAM", 3, 1): 0, ("HAM", 3, 2): 6, ("HAM", 7, 0): 40}
 OTHER_RUNS = {("HAM", 3, 3): "failed", ("HAM", 3, 4): "running", ("HAM-DEQ", 3, 0): "failed"}
+# Finished runs without an energy.npz (every other finished HAM run has one).
+NO_ENERGY = {("HAM-DEQ", 7, 1)}
+METRICS_CSV = "epoch,train/loss,val/acc\n0,0.31,0.95\n1,0.22,0.97\n"
 
 
 class Contraction(nn.Module):
-    """``f(z) = a z + c`` with a per-sample rate ``a = x[:, 0]``: residuals ``~ a^n``."""
+    """``f(z) = a z + c`` with a per-sample rate ``a = x[:, 0]``: residuals ``~ a^n``.
+
+    It is gradient descent with unit step on ``energy``; samples with ``a >= 1`` never converge.
+    """
 
     def __init__(self, width: int = 4):
         super().__init__()
@@ -42,9 +54,14 @@ class Contraction(nn.Module):
     def forward(self, Ux, z):
         return Ux * z + self.c
 
+    def energy(self, x, z):
+        """``1/2 (1 - a) |z|^2 - c . z`` per sample: its gradient step of size 1 is ``forward``."""
+        a = x[:, :1]
+        return (0.5 * (1 - a) * z ** 2 - self.c * z).sum(dim=1)
+
 
 class ToyModule(pl.LightningModule):
-    """Just enough of the project's LightningModules for ResidualTrajectories: ``self.deq``."""
+    """Just enough of the project's LightningModules for the callbacks: ``self.deq``."""
 
     def __init__(self, iters: int):
         super().__init__()
@@ -54,49 +71,77 @@ class ToyModule(pl.LightningModule):
         self.deq(batch[0])
 
 
-def write_trajectories(directory, rates, iters: int) -> str:
-    """Run the real callback on a toy DEQ whose samples contract at ``rates``; the file path."""
+def write_result_files(directory, rates, iters: int):
+    """Run the real callbacks on a toy DEQ whose samples contract at ``rates``, save their
+    results as the run layer does; the paths of trajectories.npz and energy.npz."""
     x = torch.tensor(rates, dtype=torch.float64)[:, None]
-    callback = ResidualTrajectories(out_dir=str(directory), log_image=False)
+    callbacks = [ResidualTrajectories(tol=CONVERGENCE_TOL), EnergyTracker("test")]
     trainer = pl.Trainer(accelerator="cpu", devices=1, precision="64-true", logger=False,
-                         callbacks=[callback], enable_progress_bar=False,
+                         callbacks=callbacks, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=str(directory))
     trainer.test(ToyModule(iters), DataLoader(TensorDataset(x), batch_size=8), verbose=False)
-    return callback.path
+    paths = directory / "trajectories.npz", directory / "energy.npz"
+    for path, callback in zip(paths, callbacks):
+        save_npz(path, callback.result)
+    return paths
 
 
 @pytest.fixture(scope="session")
-def trajectory_files(tmp_path_factory):
-    """Two different real trajectories files: 12 samples / 30 iterations and 7 / 45."""
-    root = tmp_path_factory.mktemp("trajectories")
-    return [write_trajectories(root / "a", [0.1 * k for k in range(12)], 30),
-            write_trajectories(root / "b", [0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.0], 45)]
+def result_files(tmp_path_factory):
+    """Two different real (trajectories, energy) file pairs: 12 samples / 30 iterations (two
+    of them, rates 1.0 and 1.1, never converge) and 7 samples / 45 iterations."""
+    root = tmp_path_factory.mktemp("result_files")
+    return [write_result_files(root / "a", [0.1 * k for k in range(12)], 30),
+            write_result_files(root / "b", [0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.0], 45)]
 
 
-def write_run(root, row, depth, seed, summary, config_extra=None, trajectories=None):
-    directory = root / SWEEP / f"{row}-L{depth}-s{seed}"
+@pytest.fixture(scope="session")
+def trajectory_files(result_files):
+    return [t for t, _ in result_files]
+
+
+@pytest.fixture(scope="session")
+def energy_files(result_files):
+    return [e for _, e in result_files]
+
+
+def finished_summary(iters, acc, not_converged=0, **extra):
+    """A summary as the run layer writes it for a finished run (every test metric)."""
+    return {"status": FINISHED, "test/acc": acc, "test/iters_to_converge": iters,
+            "test/loss": 0.05, "test/not_converged": not_converged, **extra}
+
+
+def write_run(root, row, depth, seed, summary, config_extra=None, trajectories=None,
+              energy=None, metrics=METRICS_CSV, sweep=SWEEP):
+    directory = root / sweep / f"{row}-L{depth}-s{seed}"
     atomic_write_json(directory / "config.json", {"row": row, "depth": depth, "seed": seed,
                                                   "run_name": directory.name,
                                                   **(config_extra or {})})
     if summary is not None:
         atomic_write_json(directory / "summary.json", {"run_name": directory.name, **summary})
-    if trajectories is not None:
-        shutil.copyfile(trajectories, directory / "trajectories.npz")
+    if metrics is not None:
+        atomic_write_text(directory / "metrics.csv", metrics)
+    for source, name in ((trajectories, "trajectories.npz"), (energy, "energy.npz")):
+        if source is not None:
+            shutil.copyfile(source, directory / name)
     return directory
 
 
 @pytest.fixture
-def store(tmp_path, trajectory_files):
+def store(tmp_path, result_files):
     """A results store: FINISHED_RUNS (each with a trajectories file, alternating between the
-    two real ones), OTHER_RUNS (failed/running, summary only); the store's root directory."""
+    two real ones, and an energy file for HAM rows but NO_ENERGY), OTHER_RUNS (failed/running,
+    summary only); the store's root directory."""
     root = tmp_path / "results"
     for i, ((row, depth, seed), (iters, acc)) in enumerate(FINISHED_RUNS.items()):
+        trajectories, energy = result_files[i % 2]
+        has_energy = row.startswith("HAM") and (row, depth, seed) not in NO_ENERGY
         write_run(root, row, depth, seed,
-                  {"status": "finished", "test/acc": acc, "test/iters_to_converge": iters,
-                   "row": row, "depth": depth, "seed": seed},
-                  trajectories=trajectory_files[i % 2])
+                  finished_summary(iters, acc, NOT_CONVERGED.get((row, depth, seed), 0),
+                                   row=row, depth=depth, seed=seed),
+                  trajectories=trajectories, energy=energy if has_energy else None)
     for (row, depth, seed), status in OTHER_RUNS.items():
-        write_run(root, row, depth, seed, {"status": status})
+        write_run(root, row, depth, seed, {"status": status}, metrics=None)
     return root
 
 
@@ -104,4 +149,5 @@ def store(tmp_path, trajectory_files):
 def fixtures():
     """The constants and helpers above, as one namespace."""
     return SimpleNamespace(SWEEP=SWEEP, FINISHED_RUNS=FINISHED_RUNS, OTHER_RUNS=OTHER_RUNS,
-                           write_run=write_run)
+                           NOT_CONVERGED=NOT_CONVERGED, NO_ENERGY=NO_ENERGY,
+                           write_run=write_run, finished_summary=finished_summary)

@@ -7,7 +7,7 @@ import pytest
 
 from deq_modules.experiments import EXPERIMENTS, get_experiment
 from paper_figures import table
-from paper_figures.runs import INCOMPLETE, local_records, record_from, wandb_records
+from paper_figures.runs import local_records, record_from, wandb_records
 
 N_COLUMNS = len(table.HEADER)
 
@@ -33,13 +33,13 @@ def test_means_and_sample_stds_match_hand_computation(store):
     eo_deq = rows["HAM-EO-DEQ-L3"]  # 6 and 7; 98.1 and 97.7 %
     assert eo_deq.iters_stats == pytest.approx((6.5, math.sqrt(0.5)))
     assert eo_deq.acc_stats == pytest.approx((97.9, math.sqrt(0.08)))
-    assert rows["HAM-EO-L5"].iters_stats == (18.0, 0.0)  # a single seed: std 0
+    assert rows["HAM-EO-L5"].iters_stats == (18.0, None)  # a single seed: no std
     assert rows["HAM-DEQ-L3"].n == 0 and rows["HAM-DEQ-L3"].iters_stats == (None, None)
 
 
 def test_mean_std_is_the_sample_standard_deviation():
     assert table.mean_std([]) == (None, None)
-    assert table.mean_std([3.0]) == (3.0, 0.0)
+    assert table.mean_std([3.0]) == (3.0, None)
     assert table.mean_std([1.0, 2.0, 3.0, 4.0]) == pytest.approx((2.5, math.sqrt(5 / 3)))
 
 
@@ -79,12 +79,17 @@ def test_all_files_are_written_in_registry_order(store, tmp_path, capsys):
             == [(e.depth, e.row) for e in EXPERIMENTS])
     by_key = {f"{r[1].split(' [')[0]}-L{r[0]}": r for r in body}
     assert by_key["HAM-EO-DEQ-L3"][2:] == ["6.5 (0.7)", "6.6 (0.2)", "1.8x", "1.8x",
-                                           "97.9 (0.3)", "97.9 (0.1)", "2"]
+                                           "97.9 (0.3)", "97.9 (0.1)", "0.0 (0.0)", "2"]
+    assert by_key["HAM-L3"][8] == "3.0 (3.0)"  # 3, 0 and 6 test samples never converged
+    # A single seed has no standard deviation: "-", not a misleading "(0.0)".
+    assert by_key["HAM-EO-L5"][2] == "18.0 (-)" and by_key["HAM-EO-L5"][6] == "97.1 (-)"
+    assert by_key["HAM-L7"][8] == "40.0 (-)"
     assert by_key["CHN-EO-L3"][4:6] == ["0.1x", "0.1x"]
-    assert by_key["HAM-L3"][8] == "3 (1 failed, 1 running)"
+    assert by_key["HAM-L3"][9] == "3 (1 failed, 1 running)"
     # A row without results shows what is missing; the published side is always there.
     assert by_key["HAM-DEQ-L3"][2] == by_key["HAM-DEQ-L3"][6] == "—"
-    assert by_key["HAM-DEQ-L3"][4] == "" and by_key["HAM-DEQ-L3"][8] == "0 (1 failed)"
+    assert by_key["HAM-DEQ-L3"][4] == "" and by_key["HAM-DEQ-L3"][9] == "0 (1 failed)"
+    assert by_key["HAM-DEQ-L3"][8] == "—"
     for exp in EXPERIMENTS:  # published columns are the registry's numbers
         row = by_key[exp.key]
         assert row[3] == "{:.1f} ({:.1f})".format(*exp.published_iters)
@@ -106,6 +111,10 @@ def test_csv_holds_full_precision_and_the_published_numbers(store, tmp_path):
     eo_deq = next(r for r in rows if r["key"] == "HAM-EO-DEQ-L3")
     assert float(eo_deq["iters_std"]) == pytest.approx(math.sqrt(0.5))
     assert float(eo_deq["speedup"]) == pytest.approx(12.0 / 6.5) and eo_deq["seeds"] == "0 1"
+    ham = next(r for r in rows if r["key"] == "HAM-L3")
+    assert (float(ham["not_converged"]), float(ham["not_converged_std"])) == (3.0, 3.0)
+    single = next(r for r in rows if r["key"] == "HAM-EO-L5")
+    assert (single["iters_mean"], single["iters_std"]) == ("18.0", "")  # no std of one seed
     empty = next(r for r in rows if r["key"] == "HAM-DEQ-L3")
     assert (empty["iters_mean"], empty["speedup"], empty["n_failed"]) == ("", "", "1")
 
@@ -126,23 +135,6 @@ def test_latex_is_a_well_formed_booktabs_tabular(store, tmp_path):
     assert tabular.count(r"\midrule") == 3  # after the header, between 3/5 and 5/7 layers
     assert tex.count("{") == tex.count("}")
     assert r"CHN-EO\textsuperscript{2}" in tex
-
-
-def test_records_that_cannot_be_counted_are_marked(tmp_path, fixtures):
-    root = tmp_path / "results"
-    fixtures.write_run(root, "HAM", 3, 0, None)  # config, but no summary
-    fixtures.write_run(root, "HAM", 3, 1, {"status": "finished"})  # no test metrics
-    fixtures.write_run(root, "HAM", 3, 2, {"status": "finished", "test/acc": 0.9,
-                                           "test/iters_to_converge": "nan"})  # JSON's NaN
-    fixtures.write_run(root, "NOPE", 3, 0, {"status": "finished", "test/acc": 0.9,
-                                            "test/iters_to_converge": 5.0})
-    records = {r.name: r for r in local_records(root, "table2")}
-    assert records["HAM-L3-s0"].status == records["HAM-L3-s1"].status == INCOMPLETE
-    assert records["HAM-L3-s2"].usable and math.isnan(records["HAM-L3-s2"].iters)
-    assert not records["NOPE-L3-s0"].usable
-    lines = table.status_lines(list(records.values()))
-    assert "Not counted, incomplete: 2 (HAM-L3-s0, HAM-L3-s1)." in lines
-    assert "Not counted, not in the registry: 1 (NOPE-L3-s0)." in lines
 
 
 def test_identity_comes_from_config_experiment_or_run_name():

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from custom_callbacks import load_trajectories
+from runner.result_files import load_trajectories
 from deq_modules.experiments import get_experiment
-from paper_figures import trajectories
+from paper_figures import style, trajectories
 from paper_figures.runs import local_records
 
 
@@ -31,7 +31,7 @@ def test_pooled_counts_are_the_sum_over_seeds(store):
     assert data["n_samples"] == sum(s["n_samples"] for s in seeds) == 12 + 7 + 12
     assert data["counts"].sum() == sum(s["counts"].sum() for s in seeds)
     pooled_mean = np.concatenate([s["iters_at_tol"] for s in seeds]).mean()
-    assert trajectories._mean_at_tol(data) == pytest.approx(pooled_mean)
+    assert data["iters_at_tol"].mean() == pytest.approx(pooled_mean)  # the white circle
 
 
 def test_panel_slots_come_from_the_registry_structure_and_solver():
@@ -44,46 +44,86 @@ def test_panel_slots_come_from_the_registry_structure_and_solver():
     assert trajectories.panel_rows("chn", 5, "evenodd", "anderson") == []
 
 
+def panel(fig, title):
+    """The heatmap axes whose title is ``title`` (a registry row)."""
+    (ax,) = [ax for ax in fig.axes if ax.get_title() == title]
+    return ax
+
+
+def not_converged_at_tol(data):
+    (i,) = np.flatnonzero(np.isclose(data["tolerances"], data["tol"]))
+    return int(np.asarray(data["not_converged"])[i])
+
+
 def test_figures_are_written_and_missing_panels_say_so(store, tmp_path, capsys):
     out = tmp_path / "figures"
     assert trajectories.main(["--results", str(store), "--out", str(out)]) == 0
-    for name in ("fig3.png", "fig4.png"):
-        assert (out / name).read_bytes().startswith(b"\x89PNG")
-    assert sorted(p.name for p in out.iterdir()) == ["fig3.png", "fig4.png"]  # no temporaries
+    for name in ("fig3", "fig4"):
+        assert (out / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+        assert (out / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    assert sorted(p.name for p in out.iterdir()) == ["fig3.pdf", "fig3.png", "fig4.pdf",
+                                                     "fig4.png"]  # no temporaries
     printed = capsys.readouterr().out
     assert "HAM-L3 3" in printed and "HAM-DEQ-L3 0" in printed
     fig, counts = trajectories.make_figure(local_records(store, "table2"),
-                                           trajectories.FIGURES["fig3.png"])
+                                           trajectories.FIGURES["fig3"])
     assert counts == {"CHN-10ep-L3": 0, "CHN-DEQ-L3": 0, "CHN-EO-L3": 2, "CHN-EO-DEQ-L3": 0,
                       "HAM-L3": 3, "HAM-DEQ-L3": 0, "HAM-EO-L3": 0, "HAM-EO-DEQ-L3": 2}
-    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    ham = seed_files(store, "HAM-L3", (0, 1, 2))
-    mean = np.concatenate([s["iters_at_tol"] for s in ham]).mean()
-    assert f"HAM: {mean:.1f} iters at 1e-4\n3 seeds, 31 trajectories" in titles
-    assert "HAM-DEQ" in titles and "CHN-10ep" in titles  # empty panels, named
+    # Panel titles are the paper's row names; empty panels are named too.
+    titles = sorted(ax.get_title() for ax in fig.axes if ax.get_title())
+    assert titles == sorted(["CHN-10ep", "CHN-DEQ", "CHN-EO", "CHN-EO-DEQ",
+                             "HAM", "HAM-DEQ", "HAM-EO", "HAM-EO-DEQ"])
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert texts.count("no results") == 5
     suptitles = [sub.get_suptitle() for sub in fig.subfigs]
-    assert suptitles == ["3-layer CHN — shown: CHN-10ep (not shown: CHN-3ep)", "3-layer HAM"]
+    assert suptitles == ["3-layer CHN (CHN-3ep not shown)", "3-layer HAM"]
+
+
+def test_each_panel_says_how_many_seeds_and_samples_never_converged(store):
+    fig, _ = trajectories.make_figure(local_records(store, "table2"), trajectories.FIGURES["fig3"])
+    ham = seed_files(store, "HAM-L3", (0, 1, 2))
+    stuck = sum(not_converged_at_tol(s) for s in ham)
+    assert stuck > 0  # the toy rates 1.0 and 1.1 never converge
+    assert [t.get_text() for t in panel(fig, "HAM").texts] == [f"3 seeds · {stuck} not conv."]
+    eo = seed_files(store, "CHN-EO-L3", (0, 1))
+    stuck = sum(not_converged_at_tol(s) for s in eo)
+    assert [t.get_text() for t in panel(fig, "CHN-EO").texts] == [f"2 seeds · {stuck} not conv."]
+
+
+def test_figures_fit_a_papers_text_width_with_readable_labels(store, tmp_path):
+    from matplotlib.text import Text
+
+    from runner.result_files import figure_to_array
+
+    fig, _ = trajectories.make_figure(local_records(store, "table2"), trajectories.FIGURES["fig4"])
+    width, height = fig.get_size_inches()
+    assert width == pytest.approx(6.75) and height <= 5  # leaves room for a caption
+    figure_to_array(fig)  # draw, so that every tick label exists
+    sizes = {t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text()}
+    assert sizes and min(sizes) >= 7 and max(sizes) <= 9
+    # The legend explains the cyan curve, the dashed criterion and the circle.
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert len(labels) == 3
+    assert any("mean" in x and "tolerance" in x for x in labels)
+    assert any("criterion" in x and "1e-4" in x for x in labels)
+    assert any("Table 2" in x for x in labels)
+    # The PNG is written at the figure's size: printed at text width, a label stays 7-9 pt.
+    trajectories.write_figures(local_records(store, "table2"), tmp_path)
+    png = (tmp_path / "fig4.png").read_bytes()
+    assert int.from_bytes(png[16:20], "big") == pytest.approx(6.75 * style.DPI, abs=1)
 
 
 def test_preferring_the_papers_3_epoch_chn(store, tmp_path):
     fig, counts = trajectories.make_figure(local_records(store, "table2"),
-                                           trajectories.FIGURES["fig3.png"], ("CHN-3ep",))
+                                           trajectories.FIGURES["fig3"], ("CHN-3ep",))
     assert counts["CHN-3ep-L3"] == 2 and "CHN-10ep-L3" not in counts
-    assert "CHN-3ep (not shown: CHN-10ep)" in fig.subfigs[0].get_suptitle()
+    assert fig.subfigs[0].get_suptitle() == "3-layer CHN (CHN-10ep not shown)"
+    assert "CHN-3ep" in [ax.get_title() for ax in fig.axes]
 
 
 def test_an_empty_store_still_gives_both_figures(tmp_path):
     written = trajectories.write_figures([], tmp_path / "figures")
     assert all(n == 0 for counts in written.values() for n in counts.values())
-    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["fig3.png", "fig4.png"]
-
-
-def test_python_m_paper_figures_makes_table_and_figures(store, tmp_path):
-    from paper_figures.__main__ import main
-
-    out = tmp_path / "all"
-    assert main(["--results", str(store), "--out", str(out), "--prefer", "CHN-3ep"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["fig3.png", "fig4.png", "table2.csv",
-                                                     "table2.md", "table2.tex"]
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+        "fig3.pdf", "fig3.png", "fig4.pdf", "fig4.png"]

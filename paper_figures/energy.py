@@ -1,0 +1,158 @@
+"""The energy figure (beyond the paper): the mean Hopfield energy along the solver's iterations.
+
+    python -m paper_figures.energy [--results results] [--sweep table2]
+                                   [--wandb ENTITY/PROJECT/SWEEP_ID] [--out figures]
+
+One panel per depth, one curve per HAM row of the registry: colour tells plain (synchronous)
+from even-odd, line style tells Picard from Anderson ("DEQ"). Each curve pools the finished
+seeds' ``energy.npz`` (test set; see ``runner.result_files``) by an ``n_samples``-weighted mean
+per iteration. Writes ``energy.pdf`` and ``energy.png`` at a paper's text width. Rows without an
+energy file are named in their panel, a depth without any says so; an unreadable file is
+skipped with a warning.
+
+What to expect (``custom_callbacks.energy``): even-odd Picard on a HAM is block-coordinate
+descent, so its energy never rises; synchronous updates and Anderson may go up on the way.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from deq_modules.experiments import DEPTHS, EXPERIMENTS, Experiment
+from runner.result_files import BadResultFile, load_energy, merge_energy
+from runner.store import ENERGY
+
+from .cli import SourceError, add_source_args, error, records_for, warn, warn_damaged
+from .runs import RunRecord
+from .style import SMALL, TEXT_WIDTH, fix_tick_sizes, paper_style, save
+
+STEM = "energy"
+WRITES = "energy.pdf, energy.png"
+HEIGHT = 2.6  # inches: one row of panels and the legend
+COLOURS = {"onematrix": "tab:blue", "evenodd": "tab:orange"}  # plain / even-odd
+LINESTYLES = {"picard": "-", "anderson": "--"}  # Picard / Anderson ("DEQ")
+WORDS = {"onematrix": "plain", "evenodd": "even-odd", "picard": "Picard",
+         "anderson": "Anderson"}
+
+
+def ham_rows(depth: int) -> List[Experiment]:
+    """The HAM rows of the registry at ``depth``, in registry order."""
+    return [e for e in EXPERIMENTS if e.model == "ham" and e.depth == depth]
+
+
+def pooled_energy(records: Sequence[RunRecord], exp: Experiment
+                  ) -> Tuple[Optional[dict], List[RunRecord]]:
+    """Every finished seed of ``exp`` with a readable energy file, pooled
+    (:func:`runner.result_files.merge_energy`); and the runs used. An unreadable file is
+    skipped with a warning naming the run and the file."""
+    used, data = [], []
+    for r in records:
+        if not (r.usable and (r.row, r.depth) == (exp.row, exp.depth) and r.directory):
+            continue
+        path = r.directory / ENERGY
+        if not path.is_file():
+            continue
+        try:
+            d = load_energy(path)
+            if np.ndim(d["mean_energy"]) != 1 or np.shape(d["mean_energy"]) != np.shape(
+                    d["n_samples"]):
+                raise BadResultFile(f"{path}: mean_energy and n_samples differ in shape")
+        except BadResultFile as err:
+            warn(f"{r.name}: skipped {path}: {err}")
+            continue
+        used.append(r)
+        data.append(d)
+    return (merge_energy(data), used) if data else (None, [])
+
+
+def _label(exp: Experiment) -> str:
+    return f"{exp.row} ({WORDS[exp.structure]}, {WORDS[exp.solver]})"
+
+
+def draw_depth(ax: Axes, records: Sequence[RunRecord], depth: int) -> Dict[str, int]:
+    """One panel: the pooled energy curve of each HAM row at ``depth``; runs pooled per key."""
+    ax.set_title(f"{depth}-layer HAM")
+    counts: Dict[str, int] = {}
+    missing = []
+    for exp in ham_rows(depth):
+        data, used = pooled_energy(records, exp)
+        counts[exp.key] = len(used)
+        if data is None:
+            missing.append(exp.row)
+            continue
+        mean = np.asarray(data["mean_energy"])
+        ax.plot(np.arange(1, mean.size + 1), mean, color=COLOURS[exp.structure],
+                linestyle=LINESTYLES[exp.solver], linewidth=1.1, label=exp.row)
+    if not ax.lines:
+        ax.text(0.5, 0.5, "no energy files", ha="center", va="center", transform=ax.transAxes,
+                color="0.4", fontsize=SMALL)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return counts
+    ax.set_xlabel("Nr. of iterations")
+    ax.set_xlim(left=0)
+    if missing:
+        ax.text(0.97, 0.97, "no energy file:\n" + "\n".join(missing), transform=ax.transAxes,
+                ha="right", va="top", fontsize=SMALL, color="0.3", linespacing=1.1,
+                bbox=dict(boxstyle="round,pad=0.2", facecolor="white", edgecolor="none",
+                          alpha=0.8))
+    return counts
+
+
+def make_figure(records: Sequence[RunRecord]) -> Tuple[Figure, Dict[str, int]]:
+    """The energy figure at text width, one panel per depth (Agg, no pyplot state); and the
+    runs pooled per row key."""
+    with paper_style():
+        fig = Figure(figsize=(TEXT_WIDTH, HEIGHT), layout="constrained")
+        axes = fig.subplots(1, len(DEPTHS), squeeze=False)[0]
+        counts: Dict[str, int] = {}
+        for ax, depth in zip(axes, DEPTHS):
+            counts.update(draw_depth(ax, records, depth))
+        if any(ax.lines for ax in axes):
+            axes[0].set_ylabel("Mean energy (test set)")
+        # One legend for all panels: the same four rows at every depth.
+        handles = [Line2D([], [], color=COLOURS[e.structure], linestyle=LINESTYLES[e.solver],
+                          linewidth=1.1) for e in ham_rows(DEPTHS[0])]
+        fig.legend(handles, [_label(e) for e in ham_rows(DEPTHS[0])],
+                   loc="outside lower center", ncols=2, handlelength=2.5, columnspacing=2.0)
+        fix_tick_sizes(fig)
+    return fig, counts
+
+
+def write_figure(records: Sequence[RunRecord], out: str | Path) -> Tuple[Path, Dict[str, int]]:
+    """Write energy.pdf and energy.png to ``out``; the PDF's path and the runs pooled per key."""
+    fig, counts = make_figure(records)
+    return save(fig, Path(out), STEM)[0], counts
+
+
+def report(records: Sequence[RunRecord], args: argparse.Namespace) -> None:
+    """Write the figure for checked ``records`` and say what it pooled."""
+    path, counts = write_figure(records, args.out)
+    detail = ", ".join(f"{key} {n}" for key, n in counts.items())
+    print(f"wrote {path} and .png (seeds pooled: {detail})")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m paper_figures.energy",
+        description="Mean Hopfield energy per iteration of each HAM row (plain vs even-odd, "
+                    f"Picard vs Anderson), pooled over seeds. Writes {WRITES} to --out.")
+    add_source_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        records = records_for(args, files=True)
+    except SourceError as err:
+        return error(parser.prog, err)
+    warn_damaged(records)
+    report(records, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
