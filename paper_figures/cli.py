@@ -114,3 +114,17 @@ def warn_damaged(records: Sequence[RunRecord]) -> None:
     for r in records:
         if r.status == DAMAGED:
             warn(f"{r.name} not counted, damaged: {'; '.join(r.problems)}")
+
+
+def run_script(parser: argparse.ArgumentParser, argv: Sequence[str] | None, report,
+               files: bool = False) -> int:
+    """What every script's ``main`` does: parse, read and check the runs, then ``report``
+    (``report(records, args)`` writes the outputs); a bad source is one error line."""
+    args = parser.parse_args(argv)
+    try:
+        records = records_for(args, files=files)
+    except SourceError as err:
+        return error(parser.prog, err)
+    warn_damaged(records)
+    report(records, args)
+    return 0

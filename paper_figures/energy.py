@@ -28,7 +28,7 @@ from deq_modules.experiments import DEPTHS, EXPERIMENTS, Experiment
 from runner.result_files import BadResultFile, load_energy, merge_energy
 from runner.store import ENERGY
 
-from .cli import SourceError, add_source_args, error, records_for, warn, warn_damaged
+from .cli import add_source_args, run_script, warn
 from .runs import RunRecord
 from .style import SMALL, TEXT_WIDTH, fix_tick_sizes, paper_style, save
 
@@ -144,14 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description="Mean Hopfield energy per iteration of each HAM row (plain vs even-odd, "
                     f"Picard vs Anderson), pooled over seeds. Writes {WRITES} to --out.")
     add_source_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        records = records_for(args, files=True)
-    except SourceError as err:
-        return error(parser.prog, err)
-    warn_damaged(records)
-    report(records, args)
-    return 0
+    return run_script(parser, argv, report, files=True)
 
 
 if __name__ == "__main__":

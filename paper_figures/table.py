@@ -26,8 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from deq_modules.experiments import EXPERIMENTS, Experiment, get_experiment, speedup
 from runner.store import DIVERGED, FAILED, FINISHED, INTERRUPTED, RUNNING, atomic_write_text
 
-from .cli import (SourceError, add_source_args, error, records_for, source_label, tol_label,
-                  warn_damaged)
+from .cli import add_source_args, run_script, source_label, tol_label
 from .runs import DAMAGED, INCOMPLETE, RunRecord
 
 MISSING = "—"  # an em dash: no result of ours for this cell
@@ -271,14 +270,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="python -m paper_figures.table",
         description=f"Table 2 (ours beside the paper's) from a sweep. Writes {WRITES} to --out.")
     add_source_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        records = records_for(args)
-    except SourceError as err:
-        return error(parser.prog, err)
-    warn_damaged(records)
-    report(records, args)
-    return 0
+    return run_script(parser, argv, report)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,7 @@ from runner.result_files import (COUNTS_LABEL, HEATMAP_CMAP, TRAJECTORY_KEYS, Ba
                                  load_npz, merge_trajectories, plot_trajectory_heatmap)
 from runner.store import TRAJECTORIES
 
-from .cli import (SourceError, add_source_args, error, records_for, tol_label, warn,
-                  warn_damaged)
+from .cli import add_source_args, run_script, tol_label, warn
 from .runs import RunRecord
 from .style import NORMAL, SMALL, TEXT_WIDTH, fix_tick_sizes, paper_style, save
 
@@ -233,14 +232,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description=f"Figures 3 and 4 from a sweep's trajectories. Writes {WRITES} to --out.")
     add_source_args(parser)
     add_figure_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        records = records_for(args, files=True)
-    except SourceError as err:
-        return error(parser.prog, err)
-    warn_damaged(records)
-    report(records, args)
-    return 0
+    return run_script(parser, argv, report, files=True)
 
 
 if __name__ == "__main__":
