@@ -1,0 +1,115 @@
+"""`python -m bench.speed --tiny` end to end, so that the benchmark cannot rot.
+
+The FLOP formula is checked against torch's own FLOP counter on a real training step, and the
+DEQ's memory against the property that the forward solve keeps no graph.
+"""
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import deq_modules.lit
+from bench import speed
+from bench.flops import step_flops
+from bench.rows import build_module, make_batch, row_layers, sample_iterations, training_step
+from deq_modules.experiments import EXPERIMENTS, Experiment
+
+RECORD_KEYS = {
+    "key", "mode", "layers", "solver", "precision", "forward_iter", "fwd_iters", "fwd_sample_iters",
+    "backward_iter",
+    "ms_median", "ms_q25", "ms_q75", "ms_samples", "gflop_per_step", "gflops", "peak_gflops",
+    "roofline", "mem_kind", "mem_bytes", "mem_bytes_10x", "torchdeq_ms", "steps", "sweep_hours",
+}
+HAS_TORCHDEQ = importlib.util.find_spec("torchdeq") is not None
+
+
+def run_tiny(tmp_path, *extra):
+    path = tmp_path / "speed.json"
+    assert speed.main(["--tiny", "--device", "cpu", "--json", str(path), *extra]) == 0
+    return json.loads(path.read_text())
+
+
+def check_record(r):
+    assert set(r) >= RECORD_KEYS, RECORD_KEYS - set(r)
+    exp = Experiment.from_key(r["key"])
+    assert 0 < r["ms_q25"] <= r["ms_median"] <= r["ms_q75"]
+    assert len(r["ms_samples"]) == 2 and all(t > 0 for t in r["ms_samples"])
+    assert 1 <= r["fwd_iters"] <= exp.forward_iter
+    assert r["gflop_per_step"] > 0 and r["gflops"] > 0 and r["peak_gflops"] > 0
+    assert 0 < r["roofline"] < 2  # a matmul roofline: above it only by timing noise
+    assert r["mem_kind"] == "saved_for_backward" and r["mem_bytes"] > 0
+    # The forward solve runs without a graph: 10x the iterations, the same memory.
+    assert r["mem_bytes_10x"] == pytest.approx(r["mem_bytes"], rel=0.01)
+    assert r["steps"] == math.ceil(60000 / 64) * exp.epochs * 5
+    assert r["sweep_hours"] == pytest.approx(r["ms_median"] / 1e3 * r["steps"] / 3600)
+
+
+def test_tiny_json_has_every_column_with_sane_values(tmp_path, capsys):
+    out = run_tiny(tmp_path)
+    assert out["device"] == "cpu" and out["threads"] >= 1 and out["torch"] == torch.__version__
+    assert [r["key"] for r in out["records"]] == list(speed.TINY_ROWS)
+    for r in out["records"]:
+        assert r["mode"] == "paper" and r["fwd_iters"] == r["forward_iter"]
+        check_record(r)
+        if Experiment.from_key(r["key"]).ham and HAS_TORCHDEQ:
+            assert r["torchdeq_ms"] > 0
+        else:
+            assert r["torchdeq_ms"] is None
+    assert out["sweep_hours"]["paper"] == pytest.approx(
+        sum(r["sweep_hours"] for r in out["records"]))
+    table = capsys.readouterr().out
+    assert table.startswith("device: cpu") and "| HAM-EO-DEQ-L3 | paper |" in table
+    assert ("torchdeq is not installed" in table) != HAS_TORCHDEQ
+
+
+def test_fast_mode_columns(tmp_path):
+    out = run_tiny(tmp_path, "--mode", "both", "--rows", "HAM-EO-DEQ-L3", "--no-peer")
+    paper, fast = out["records"]
+    assert (paper["mode"], fast["mode"]) == ("paper", "fast")
+    for r in (paper, fast):
+        check_record(r)
+        assert 1 <= r["fwd_sample_iters"] <= r["fwd_iters"]
+    assert paper["fwd_sample_iters"] == paper["fwd_iters"] == paper["forward_iter"]
+    assert fast["torchdeq_ms"] is None
+    assert set(out["sweep_hours"]) == {"paper", "fast"}
+
+
+def test_fast_mode_unavailable_exits_2(monkeypatch, capsys):
+    monkeypatch.delattr(deq_modules.lit, "apply_fast_mode", raising=False)
+    assert speed.main(["--tiny", "--device", "cpu", "--mode", "fast"]) == 2
+    assert "fast mode is not available" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("key", [e.key for e in EXPERIMENTS if e.depth == 3] + ["HAM-EO-DEQ-L5"])
+def test_flop_formula_matches_torch_flop_counter(key):
+    exp = Experiment.from_key(key)
+    layers = row_layers(exp, tiny=True)
+    module = build_module(exp, layers, exp.forward_iter, None)
+    x, y = make_batch(layers[0], exp.batch_size, torch.device("cpu"))
+    step = training_step(module, x, y)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    want = step_flops(layers, exp.batch_size, exp.forward_iter, exp.backward_iter,
+                      exp.structure, exp.solver, module.deq.f_module.state_size)
+    assert counter.get_total_flops() == want
+
+
+@pytest.mark.parametrize("key", ["HAM-EO-DEQ-L3", "HAM-L3"])
+def test_flop_formula_with_compaction_matches_torch_flop_counter(key):
+    # fast mode: converged samples leave the batch, so each costs only its own iterations
+    exp = Experiment.from_key(key)
+    layers = row_layers(exp, tiny=True)
+    module = build_module(exp, layers, exp.forward_iter, deq_modules.lit.apply_fast_mode)
+    x, y = make_batch(layers[0], exp.batch_size, torch.device("cpu"))
+    per_sample = sample_iterations(module, x)  # same weights and batch as the step below
+    assert per_sample is not None and min(per_sample) < max(per_sample)
+    step = training_step(module, x, y)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    assert module.deq.last_forward_stats.n_iter == max(per_sample)
+    want = step_flops(layers, exp.batch_size, max(per_sample), exp.backward_iter, exp.structure,
+                      exp.solver, module.deq.f_module.state_size, sample_iters=per_sample)
+    assert counter.get_total_flops() == want
