@@ -6,12 +6,16 @@
     python sweep.py --quick              # the whole pipeline on synthetic data, about a minute
     python sweep.py --join ENTITY/PROJECT/SWEEP_ID   # one more W&B agent of a running sweep
 
-With a W&B API key (WANDB_API_KEY or ~/.netrc) and without --offline the grid is created as a
-W&B sweep and this machine runs an agent on it; more machines join with --join. Otherwise the
-grid runs here, each run logged as an offline W&B run (``wandb sync`` uploads it later). Either
-way every run lands in ``<results>/<name>/<run>/``; finished runs are skipped when the sweep is
-started again, a run that was killed resumes from its last epoch checkpoint, and two sweeps
-started on the same results directory share the grid (each run is trained by one of them).
+With W&B credentials (whatever ``wandb`` itself accepts: WANDB_API_KEY, ``wandb login``,
+$NETRC, a settings file, an identity-token file; never a prompt), network, and without
+--offline, the grid is a W&B sweep (the one of sweep.yaml for the whole table) whose agents run
+``train.py``: this machine runs an agent, more machines join with --join or ``wandb agent``.
+Started again, it continues the same sweep (recorded in ``<results>/<name>/wandb_sweep.json``)
+and then trains here the runs it started that did not finish. Otherwise the grid runs here,
+each run logged as an offline W&B run (``wandb sync`` uploads it later). Either way every run
+lands in ``<results>/<name>/<run>/``; finished runs are skipped when the sweep is started
+again, a run that was killed resumes from its last epoch checkpoint, and two sweeps started on
+the same results directory share the grid (each run is trained by one of them).
 
 Exit status: 0 every run finished (or diverged: recorded), 1 some run failed, 2 bad arguments
 or stored runs with other settings, 128 + N interrupted by signal N (start again to resume).
@@ -20,16 +24,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deq_modules.experiments import DEPTHS, ROWS, SEEDS, Experiment, select
 from runner.config import RunConfig, add_run_args, synthetic_sizes
-from runner.store import DIVERGED, FINISHED, RunLocked, is_finished, read_json, status_of
+from runner.store import (DIVERGED, FAILED, FINISHED, INTERRUPTED, RUNNING, RunLocked,
+                          atomic_write_json, is_finished, is_locked, read_json, status_of)
 
 QUICK = dict(dataset="synthetic", epochs=1, limit_train_batches=2, limit_test_batches=2,
              synthetic_sizes=synthetic_sizes("256,128"), name="quick")
@@ -185,6 +191,7 @@ def run_local(runs: list[RunConfig], args: argparse.Namespace) -> int:
     """Run the grid here, one run after the other; failures are recorded and skipped."""
     print_plan(runs, args)
     outcome = Outcome()
+    paced = False  # whether the sweep's ETA was printed (after the first run trained here)
     for i, cfg in enumerate(runs, 1):
         tag = f"run {i}/{len(runs)} {cfg.experiment.row} L{cfg.depth} seed {cfg.seed}"
         status = status_of(cfg.directory)
@@ -215,100 +222,266 @@ def run_local(runs: list[RunConfig], args: argparse.Namespace) -> int:
                   flush=True)
             continue
         outcome.finished.append(cfg.name)
-        print(f"{tag}: finished in {time.monotonic() - start:.0f}s: test acc "
+        seconds = time.monotonic() - start
+        print(f"{tag}: finished in {seconds:.0f}s: test acc "
               f"{summary.get('test/acc', float('nan')):.4f}, iters to converge "
               f"{summary.get('test/iters_to_converge', float('nan')):.2f}", flush=True)
+        left = sum(1 for r in runs[i:] if status_of(r.directory) not in (FINISHED, DIVERGED))
+        if not paced and left and not summary.get("resumed"):
+            paced = True
+            eta = seconds * left
+            eta_text = f"{eta / 3600:.1f}h" if eta >= 360 else f"{eta / 60:.0f}m"
+            print(f"sweep ETA ~{eta_text} ({left} runs left at this run's pace; rows differ "
+                  "in cost)", flush=True)
     print(outcome.report(args.name, len(runs)), flush=True)
-    if not args.no_wandb:
+    if any(r.wandb_mode == "offline" for r in runs):
         print("offline W&B runs can be uploaded later with: wandb sync "
               f"{os.path.join(args.results, args.name)}/*/wandb/offline-run-*")
     return 1 if outcome.failed else 0
 
 
 # -- W&B ----------------------------------------------------------------------------------
-def has_wandb_key() -> bool:
-    """An API key in the environment or in ~/.netrc (what ``wandb login`` writes)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    import netrc
-    from urllib.parse import urlparse
+PROGRAM = "train.py"  # what every W&B agent runs for a point of the grid
+METRIC = dict(name="test/acc", goal="maximize")
+SWEEP_RECORD = "wandb_sweep.json"  # in <results>/<name>/: the W&B sweep of this grid
+ENDED_STATES = ("FINISHED", "CANCELED", "CANCELLED", "FAILED", "CRASHED")
+AGENT_ENV = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")  # set by wandb.agent
 
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+
+def wandb_base_url() -> str:
+    """The W&B server of this machine: WANDB_BASE_URL, else wandb's own setting."""
+    if os.environ.get("WANDB_BASE_URL"):
+        return os.environ["WANDB_BASE_URL"]
     try:
-        return netrc.netrc().authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
+        from wandb.sdk import wandb_setup
+
+        return wandb_setup.singleton().settings.base_url
+    except Exception:  # noqa: BLE001 - another wandb version: its long-standing default
+        return "https://api.wandb.ai"
+
+
+def has_wandb_key() -> bool:
+    """Whether ``wandb`` has credentials for its server, asked of ``wandb`` itself and never
+    prompting: WANDB_API_KEY, an identity-token file (WANDB_IDENTITY_TOKEN_FILE), $NETRC or
+    ~/.netrc (what ``wandb login`` writes), or the api_key of a wandb settings file."""
+    try:
+        from wandb.sdk.lib import wbauth
+    except ImportError:
+        wbauth = None
+    if wbauth is not None and hasattr(wbauth, "authenticate_session"):
+        try:
+            auth = wbauth.authenticate_session(host=wandb_base_url(), source="sweep.py",
+                                               prompt=False, update_session=False)
+        except TypeError:  # a wandb whose signature differs: ask the older way
+            return _has_wandb_key_legacy()
+        except Exception as err:  # noqa: BLE001 - a key of the wrong form, a bad token file
+            print(f"sweep.py: the W&B credentials of this machine are unusable: {err}",
+                  file=sys.stderr)
+            return False
+        return auth is not None
+    return _has_wandb_key_legacy()
+
+
+def _has_wandb_key_legacy() -> bool:
+    """wandb before its ``wbauth`` module: the internal API resolves the key (environment,
+    netrc, settings) without prompting."""
+    try:
+        from wandb.apis import InternalApi
+
+        return bool(InternalApi().api_key)
+    except Exception:  # noqa: BLE001 - no way to ask: the environment is all we know
+        return bool(os.environ.get("WANDB_API_KEY"))
 
 
 def wandb_reachable(timeout: float = 5.0) -> bool:
     from urllib.parse import urlparse
 
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    url = urlparse(wandb_base_url())
     try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        port = url.port or (80 if url.scheme == "http" else 443)
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
         return True
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 
+def agent_command(args: argparse.Namespace) -> list[str]:
+    """The sweep's command: ``train.py`` with the settings this sweep fixes, then the agent's
+    ``--experiment=... --seed=...``. Machine settings (data directory, accelerator) are not
+    in it: each machine has its own."""
+    fixed = ["--wandb=online", f"--name={args.name}", f"--dataset={args.dataset}"]
+    for flag, value in (("--results", None if args.results == "results" else args.results),
+                        ("--epochs", args.epochs), ("--lr", args.lr),
+                        ("--limit-train-batches", args.limit_train_batches),
+                        ("--limit-test-batches", args.limit_test_batches)):
+        if value is not None:
+            fixed.append(f"{flag}={value}")
+    if args.synthetic_sizes:
+        sizes = args.synthetic_sizes
+        fixed.append(f"--synthetic-sizes={sizes['n_train']},{sizes['n_test']}")
+    if args.fast:
+        fixed.append("--fast")
+    return ["${env}", "${interpreter}", "${program}", *fixed, "${args}"]
+
+
 def sweep_config(runs: list[RunConfig], args: argparse.Namespace) -> dict:
-    """A W&B grid over (row key, seed); everything else is fixed by the registry."""
-    keys = list(dict.fromkeys(r.experiment.key for r in runs))
-    fixed = dict(dataset=args.dataset, epochs=args.epochs, results=args.results,
-                 sweep=args.name, limit_train_batches=args.limit_train_batches,
-                 limit_test_batches=args.limit_test_batches,
-                 synthetic_sizes=args.synthetic_sizes)
+    """A W&B grid over (row key, seed) that agents run as ``train.py`` (``sweep.yaml`` is this
+    for the whole table); everything else is fixed by the registry and the command."""
     return dict(
-        name=args.name, method="grid",
-        parameters=dict(experiment=dict(values=keys),
-                        seed=dict(values=sorted({r.seed for r in runs})),
-                        **{k: dict(value=v) for k, v in fixed.items()}),
+        program=PROGRAM, name=args.name, project=args.project, method="grid", metric=METRIC,
+        parameters=dict(experiment=dict(values=list(dict.fromkeys(r.experiment.key
+                                                                   for r in runs))),
+                        seed=dict(values=sorted({r.seed for r in runs}))),
+        command=agent_command(args),
     )
 
 
-def agent_function(args: argparse.Namespace):
-    """What a W&B agent runs for each grid point handed to this machine."""
-    def run_one_point() -> None:
-        import wandb
+def same_grid(a: dict, b: dict) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("program", "method", "parameters", "command"))
 
-        from runner.run import run_experiment
 
-        run = wandb.init()
-        c = dict(run.config)
-        exp = Experiment.from_key(c["experiment"])
-        cfg = RunConfig(row=exp.row, depth=exp.depth, seed=int(c["seed"]), dataset=c["dataset"],
-                        data_dir=args.data_dir, download=not args.no_download,
-                        epochs=c.get("epochs"), limit_train_batches=c.get("limit_train_batches"),
-                        limit_test_batches=c.get("limit_test_batches"), results=c["results"],
-                        sweep=c["sweep"], accelerator=args.accelerator, devices=1,
-                        wandb_mode="online", wandb_project=run.project, wandb_entity=run.entity,
-                        wandb_run_id=run.id, synthetic_kwargs=c.get("synthetic_sizes"))
-        run.name = cfg.name
-        run.tags = tuple(run.tags) + (exp.structure, exp.model, exp.solver)
-        print(f"agent: {cfg.name} start", flush=True)
-        summary = run_experiment(cfg)
-        print(f"agent: {cfg.name} {summary.get('status')}: test acc "
-              f"{summary.get('test/acc', float('nan')):.4f}", flush=True)
-    return run_one_point
+def sweep_path(entity: str | None, project: str, sweep_id: str) -> str:
+    return "/".join(p for p in (entity, project, sweep_id) if p)
+
+
+def existing_sweep(api, config: dict, args: argparse.Namespace):
+    """The W&B sweep of this grid from an earlier ``python sweep.py``: the one recorded in the
+    results directory, else one of the same name and grid in the project; ``None`` if none."""
+    record = read_json(Path(args.results) / args.name / SWEEP_RECORD) or {}
+    if record.get("sweep_id") and record.get("project") == args.project \
+            and args.entity in (None, record.get("entity")):
+        path = sweep_path(record.get("entity"), record.get("project"), record["sweep_id"])
+        try:
+            sweep = api.sweep(path)
+        except ValueError as err:  # what wandb raises for a sweep that is not there (deleted)
+            print(f"sweep.py: the recorded W&B sweep {path} is not available ({err})")
+        except Exception as err:  # noqa: BLE001 - never a second sweep for a network hiccup
+            raise SystemExit(f"sweep.py: could not ask W&B about the recorded sweep {path} "
+                             f"({type(err).__name__}: {err}); nothing was run") from None
+        else:
+            if same_grid(sweep.config, config):
+                return sweep
+            print(f"sweep.py: the recorded W&B sweep {path} has another grid; not reused")
+    try:
+        found = [s for s in api.project(args.project, args.entity).sweeps()
+                 if s.config.get("name") == args.name and same_grid(s.config, config)]
+    except Exception as err:  # noqa: BLE001 - no such project yet, or an API change
+        print(f"sweep.py: could not list the W&B sweeps of {args.project} ({err})")
+        return None
+    running = [s for s in found if str(s.state).upper() not in ENDED_STATES]
+    return (running or found or [None])[0]
+
+
+def prepare_agents(args: argparse.Namespace) -> None:
+    """W&B agents start ``python train.py`` from the current directory: make that this
+    repository's train.py in this Python, with this machine's data directory."""
+    here = Path.cwd() / PROGRAM
+    if not (here.exists() and here.samefile(Path(__file__).resolve().parent / PROGRAM)):
+        raise SystemExit(f"sweep.py: W&B agents run the sweep's program {PROGRAM} from the "
+                         "current directory: start sweep.py from the repository root "
+                         f"({Path(__file__).resolve().parent})")
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable),
+                                          os.environ.get("PATH", "")])
+    if args.data_dir:
+        os.environ["HOPFIELD_DATA_DIR"] = str(Path(args.data_dir).absolute())
+    if args.accelerator != "auto":
+        print(f"sweep.py: note: W&B agents run train.py with --accelerator auto; "
+              f"--accelerator {args.accelerator} applies to local mode only")
+
+
+def run_agent(sweep_id: str, entity: str | None, project: str,
+              count: int | None = None) -> int | None:
+    """``wandb.agent`` on the sweep: each point it is handed runs as the sweep's command (a
+    ``train.py`` process). SIGINT and SIGTERM reach it as Ctrl-C: it waits for its running
+    point to end, a second signal stops that point (resumable). Returns the first signal's
+    number (``None``: the agent ended by itself), leaving this process out of the sweep."""
+    import wandb
+
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        wandb.agent(sweep_id, entity=entity, project=project, count=count)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for name in AGENT_ENV:  # else a later wandb.init here would join the agent's last run
+            os.environ.pop(name, None)
+        wandb.teardown()
+    return received[0] if received else None
+
+
+def retry_unfinished(runs: list[RunConfig], args: argparse.Namespace, path: str) -> int:
+    """Train here, online, the points this machine started that did not finish (failed,
+    interrupted, killed): a W&B grid never hands them out again. Each resumes its checkpoint
+    and its W&B run (the id in its config.json)."""
+    retry = [replace(cfg, wandb_mode="online") for cfg in runs
+             if status_of(cfg.directory) in (FAILED, INTERRUPTED, RUNNING)
+             and not is_locked(cfg.directory)]
+    missing = [cfg.name for cfg in runs if status_of(cfg.directory) is None]
+    if missing:
+        print(f"sweep {args.name}: {len(missing)} of {len(runs)} runs have no result in "
+              f"{Path(args.results) / args.name} (other machines', or not handed out yet); "
+              f"python -m paper_figures --wandb {path} reads the whole sweep", flush=True)
+    if not retry:
+        return 0
+    print(f"sweep {args.name}: {len(retry)} run(s) started here did not finish; training "
+          f"them again in this process: {', '.join(r.name for r in retry)}", flush=True)
+    return run_local(retry, args)
 
 
 def run_wandb(runs: list[RunConfig], args: argparse.Namespace) -> int:
+    """Create (or continue) the W&B sweep of the grid and run an agent on it here; with
+    ``--join``, only the agent."""
     import wandb
 
     if args.devices not in (1, "1"):
         raise SystemExit("sweep.py: --devices > 1 is supported in local mode only "
                          "(add --offline); W&B agents run one device per run")
+    prepare_agents(args)
     if args.join:
         entity, project, sweep_id = args.join.split("/")
+        signum = run_agent(sweep_id, entity, project, args.count)
+        return 0 if signum is None else 128 + signum
+    print_plan(runs, args)
+    config = sweep_config(runs, args)
+    api = wandb.Api()
+    sweep = existing_sweep(api, config, args)
+    if sweep is None:
+        sweep_id = wandb.sweep(config, entity=args.entity, project=args.project)
+        entity, state = args.entity or getattr(api, "default_entity", None), "RUNNING"
+        print(f"created W&B sweep {sweep_path(entity, args.project, sweep_id)}", flush=True)
     else:
-        print_plan(runs, args)
-        entity, project = args.entity, args.project
-        sweep_id = wandb.sweep(sweep_config(runs, args), entity=entity, project=project)
-        print(f"created W&B sweep {sweep_id}; add machines with: python sweep.py --join "
-              f"{entity or '<entity>'}/{project}/{sweep_id}", flush=True)
-    wandb.agent(sweep_id, function=agent_function(args), entity=entity, project=project,
-                count=args.count)
-    return 0
+        sweep_id, entity, state = sweep.id, sweep.entity, str(sweep.state).upper()
+        print(f"continuing W&B sweep {sweep_path(entity, args.project, sweep_id)} ({state})",
+              flush=True)
+    path = sweep_path(entity, args.project, sweep_id)
+    atomic_write_json(Path(args.results) / args.name / SWEEP_RECORD,
+                      dict(sweep_id=sweep_id, entity=entity, project=args.project, config=config))
+    if state in ENDED_STATES:
+        print(f"W&B sweep {path} has handed out its whole grid; no agent started", flush=True)
+    elif state == "PAUSED":
+        print(f"W&B sweep {path} is paused: resume it (wandb sweep --resume {path}) and start "
+              "sweep.py again", flush=True)
+        return 0
+    else:
+        print(f"add machines with: python sweep.py --join {path}  (or: wandb agent {path})",
+              flush=True)
+        signum = run_agent(sweep_id, entity, args.project)
+        if signum is not None:
+            print(f"sweep {args.name}: agent stopped by {signal.Signals(signum).name}; start "
+                  "sweep.py again to continue the sweep", flush=True)
+            return 128 + signum
+    from runner.safety import install_signal_handlers
+
+    install_signal_handlers()  # the retries train in this process
+    return retry_unfinished(runs, args, path)
 
 
 def check_join(join: str) -> None:
@@ -346,11 +519,17 @@ def main(argv: list[str] | None = None) -> int:
         print_plan(runs, args)
         return 0
     ensure_data(args)
-    online = not (args.offline or args.no_wandb) and has_wandb_key() and wandb_reachable()
-    install_signal_handlers()
+    online = False
+    if not (args.offline or args.no_wandb):
+        why = ("no W&B credentials on this machine" if not has_wandb_key() else
+               "the W&B server is unreachable" if not wandb_reachable() else None)
+        online = why is None
+        if not online:
+            print(f"sweep.py: {why}: the grid runs here with offline W&B runs", flush=True)
     try:
         if online:
-            return run_wandb(runs, args)
+            return run_wandb(runs, args)  # the agent handles signals; retries install ours
+        install_signal_handlers()
         if not args.no_wandb:
             os.environ["WANDB_MODE"] = "offline"  # never a login prompt, whatever the settings
         return run_local(runs, args)

@@ -1,7 +1,13 @@
 """Train and test one experiment of Table 2, e.g.
 
     python train.py --row HAM-EO-DEQ --layers 3 --seed 0 --dataset fashion-mnist --epochs 1
-    python train.py --experiment HAM-EO-DEQ-L3 --seed 0      # the form W&B sweep agents use
+    python train.py --experiment=HAM-EO-DEQ-L3 --seed=0      # the form W&B sweep agents use
+
+This is the program of the W&B sweep (sweep.yaml, or the one ``python sweep.py`` creates):
+``wandb agent ENTITY/PROJECT/SWEEP_ID`` runs ``train.py --wandb=online --name=table2 ...
+--experiment=HAM-EO-DEQ-L3 --seed=0`` for each point of the grid, and the run logs into the
+agent's W&B run (``--wandb`` defaults to online there). A point the results store already
+holds is not trained again: its stored result is published into the agent's run.
 
 Settings not given on the command line are the paper's (deq_modules/experiments.py). Results
 land in ``<results>/<name>/<run>/`` like the sweep's; the final test accuracy and iterations
@@ -21,6 +27,7 @@ import sys
 from deq_modules.experiments import DEPTHS, ROWS, Experiment
 from runner.config import WANDB_MODES, RunConfig, add_run_args
 from runner.store import DIVERGED, RunLocked
+from runner.wandb_run import agent_run_id
 
 EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
 
@@ -37,8 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "--row/--layers)")
     which.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     add_run_args(p, default_name="single")
-    p.add_argument("--wandb", default="disabled", choices=WANDB_MODES,
-                   help="W&B logging mode (default disabled)")
+    p.add_argument("--wandb", default=None, choices=WANDB_MODES,
+                   help="W&B logging mode (default disabled; online when started by a W&B "
+                        "sweep agent)")
     p.add_argument("--rerun", action="store_true",
                    help="discard the stored run (results and checkpoints) and train again")
     args = p.parse_args(argv)
@@ -54,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("one of --row or --experiment is required")
     if args.seed < 0:
         p.error(f"--seed must be >= 0, got {args.seed}")
+    if args.wandb is None:
+        args.wandb = "online" if agent_run_id() else "disabled"
     return args
 
 
@@ -64,9 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     from runner.safety import Interrupted, install_signal_handlers
 
     quiet_lightning()
+    agent = {}  # started by a W&B sweep agent: log into the run it created, in its project
+    if agent_run_id() and args.wandb != "disabled":
+        agent = dict(wandb_run_id=agent_run_id(),
+                     wandb_project=os.environ.get("WANDB_PROJECT") or args.project,
+                     wandb_entity=os.environ.get("WANDB_ENTITY") or args.entity)
     try:
         cfg = RunConfig.from_args(args, row=args.row, depth=args.layers, seed=args.seed,
-                                  wandb_mode=args.wandb)
+                                  wandb_mode=args.wandb, **agent)
     except ValueError as err:
         print(f"train.py: {err}", file=sys.stderr)
         return 2

@@ -1,25 +1,52 @@
-"""W&B wiring of one run: the logger (name, group, tags, flat config) and the final upload."""
+"""W&B wiring of one run: the run itself, its final summary and artifact.
+
+The run is created here, by one ``wandb.init`` call with its name, group, tags and flat config,
+and handed to Lightning as ``WandbLogger(experiment=run)``. Lightning never creates or reuses
+a run of its own, so nothing it would drop is lost, and a (row, depth, seed) looks the same on
+a dashboard whether it ran offline, online or under a W&B sweep agent: name
+``HAM-EO-DEQ-L3-s0``, group ``HAM-EO-DEQ-L3``, tags row/model/structure/solver, the same
+config keys, and the summary metrics ``test/acc``, ``test/iters_to_converge``, ...
+
+Under a sweep agent (``wandb agent`` sets ``WANDB_SWEEP_ID`` and ``WANDB_RUN_ID`` for the
+program it starts) ``wandb.init`` attaches to the agent's run: W&B takes the run id, project
+and entity from the agent and merges the sweep's parameters into the config; name, group,
+tags and config are ours. Those parameters (``experiment``, ``seed``) have the same names and
+values as in :func:`wandb_config`, so the config is the same as offline.
+"""
 from __future__ import annotations
 
+import math
+import os
 import secrets
 import string
 import warnings
 from pathlib import Path
-from typing import Any
-
-from lightning.pytorch.loggers import WandbLogger
+from typing import TYPE_CHECKING, Any
 
 from .config import RunConfig
-from .result_files import figure_to_array
-from .store import CONFIG, LAST_CHECKPOINT, METRICS, TRAJECTORIES
+from .store import CONFIG, ENERGY, LAST_CHECKPOINT, METRICS, TRAJECTORIES
+
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import WandbLogger
 
 # Registry settings that do not describe how the run trains (published numbers, prose).
 _NOT_SETTINGS = ("row", "depth", "epochs", "published_iters", "published_acc", "note")
+# Summary entries other than the metrics (``test/acc``, ...) that go to the W&B summary.
+_SUMMARY_KEYS = ("status", "error", "epochs_trained", "seconds_per_epoch", "wall_time_s",
+                 "device", "resumed")
+STEP = "trainer/global_step"  # Lightning's x axis for every logged metric
 
 
 def new_run_id() -> str:
     """W&B's own id format (8 lowercase letters/digits), chosen here so a resume continues it."""
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def agent_run_id() -> str | None:
+    """The run id a W&B sweep agent handed to this process, ``None`` outside an agent."""
+    if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+        return os.environ["WANDB_RUN_ID"]
+    return None
 
 
 def wandb_config(cfg: RunConfig) -> dict[str, Any]:
@@ -34,7 +61,7 @@ def wandb_config(cfg: RunConfig) -> dict[str, Any]:
             "seed": cfg.seed, "dataset": cfg.dataset, "epochs": cfg.planned_epochs,
             "limit_train_batches": cfg.limit_train_batches,
             "limit_test_batches": cfg.limit_test_batches, "synthetic_kwargs": cfg.synthetic_kwargs,
-            "sweep": cfg.sweep}
+            "fast": cfg.fast, "sweep": cfg.sweep}
 
 
 def wandb_tags(cfg: RunConfig) -> list[str]:
@@ -42,34 +69,108 @@ def wandb_tags(cfg: RunConfig) -> list[str]:
     return [exp.row, exp.model, exp.structure, exp.solver, *cfg.extra_tags]
 
 
-def wandb_logger(cfg: RunConfig, directory: Path, run_id: str) -> WandbLogger:
-    """The run's logger: named like the store's run, grouped by row and depth."""
-    return WandbLogger(
-        project=cfg.wandb_project, entity=cfg.wandb_entity, name=cfg.name, id=run_id,
-        group=cfg.experiment.key, tags=wandb_tags(cfg), save_dir=str(directory),
-        offline=cfg.wandb_mode == "offline", resume="allow", config=wandb_config(cfg),
-        log_model=False,
-    )
+def init_kwargs(cfg: RunConfig, directory: Path, run_id: str | None) -> dict[str, Any]:
+    """What :func:`start_run` asks ``wandb.init`` for: named like the store's run, grouped by
+    row and depth. Under a sweep agent, project, entity and id are the agent's (W&B ignores
+    ours there, with a warning), so they are left out."""
+    kwargs: dict[str, Any] = dict(
+        name=cfg.name, group=cfg.experiment.key, tags=wandb_tags(cfg), config=wandb_config(cfg),
+        job_type="train", dir=str(directory), mode=cfg.wandb_mode, resume="allow")
+    if agent_run_id() is None:
+        kwargs.update(project=cfg.wandb_project, entity=cfg.wandb_entity, id=run_id)
+    return kwargs
 
 
-def log_figure(logger: WandbLogger, key: str, figure: Any, step: int) -> None:
+def start_run(cfg: RunConfig, directory: Path, run_id: str | None) -> Any:
+    """Create (or resume, same id) the run's W&B run, with Lightning's step axis defined."""
+    import wandb
+
+    run = wandb.init(**init_kwargs(cfg, directory, run_id))
+    run.define_metric(STEP)
+    run.define_metric("*", step_metric=STEP, step_sync=True)
+    return run
+
+
+def wandb_logger(run: Any, directory: Path) -> "WandbLogger":
+    """Lightning's logger on our run (it then creates nothing and drops nothing)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    return WandbLogger(experiment=run, save_dir=str(directory), log_model=False)
+
+
+def log_figure(run: Any, key: str, figure: Any, step: int) -> None:
     """Log a matplotlib figure as an image; a figure is never worth a failed run."""
     try:
-        logger.log_image(key=key, images=[figure_to_array(figure)], step=step)
+        import wandb
+
+        from .result_files import figure_to_array
+
+        run.log({key: wandb.Image(figure_to_array(figure)), STEP: step})
     except Exception as exc:  # noqa: BLE001 - see docstring
         warnings.warn(f"could not log {key!r} to W&B: {exc!r}", UserWarning, stacklevel=2)
 
 
-def finish_wandb(logger: WandbLogger, summary: dict[str, Any], out: Path) -> None:
+def wandb_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The part of a store summary that goes to the W&B summary: metrics and the outcome."""
+    return {k: v for k, v in summary.items() if "/" in k or k in _SUMMARY_KEYS}
+
+
+def end_run(run: Any, summary: dict[str, Any], exit_code: int) -> None:
+    """Close a run that did not finish (failed, interrupted, diverged) with its outcome, so
+    that it is not left open for the next run of the same process."""
+    try:
+        run.summary.update(wandb_summary(summary))
+    finally:
+        run.finish(exit_code=exit_code)
+
+
+def finish_wandb(run: Any, summary: dict[str, Any], out: Path) -> None:
     """Final metrics into the W&B summary; the run's small files and last checkpoint as an
-    artifact, so another machine can rebuild the figures from W&B alone."""
+    artifact, so another machine can rebuild the figures from W&B alone. An upload problem is
+    a warning: the trained result is already in the store."""
     import wandb
 
-    run = logger.experiment
-    run.summary.update({k: v for k, v in summary.items() if "/" in k})
-    artifact = wandb.Artifact(f"results-{run.name}", type="run-results")
-    for name in (CONFIG, TRAJECTORIES, "energy.npz", METRICS, str(LAST_CHECKPOINT)):
-        if (out / name).exists():
-            artifact.add_file(str(out / name), name=name)
-    run.log_artifact(artifact)
-    run.finish()
+    try:
+        run.summary.update(wandb_summary(summary))
+        artifact = wandb.Artifact(f"results-{run.name}", type="run-results")
+        for name in (CONFIG, TRAJECTORIES, ENERGY, METRICS, str(LAST_CHECKPOINT)):
+            if (out / name).exists():
+                artifact.add_file(str(out / name), name=name)
+        run.log_artifact(artifact)
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        warnings.warn(f"W&B upload of {run.name} incomplete: {exc!r}", UserWarning, stacklevel=2)
+    finally:
+        run.finish()
+
+
+def _history_row(row: dict[str, str]) -> dict[str, float | int]:
+    values: dict[str, float | int] = {}
+    for key, text in row.items():
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value):
+            values[key] = value
+    if "step" in values:
+        values[STEP] = int(values.pop("step"))
+    if "epoch" in values:
+        values["epoch"] = int(values["epoch"])
+    return values
+
+
+def publish_stored(cfg: RunConfig, out: Path, summary: dict[str, Any]) -> None:
+    """Fill the run a W&B agent handed out for a point that the store already holds (finished
+    or diverged) with the stored result: per-epoch history, summary, artifact. Nothing is
+    trained again, and the sweep gets a complete run instead of an empty one."""
+    from .history import read_history
+
+    run = start_run(cfg, out, cfg.wandb_run_id)
+    try:
+        for row in read_history(out / METRICS):
+            run.log(_history_row(row))
+        run.summary["restored_from_store"] = True
+    except BaseException:
+        run.finish(exit_code=1)
+        raise
+    finish_wandb(run, summary, out)

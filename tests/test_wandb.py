@@ -1,0 +1,440 @@
+"""The W&B path: sweep.py online, train.py under a sweep agent, sweep.yaml, credentials.
+
+No W&B server is reachable from the tests, so ``wandb.sweep``, ``wandb.agent``, ``wandb.init``
+and ``wandb.Api`` are replaced by a recording stand-in (:class:`FakeWandb`) that checks what
+the code asks W&B to do. Its agent does what ``wandb agent`` does for a grid sweep: it hands
+each point out once per sweep, building the command line from the sweep's ``command`` as
+wandb's own agent does, and runs it (``train.main`` in this process) with the variables a
+real agent sets (WANDB_SWEEP_ID, WANDB_RUN_ID, WANDB_PROJECT).
+"""
+import contextlib
+import copy
+import io
+import itertools
+import json
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import wandb
+import yaml
+
+import sweep
+import train
+from runner.config import RunConfig
+from runner.store import atomic_write_json, jsonable, read_json
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--dataset", "synthetic", "--epochs", "1", "--limit-train-batches", "2",
+        "--limit-test-batches", "2", "--synthetic-sizes", "256,128"]
+GRID = ["--rows", "HAM", "--layers", "3", "--seeds", "0,1"]
+TEST_METRICS = ("test/acc", "test/iters_to_converge", "test/not_converged")
+AGENT_VARS = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_PROJECT", "WANDB_ENTITY",
+              "WANDB_SWEEP_PARAM_PATH")
+
+
+def agent_command(config: dict, params: dict) -> list[str]:
+    """The command line wandb's agent builds for one point (wandb_agent.Agent._command_run)."""
+    macros = {"env": ["/usr/bin/env"], "interpreter": ["python"], "program": [config["program"]],
+              "args": [f"--{k}={v}" for k, v in params.items()]}
+    argv = []
+    for part in config.get("command") or ["${env}", "${interpreter}", "${program}", "${args}"]:
+        part = str(part)
+        argv += macros[part[2:-1]] if part.startswith("${") and part.endswith("}") else [part]
+    return argv
+
+
+class FakeRun:
+    """What ``wandb.init`` returns, recording everything the code does with it."""
+
+    def __init__(self, kwargs: dict):
+        self.kwargs = kwargs
+        self.id = os.environ.get("WANDB_RUN_ID") or kwargs.get("id") or "local001"
+        self.name, self.group, self.tags = kwargs.get("name"), kwargs.get("group"), kwargs.get("tags")
+        self.project = os.environ.get("WANDB_PROJECT") or kwargs.get("project")
+        self.entity = kwargs.get("entity")
+        self.config = FakeConfig(kwargs.get("config") or {})
+        self.summary: dict = {}
+        self.history: list[dict] = []
+        self.metrics: list[tuple] = []
+        self.artifacts: list = []
+        self.exit_code = None
+
+    def define_metric(self, name, **kwargs):
+        self.metrics.append((name, kwargs))
+
+    def log(self, data, step=None, commit=None):
+        self.history.append(dict(data))
+
+    def log_artifact(self, artifact):
+        self.artifacts.append(artifact)
+
+    def finish(self, exit_code=None, quiet=None):
+        assert self.exit_code is None, "run finished twice"
+        self.exit_code = exit_code or 0
+
+
+class FakeConfig(dict):
+    def update(self, d, allow_val_change=None):
+        super().update(d)
+
+
+class FakeArtifact:
+    def __init__(self, name, type):
+        self.name, self.type, self.files = name, type, []
+
+    def add_file(self, path, name=None):
+        assert Path(path).exists()
+        self.files.append(name)
+
+
+class FakeWandb:
+    """The recording stand-in: sweeps on the 'server', runs created, agents started."""
+
+    def __init__(self, monkeypatch):
+        self.monkeypatch = monkeypatch
+        self.remote: dict[str, SimpleNamespace] = {}  # path -> sweep on the "server"
+        self.created: list[dict] = []  # wandb.sweep calls
+        self.agents: list[dict] = []  # wandb.agent calls
+        self.runs: list[FakeRun] = []  # wandb.init calls
+        self.exits: list[int] = []  # train.py's exit status for each point handed out
+        self._ids = itertools.count(1)
+        for name in ("sweep", "agent", "init", "Api", "Artifact", "teardown"):
+            monkeypatch.setattr(wandb, name, getattr(self, name))
+        monkeypatch.setattr(wandb, "Image", lambda array: ("image", getattr(array, "shape", None)))
+
+    # -- the module's functions
+    def sweep(self, config, entity=None, project=None):
+        sweep_id = f"swp{next(self._ids)}"
+        self.created.append(dict(config=copy.deepcopy(config), entity=entity, project=project))
+        self.add_sweep(sweep_id, entity or "me", project, yaml.safe_load(yaml.safe_dump(config)))
+        return sweep_id
+
+    def add_sweep(self, sweep_id, entity, project, config, state="RUNNING"):
+        self.remote[f"{entity}/{project}/{sweep_id}"] = SimpleNamespace(
+            id=sweep_id, entity=entity, project=project, config=config, state=state, handed=set())
+
+    def agent(self, sweep_id, function=None, entity=None, project=None, count=None):
+        self.agents.append(dict(sweep_id=sweep_id, function=function, entity=entity,
+                                project=project, count=count))
+        assert function is None, "agents must run the sweep's program, not a function"
+        (remote,) = [s for s in self.remote.values() if s.id == sweep_id]
+        grid = remote.config["parameters"]
+        points = [dict(experiment=e, seed=s) for e in grid["experiment"]["values"]
+                  for s in grid["seed"]["values"]]
+        for params in points[:count] if count else points:
+            key = (params["experiment"], params["seed"])
+            if key in remote.handed:
+                continue  # a grid hands each point out once, whatever became of it
+            remote.handed.add(key)
+            self.run_point(remote, params)
+
+    def run_point(self, remote, params):
+        argv = agent_command(remote.config, params)
+        assert argv[:3] == ["/usr/bin/env", "python", "train.py"], argv
+        with self.monkeypatch.context() as m:
+            m.setenv("WANDB_SWEEP_ID", remote.id)
+            m.setenv("WANDB_RUN_ID", f"agentrun{next(self._ids)}")
+            m.setenv("WANDB_PROJECT", remote.project)
+            self.exits.append(train.main(argv[3:]))
+
+    def init(self, **kwargs):
+        run = FakeRun(kwargs)
+        self.runs.append(run)
+        return run
+
+    def Api(self):
+        fake = self
+
+        class Api:
+            default_entity = "me"
+
+            def sweep(self, path):
+                if path not in fake.remote:
+                    raise ValueError(f"Could not find sweep {path}")
+                return fake.remote[path]
+
+            def project(self, name, entity=None):
+                return SimpleNamespace(sweeps=lambda: [s for s in fake.remote.values()
+                                                       if s.project == name])
+        return Api()
+
+    def Artifact(self, name, type):
+        return FakeArtifact(name, type)
+
+    def teardown(self, exit_code=None):
+        pass
+
+
+@pytest.fixture
+def fake_wandb(monkeypatch, tmp_path):
+    """The stand-in, a machine with credentials and network, and the repository as the
+    current directory (agents start ``train.py`` from there)."""
+    for name in AGENT_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")  # were anything to reach the real wandb
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("PATH", os.environ.get("PATH", ""))
+    monkeypatch.setattr(sweep, "has_wandb_key", lambda: True)
+    monkeypatch.setattr(sweep, "wandb_reachable", lambda timeout=5.0: True)
+    monkeypatch.chdir(ROOT)
+    return FakeWandb(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A local store with HAM-L3 seeds 0 and 1 finished (no W&B), and the sweep's log."""
+    root = tmp_path_factory.mktemp("trained")
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        code = sweep.main([*GRID, *TINY, "--no-wandb", "--results", str(root), "--name", "t"])
+    assert code == 0, log.getvalue()
+    return SimpleNamespace(store=root / "t", log=log.getvalue())
+
+
+def copy_store(trained, tmp_path) -> Path:
+    shutil.copytree(trained.store, tmp_path / "t")
+    return tmp_path / "t"
+
+
+# -- sweep.yaml and the agent's command line ------------------------------------------------
+def test_sweep_yaml_is_the_grid_that_sweep_py_creates():
+    args = sweep.parse_args([])
+    config = sweep.sweep_config(sweep.plan(args), args)
+    spec = yaml.safe_load((ROOT / "sweep.yaml").read_text())
+    for key in ("program", "method", "name", "project", "metric", "parameters", "command"):
+        assert spec[key] == config[key], key
+    assert spec["program"] == "train.py" and spec["method"] == "grid"
+    assert spec["metric"] == {"name": "test/acc", "goal": "maximize"}
+    assert len(spec["parameters"]["experiment"]["values"]) == 17
+    assert spec["parameters"]["seed"]["values"] == [0, 1, 2, 3, 4]
+    assert spec["command"][:3] == ["${env}", "${interpreter}", "${program}"]
+    assert spec["command"][-1] == "${args}"
+
+
+def test_train_py_reads_the_agents_command_line(monkeypatch):
+    spec = yaml.safe_load((ROOT / "sweep.yaml").read_text())
+    argv = agent_command(spec, dict(experiment="HAM-EO-DEQ-L3", seed=3))
+    assert argv[3:] == ["--wandb=online", "--name=table2", "--dataset=emnist-mnist",
+                        "--experiment=HAM-EO-DEQ-L3", "--seed=3"]
+    args = train.parse_args(argv[3:])
+    assert (args.row, args.layers, args.seed) == ("HAM-EO-DEQ", 3, 3)
+    assert (args.name, args.dataset, args.wandb) == ("table2", "emnist-mnist", "online")
+    # W&B's default command passes only the parameters: online under an agent, else disabled
+    bare = agent_command({"program": "train.py"}, dict(experiment="HAM-L5", seed=0))[3:]
+    for name in AGENT_VARS:
+        monkeypatch.delenv(name, raising=False)
+    assert train.parse_args(bare).wandb == "disabled"
+    monkeypatch.setenv("WANDB_SWEEP_ID", "swp1")
+    monkeypatch.setenv("WANDB_RUN_ID", "abc")
+    assert (train.parse_args(bare).wandb, train.parse_args(bare).layers) == ("online", 5)
+
+
+def test_sweep_config_fixes_the_settings_of_a_smaller_sweep(tmp_path):
+    args = sweep.parse_args([*GRID, *TINY, "--lr", "0.02", "--results", str(tmp_path),
+                             "--name", "small"])
+    config = sweep.sweep_config(sweep.plan(args), args)
+    assert config["parameters"] == {"experiment": {"values": ["HAM-L3"]},
+                                    "seed": {"values": [0, 1]}}
+    argv = agent_command(config, dict(experiment="HAM-L3", seed=1))[3:]
+    rebuilt = train.parse_args(argv)
+    cfg = RunConfig.from_args(rebuilt, row=rebuilt.row, depth=rebuilt.layers, seed=rebuilt.seed,
+                              wandb_mode="disabled")
+    planned = sweep.plan(args)[1]
+    assert cfg.differences(jsonable(planned.to_dict())) == []  # the very run sweep.py plans
+    assert cfg.directory == planned.directory
+
+
+# -- one run: the same identity online and offline --------------------------------------------
+def test_online_and_offline_runs_have_the_same_identity(fake_wandb, tmp_path, monkeypatch):
+    point = ["--experiment=HAM-L3", "--seed=0", *TINY]
+    assert train.main([*point, "--wandb", "offline", "--results", str(tmp_path / "off")]) == 0
+    with monkeypatch.context() as m:  # what a sweep agent sets for the program it starts
+        m.setenv("WANDB_SWEEP_ID", "swp9")
+        m.setenv("WANDB_RUN_ID", "agentrun9")
+        m.setenv("WANDB_PROJECT", "hopfield-deq")
+        assert train.main([*point, "--wandb=online", "--results", str(tmp_path / "on")]) == 0
+    offline, online = fake_wandb.runs
+    for run in (offline, online):
+        assert run.kwargs["name"] == "HAM-L3-s0" and run.kwargs["group"] == "HAM-L3"
+        assert run.kwargs["tags"] == ["HAM", "ham", "onematrix", "picard"]
+        config = run.kwargs["config"]
+        assert config["experiment"] == "HAM-L3" and config["row"] == "HAM"
+        assert config["seed"] == 0 and config["depth"] == 3
+        assert all(not isinstance(v, dict) for k, v in config.items() if k != "synthetic_kwargs")
+        assert all(k in run.summary for k in TEST_METRICS)
+        assert run.summary["status"] == "finished" and run.exit_code == 0
+        assert ("*", {"step_metric": "trainer/global_step", "step_sync": True}) in run.metrics
+        assert any("val/acc" in row for row in run.history)  # Lightning logged into it
+        (artifact,) = run.artifacts
+        assert artifact.type == "run-results" and "trajectories.npz" in artifact.files
+    assert offline.kwargs["config"] == online.kwargs["config"]
+    assert offline.kwargs["mode"] == "offline" and online.kwargs["mode"] == "online"
+    # offline: our id (kept in config.json, for a resume); under an agent: the agent's run
+    stored = read_json(tmp_path / "off" / "single" / "HAM-L3-s0" / "config.json")
+    assert offline.kwargs["id"] == stored["wandb_run_id"] and offline.kwargs["resume"] == "allow"
+    assert offline.kwargs["project"] == "hopfield-deq"
+    assert not {"id", "project", "entity"} & set(online.kwargs)  # W&B takes the agent's
+    stored = read_json(tmp_path / "on" / "single" / "HAM-L3-s0" / "config.json")
+    assert stored["wandb_run_id"] == "agentrun9" and stored["wandb_mode"] == "online"
+
+
+def test_a_failed_run_closes_its_wandb_run(fake_wandb, tmp_path):
+    args = ["--experiment=HAM-L3", "--seed=0", *TINY, "--wandb", "offline",
+            "--results", str(tmp_path)]
+    ckpt = tmp_path / "single" / "HAM-L3-s0" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"not a checkpoint")  # resuming from it fails
+    with pytest.raises(Exception):
+        train.main(args)
+    (run,) = fake_wandb.runs
+    assert run.exit_code == 1 and run.summary["status"] == "failed"
+
+
+# -- sweep.py online ------------------------------------------------------------------------
+def test_sweep_py_creates_a_program_sweep_then_continues_it(fake_wandb, tmp_path, capsys):
+    args = [*GRID, *TINY, "--results", str(tmp_path), "--name", "t"]
+    assert sweep.main(args) == 0
+    (created,) = fake_wandb.created
+    config = created["config"]
+    assert config["program"] == "train.py" and config["method"] == "grid"
+    assert config["metric"] == {"name": "test/acc", "goal": "maximize"}
+    assert config["parameters"]["experiment"] == {"values": ["HAM-L3"]}
+    assert config["command"][-1] == "${args}" and "--name=t" in config["command"]
+    assert created["project"] == "hopfield-deq"
+    (agent,) = fake_wandb.agents
+    assert agent["sweep_id"] == "swp1" and agent["function"] is None
+    assert fake_wandb.exits == [0, 0]
+    for run, seed in zip(fake_wandb.runs, (0, 1)):
+        assert run.kwargs["name"] == f"HAM-L3-s{seed}" and run.kwargs["group"] == "HAM-L3"
+        assert all(k in run.summary for k in TEST_METRICS)
+        stored = read_json(tmp_path / "t" / f"HAM-L3-s{seed}" / "config.json")
+        assert run.id.startswith("agentrun") and stored["wandb_run_id"] == run.id
+    record = read_json(tmp_path / "t" / "wandb_sweep.json")
+    assert (record["sweep_id"], record["entity"], record["project"]) == ("swp1", "me",
+                                                                       "hopfield-deq")
+    assert "add machines with: python sweep.py --join me/hopfield-deq/swp1" in capsys.readouterr().out
+
+    # started again: the same sweep, nothing handed out twice, no new run
+    assert sweep.main(args) == 0
+    assert len(fake_wandb.created) == 1 and [a["sweep_id"] for a in fake_wandb.agents] == \
+        ["swp1", "swp1"]
+    assert len(fake_wandb.runs) == 2
+    assert "continuing W&B sweep me/hopfield-deq/swp1 (RUNNING)" in capsys.readouterr().out
+
+    # without the record (another results directory, say) the sweep is found by its name
+    (tmp_path / "t" / "wandb_sweep.json").unlink()
+    fake_wandb.remote["me/hopfield-deq/swp1"].state = "FINISHED"
+    assert sweep.main(args) == 0
+    assert len(fake_wandb.created) == 1 and len(fake_wandb.agents) == 2  # finished: no agent
+    assert "continuing W&B sweep me/hopfield-deq/swp1 (FINISHED)" in capsys.readouterr().out
+
+
+def test_finished_points_handed_out_are_published_not_trained(fake_wandb, trained, tmp_path):
+    store = copy_store(trained, tmp_path)  # finished here before (offline, say)
+    before = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()
+              and p.name != ".lock"}
+    assert sweep.main([*GRID, *TINY, "--results", str(tmp_path), "--name", "t"]) == 0
+    assert len(fake_wandb.created) == 1 and fake_wandb.exits == [0, 0]
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing trained again
+    for run, seed in zip(fake_wandb.runs, (0, 1)):
+        assert run.kwargs["name"] == f"HAM-L3-s{seed}" and run.kwargs["group"] == "HAM-L3"
+        summary = read_json(store / f"HAM-L3-s{seed}" / "summary.json")
+        assert {k: run.summary[k] for k in TEST_METRICS} == {k: summary[k] for k in TEST_METRICS}
+        assert run.summary["status"] == "finished" and run.summary["restored_from_store"]
+        epochs = [row for row in run.history if "train/loss" in row]
+        assert len(epochs) == 1 and epochs[0]["trainer/global_step"] == 2
+        assert run.exit_code == 0 and run.artifacts[0].type == "run-results"
+
+
+def test_runs_that_did_not_finish_are_retried_with_their_wandb_run(fake_wandb, trained,
+                                                                    tmp_path, capsys):
+    store = copy_store(trained, tmp_path)
+    victim = store / "HAM-L3-s1"  # killed after its epoch checkpoint, in an earlier sweep
+    config = read_json(victim / "config.json")
+    atomic_write_json(victim / "config.json", {**config, "wandb_run_id": "crashed1",
+                                               "wandb_mode": "online"})
+    atomic_write_json(victim / "summary.json", {"status": "interrupted",
+                                                "run_name": "HAM-L3-s1"})
+    shutil.rmtree(store / "HAM-L3-s0")  # trained by another machine
+    args = sweep.parse_args([*GRID, *TINY, "--results", str(tmp_path), "--name", "t"])
+    config = sweep.sweep_config(sweep.plan(args), args)
+    fake_wandb.add_sweep("swp7", "me", "hopfield-deq", config, state="FINISHED")
+    atomic_write_json(store / "wandb_sweep.json", dict(sweep_id="swp7", entity="me",
+                                                       project="hopfield-deq"))
+    assert sweep.main([*GRID, *TINY, "--results", str(tmp_path), "--name", "t"]) == 0
+    assert not fake_wandb.created and not fake_wandb.agents  # a finished grid hands out nothing
+    (run,) = fake_wandb.runs  # the retry, here, continuing the killed run's W&B run
+    assert run.kwargs["id"] == "crashed1" and run.kwargs["resume"] == "allow"
+    assert run.kwargs["name"] == "HAM-L3-s1" and run.kwargs["group"] == "HAM-L3"
+    assert all(k in run.summary for k in TEST_METRICS) and run.summary["resumed"] is True
+    assert read_json(victim / "summary.json")["status"] == "finished"
+    assert not (store / "HAM-L3-s0").exists()  # another machine's run is not trained here
+    out = capsys.readouterr().out
+    assert "1 of 2 runs have no result" in out and "--wandb me/hopfield-deq/swp7" in out
+    assert "1 run(s) started here did not finish" in out
+
+
+def test_join_runs_an_agent_of_the_sweeps_program(fake_wandb):
+    fake_wandb.add_sweep("abc123", "someone", "hopfield-deq",
+                         dict(program="train.py", parameters=dict(experiment=dict(values=[]),
+                                                                  seed=dict(values=[]))))
+    assert sweep.main(["--join", "someone/hopfield-deq/abc123", "--count", "3"]) == 0
+    assert fake_wandb.agents == [dict(sweep_id="abc123", function=None, entity="someone",
+                                      project="hopfield-deq", count=3)]
+    assert not fake_wandb.created
+
+
+def test_sweep_eta_after_the_first_run(trained):
+    lines = trained.log.splitlines()
+    (eta,) = [line for line in lines if line.startswith("sweep ETA ~")]
+    assert eta.endswith("(1 runs left at this run's pace; rows differ in cost)")
+    assert lines.index(eta) == 1 + next(i for i, line in enumerate(lines)
+                                        if "seed 0: finished in" in line)
+
+
+# -- credentials: asked of wandb, never prompted for ------------------------------------------
+@pytest.fixture
+def no_credentials(monkeypatch, tmp_path):
+    """A machine without any W&B credentials; wandb's settings reloaded before and after."""
+    from wandb.sdk.lib.wbauth import prompt
+
+    def no_prompt(*args, **kwargs):
+        raise AssertionError("wandb was asked to prompt for a key")
+
+    monkeypatch.setattr(prompt, "prompt_and_save_api_key", no_prompt)
+    for name in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "NETRC", "WANDB_CONFIG_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_BASE_URL", "https://api.wandb.ai")
+    (tmp_path / "home").mkdir()
+    wandb.teardown()  # wandb reads its settings files once per process
+    yield tmp_path
+    wandb.teardown()
+
+
+def test_credentials_are_those_wandb_itself_accepts(no_credentials, monkeypatch, capsys):
+    assert sweep.has_wandb_key() is False
+    netrc = no_credentials / "elsewhere.netrc"
+    netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {'a' * 40}\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert sweep.has_wandb_key() is True
+    monkeypatch.delenv("NETRC")
+    token = no_credentials / "token"
+    token.write_text("a.jwt.token")
+    monkeypatch.setenv("WANDB_IDENTITY_TOKEN_FILE", str(token))
+    assert sweep.has_wandb_key() is True
+    monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE")
+    monkeypatch.setenv("WANDB_API_KEY", "short")
+    assert sweep.has_wandb_key() is False
+    assert "W&B credentials of this machine are unusable" in capsys.readouterr().err
+
+
+def test_api_key_in_wandbs_settings_file_counts(no_credentials, monkeypatch):
+    settings = no_credentials / "home" / ".config" / "wandb" / "settings"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(f"[default]\napi_key = {'b' * 40}\n")
+    wandb.teardown()
+    assert sweep.has_wandb_key() is True
