@@ -35,7 +35,6 @@ int64, ``stage`` and ``format_version``. Entry ``n`` is the energy after ``n + 1
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np

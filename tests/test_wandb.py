@@ -11,7 +11,6 @@ import contextlib
 import copy
 import io
 import itertools
-import json
 import os
 import shutil
 from pathlib import Path

@@ -1,10 +1,8 @@
 """runner/store.py: atomic writes, what a finished run needs, names, the per-run lock."""
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
