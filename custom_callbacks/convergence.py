@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -13,7 +13,7 @@ from deq_core.names import STAGES
 
 from ._base import ObservingCallback
 
-Tolerance = Union[float, Sequence[float], Tensor]
+Tolerance = float | Sequence[float] | Tensor
 
 
 def iterations_to_converge(trace: Tensor, tol: Tolerance) -> tuple[Tensor, Tensor]:

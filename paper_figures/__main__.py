@@ -9,7 +9,7 @@ line and leaves ``--out`` as it was.
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Sequence
+from typing import Sequence
 
 from . import energy, table, trajectories
 from .cli import SourceError, add_source_args, error, records_for, warn_damaged
@@ -33,7 +33,7 @@ running and damaged runs are never averaged; the table names them. A missing --r
 an unknown --sweep or no finished run is an error and writes nothing."""
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m paper_figures",
         description="Table 2, Figures 3-4 and the energy figure from a sweep's results "

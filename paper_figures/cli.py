@@ -12,7 +12,7 @@ import math
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import List, Sequence
+from typing import Sequence
 
 from deq_modules.experiments import CONVERGENCE_TOL
 from runner.store import CONFIG, check_name, iter_runs
@@ -82,7 +82,7 @@ def require_usable(records: Sequence[RunRecord], where: str) -> None:
     raise SourceError(f"no finished run in {where} ({len(records)} runs: {detail})")
 
 
-def records_for(args: argparse.Namespace, files: bool = False) -> List[RunRecord]:
+def records_for(args: argparse.Namespace, files: bool = False) -> list[RunRecord]:
     """The runs named by the source options, or :class:`SourceError` when there is nothing to
     show. With ``files`` (the figures need the runs' result files), a W&B sweep is first
     mirrored into :data:`~paper_figures.runs.WANDB_CACHE` and read from there like a local

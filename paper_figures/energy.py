@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -41,13 +41,13 @@ WORDS = {"onematrix": "plain", "evenodd": "even-odd", "picard": "Picard",
          "anderson": "Anderson"}
 
 
-def ham_rows(depth: int) -> List[Experiment]:
+def ham_rows(depth: int) -> list[Experiment]:
     """The HAM rows of the registry at ``depth``, in registry order."""
     return [e for e in EXPERIMENTS if e.model == "ham" and e.depth == depth]
 
 
 def pooled_energy(records: Sequence[RunRecord], exp: Experiment
-                  ) -> Tuple[Optional[dict], List[RunRecord]]:
+                  ) -> tuple[dict | None, list[RunRecord]]:
     """Every finished seed of ``exp`` with a readable energy file, pooled
     (:func:`runner.result_files.merge_energy`); and the runs used. An unreadable file is
     skipped with a warning naming the run and the file."""
@@ -75,10 +75,10 @@ def _label(exp: Experiment) -> str:
     return f"{exp.row} ({WORDS[exp.structure]}, {WORDS[exp.solver]})"
 
 
-def draw_depth(ax: Axes, records: Sequence[RunRecord], depth: int) -> Dict[str, int]:
+def draw_depth(ax: Axes, records: Sequence[RunRecord], depth: int) -> dict[str, int]:
     """One panel: the pooled energy curve of each HAM row at ``depth``; runs pooled per key."""
     ax.set_title(f"{depth}-layer HAM")
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     missing = []
     for exp in ham_rows(depth):
         data, used = pooled_energy(records, exp)
@@ -105,13 +105,13 @@ def draw_depth(ax: Axes, records: Sequence[RunRecord], depth: int) -> Dict[str, 
     return counts
 
 
-def make_figure(records: Sequence[RunRecord]) -> Tuple[Figure, Dict[str, int]]:
+def make_figure(records: Sequence[RunRecord]) -> tuple[Figure, dict[str, int]]:
     """The energy figure at text width, one panel per depth (Agg, no pyplot state); and the
     runs pooled per row key."""
     with paper_style():
         fig = Figure(figsize=(TEXT_WIDTH, HEIGHT), layout="constrained")
         axes = fig.subplots(1, len(DEPTHS), squeeze=False)[0]
-        counts: Dict[str, int] = {}
+        counts: dict[str, int] = {}
         for ax, depth in zip(axes, DEPTHS):
             counts.update(draw_depth(ax, records, depth))
         if any(ax.lines for ax in axes):
@@ -125,7 +125,7 @@ def make_figure(records: Sequence[RunRecord]) -> Tuple[Figure, Dict[str, int]]:
     return fig, counts
 
 
-def write_figure(records: Sequence[RunRecord], out: str | Path) -> Tuple[Path, Dict[str, int]]:
+def write_figure(records: Sequence[RunRecord], out: str | Path) -> tuple[Path, dict[str, int]]:
     """Write energy.pdf and energy.png to ``out``; the PDF's path and the runs pooled per key."""
     fig, counts = make_figure(records)
     return save(fig, Path(out), STEM)[0], counts
@@ -138,7 +138,7 @@ def report(records: Sequence[RunRecord], args: argparse.Namespace) -> None:
     print(f"wrote {path} and .png (seeds pooled: {detail})")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m paper_figures.energy",
         description="Mean Hopfield energy per iteration of each HAM row (plain vs even-odd, "

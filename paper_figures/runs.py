@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Mapping, Sequence
 
 from deq_modules.experiments import Experiment, get_experiment
 from runner.store import (CONFIG, FAILED, FINISHED, INTERRUPTED, RUNNING, STATUSES, SUMMARY,
@@ -44,18 +44,18 @@ class RunRecord:
     the W&B API)."""
 
     name: str
-    row: Optional[str]
-    depth: Optional[int]
-    seed: Optional[int]
+    row: str | None
+    depth: int | None
+    seed: int | None
     status: str
-    acc: Optional[float] = None
-    iters: Optional[float] = None
-    not_converged: Optional[float] = None
-    directory: Optional[Path] = None
-    problems: Tuple[str, ...] = ()
+    acc: float | None = None
+    iters: float | None = None
+    not_converged: float | None = None
+    directory: Path | None = None
+    problems: tuple[str, ...] = ()
 
     @property
-    def experiment(self) -> Optional[Experiment]:
+    def experiment(self) -> Experiment | None:
         """The registry entry of this run, or ``None`` for a row/depth the registry lacks."""
         if self.row is None or self.depth is None:
             return None
@@ -69,7 +69,7 @@ class RunRecord:
         return self.status == FINISHED and self.experiment is not None
 
 
-def _number(value: Any) -> Optional[float]:
+def _number(value: Any) -> float | None:
     """A metric as a float: JSON stores non-finite values as strings ("nan"); missing -> None."""
     if value is None or isinstance(value, bool):
         return None
@@ -79,13 +79,13 @@ def _number(value: Any) -> Optional[float]:
         return None
 
 
-def _int(value: Any) -> Optional[int]:
+def _int(value: Any) -> int | None:
     number = _number(value)
     return int(number) if number is not None and math.isfinite(number) else None
 
 
 def _identity(name: str, config: Mapping[str, Any],
-              summary: Mapping[str, Any]) -> Dict[str, Any]:
+              summary: Mapping[str, Any]) -> dict[str, Any]:
     """Row, depth and seed from whichever place holds them.
 
     The local store has ``row``/``depth``/``seed`` in config.json and summary.json; a W&B sweep
@@ -109,7 +109,7 @@ def _identity(name: str, config: Mapping[str, Any],
 
 
 def record_from(name: str, config: Mapping[str, Any], summary: Mapping[str, Any],
-                status: str, directory: Optional[Path] = None,
+                status: str, directory: Path | None = None,
                 problems: Sequence[str] = ()) -> RunRecord:
     """A record from a run's config, summary and status, whatever the source.
 
@@ -133,7 +133,7 @@ def record_from(name: str, config: Mapping[str, Any], summary: Mapping[str, Any]
                      **_identity(name, config, summary))
 
 
-def local_records(results: str | Path, sweep: Optional[str] = None) -> List[RunRecord]:
+def local_records(results: str | Path, sweep: str | None = None) -> list[RunRecord]:
     """Every run (any status) under ``results/<sweep>/``, in path order.
 
     A run directory with a config but no readable summary (killed between the two writes, or
@@ -161,7 +161,7 @@ def _wandb_api(api: Any = None) -> Any:
     return wandb.Api()
 
 
-def _wandb_summary(run: Any) -> Dict[str, Any]:
+def _wandb_summary(run: Any) -> dict[str, Any]:
     """A public-API run's summary as a plain dict (the attribute has moved between versions)."""
     metrics = getattr(run, "summary_metrics", None)
     if isinstance(metrics, Mapping):
@@ -170,7 +170,7 @@ def _wandb_summary(run: Any) -> Dict[str, Any]:
     return dict(getattr(summary, "_json_dict", None) or summary or {})
 
 
-def wandb_records(sweep_path: str, api: Any = None) -> List[RunRecord]:
+def wandb_records(sweep_path: str, api: Any = None) -> list[RunRecord]:
     """Every run of the W&B sweep ``ENTITY/PROJECT/SWEEP_ID``, as records (needs the network).
 
     ``api`` defaults to ``wandb.Api()``; tests pass a stand-in with ``sweep(path).runs``.
@@ -214,8 +214,8 @@ def download_wandb_results(sweep_path: str, results: str | Path, api: Any = None
     return name
 
 
-def read_records(results: str | Path = "results", sweep: Optional[str] = "table2",
-                 wandb_sweep: Optional[str] = None) -> List[RunRecord]:
+def read_records(results: str | Path = "results", sweep: str | None = "table2",
+                 wandb_sweep: str | None = None) -> list[RunRecord]:
     """Records from W&B when ``wandb_sweep`` is given, else from the local store."""
     if wandb_sweep:
         return wandb_records(wandb_sweep)

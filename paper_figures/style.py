@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator
 
 import matplotlib
 from matplotlib.figure import Figure, SubFigure
@@ -44,7 +44,7 @@ def fix_tick_sizes(fig: Figure | SubFigure) -> None:
         ax.tick_params(which="both", labelsize=SMALL)
 
 
-def save(fig: Figure, out: Path, stem: str) -> List[Path]:
+def save(fig: Figure, out: Path, stem: str) -> list[Path]:
     """Write ``out/stem.pdf`` and ``out/stem.png`` atomically (never a half-written file)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []

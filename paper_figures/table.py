@@ -21,7 +21,7 @@ import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Sequence
 
 from deq_modules.experiments import EXPERIMENTS, Experiment, get_experiment, speedup
 from runner.store import DIVERGED, FAILED, FINISHED, INTERRUPTED, RUNNING, atomic_write_text
@@ -35,7 +35,7 @@ NO_STD = "-"  # the standard deviation of a single seed
 NOT_COUNTED = (FAILED, DIVERGED, INTERRUPTED, RUNNING, INCOMPLETE)
 
 
-def mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     """Mean and sample standard deviation (ddof=1); the std is ``None`` for a single value
     (it is not zero, it is unknown), both are ``None`` for none."""
     n = len(values)
@@ -52,32 +52,32 @@ class RowStats:
     """Our results for one registry row at one depth, with its published numbers."""
 
     exp: Experiment
-    seeds: List[Optional[int]] = field(default_factory=list)
-    iters: List[float] = field(default_factory=list)
-    accs: List[float] = field(default_factory=list)  # in %, like the paper
-    not_converged: List[float] = field(default_factory=list)  # test samples, per seed that has it
-    not_counted: Dict[str, List[str]] = field(default_factory=dict)  # status -> run names
-    speedup: Optional[float] = None
-    paper_speedup: Optional[float] = None
+    seeds: list[int | None] = field(default_factory=list)
+    iters: list[float] = field(default_factory=list)
+    accs: list[float] = field(default_factory=list)  # in %, like the paper
+    not_converged: list[float] = field(default_factory=list)  # test samples, per seed that has it
+    not_counted: dict[str, list[str]] = field(default_factory=dict)  # status -> run names
+    speedup: float | None = None
+    paper_speedup: float | None = None
 
     @property
     def n(self) -> int:
         return len(self.iters)
 
     @property
-    def iters_stats(self) -> Tuple[Optional[float], Optional[float]]:
+    def iters_stats(self) -> tuple[float | None, float | None]:
         return mean_std(self.iters)
 
     @property
-    def acc_stats(self) -> Tuple[Optional[float], Optional[float]]:
+    def acc_stats(self) -> tuple[float | None, float | None]:
         return mean_std(self.accs)
 
     @property
-    def not_converged_stats(self) -> Tuple[Optional[float], Optional[float]]:
+    def not_converged_stats(self) -> tuple[float | None, float | None]:
         return mean_std(self.not_converged)
 
 
-def table_rows(records: Sequence[RunRecord]) -> List[RowStats]:
+def table_rows(records: Sequence[RunRecord]) -> list[RowStats]:
     """One :class:`RowStats` per registry experiment, in registry order."""
     rows = {(e.row, e.depth): RowStats(e) for e in EXPERIMENTS}
     for rec in records:
@@ -102,7 +102,7 @@ def table_rows(records: Sequence[RunRecord]) -> List[RowStats]:
     return list(rows.values())
 
 
-def status_lines(records: Sequence[RunRecord]) -> List[str]:
+def status_lines(records: Sequence[RunRecord]) -> list[str]:
     """What the table counted and what it did not (failed, diverged, interrupted, running,
     incomplete, damaged with the reason, not in the registry)."""
     finished = [r for r in records if r.usable]
@@ -113,7 +113,7 @@ def status_lines(records: Sequence[RunRecord]) -> List[str]:
             lines.append(f"Not counted, {status}: {len(names)} ({', '.join(sorted(names))}).")
     for r in sorted((r for r in records if r.status == DAMAGED), key=lambda r: r.name):
         lines.append(f"Not counted, {DAMAGED}: {r.name} ({'; '.join(r.problems)}).")
-    seen: Dict[tuple, int] = {}
+    seen: dict[tuple, int] = {}
     for r in records:
         if r.usable:
             seen[(r.row, r.depth, r.seed)] = seen.get((r.row, r.depth, r.seed), 0) + 1
@@ -128,22 +128,22 @@ def status_lines(records: Sequence[RunRecord]) -> List[str]:
 
 
 # -- formatting -------------------------------------------------------------------------------
-def fmt_pair(mean: Optional[float], std: Optional[float], missing: str = MISSING) -> str:
+def fmt_pair(mean: float | None, std: float | None, missing: str = MISSING) -> str:
     """``mean (std)``; ``mean (-)`` for a single seed; ``missing`` for no result."""
     if mean is None:
         return missing
     return f"{mean:.1f} ({NO_STD if std is None else f'{std:.1f}'})"
 
 
-def fmt_speedup(value: Optional[float]) -> str:
+def fmt_speedup(value: float | None) -> str:
     if value is None:
         return ""
     return f"{value:.2f}x" if value < 0.095 else f"{value:.1f}x"  # keep CHN-EO's 0.0x legible
 
 
-def footnotes(rows: Sequence[RowStats]) -> Dict[str, int]:
+def footnotes(rows: Sequence[RowStats]) -> dict[str, int]:
     """Each distinct note, numbered in order of first appearance."""
-    notes: Dict[str, int] = {}
+    notes: dict[str, int] = {}
     for stats in rows:
         if stats.exp.note and stats.exp.note not in notes:
             notes[stats.exp.note] = len(notes) + 1
@@ -159,7 +159,7 @@ HEADER = ("layers", "model", "#iters ours", "#iters paper", "speedup ours", "spe
           "test acc. (%) ours", "test acc. (%) paper", "not converged", "seeds")
 
 
-def cells(stats: RowStats, notes: Dict[str, int], marker: str = " [{}]") -> List[str]:
+def cells(stats: RowStats, notes: dict[str, int], marker: str = " [{}]") -> list[str]:
     """The table cells of one row (plain text, shared by the markdown and LaTeX writers)."""
     exp = stats.exp
     model = exp.row + (marker.format(notes[exp.note]) if exp.note else "")
@@ -243,7 +243,7 @@ def to_csv(rows: Sequence[RowStats]) -> str:
     return buffer.getvalue()  # DictWriter writes None as an empty cell
 
 
-def write_table(records: Sequence[RunRecord], out: str | Path, source: str) -> Dict[str, Path]:
+def write_table(records: Sequence[RunRecord], out: str | Path, source: str) -> dict[str, Path]:
     """Write table2.{md,tex,csv} to ``out``; returns their paths by suffix."""
     rows = table_rows(records)
     out = Path(out)
@@ -265,7 +265,7 @@ def report(records: Sequence[RunRecord], args: argparse.Namespace) -> None:
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m paper_figures.table",
         description=f"Table 2 (ours beside the paper's) from a sweep. Writes {WRITES} to --out.")

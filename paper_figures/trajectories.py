@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -38,7 +38,7 @@ from .style import NORMAL, SMALL, TEXT_WIDTH, fix_tick_sizes, paper_style, save
 
 STRUCTURES = ("onematrix", "evenodd")  # grid rows: plain, EO
 SOLVERS = ("picard", "anderson")  # grid columns: Picard, DEQ
-FIGURES: Dict[str, Tuple[Tuple[str, int], ...]] = {  # file stem -> (model, depth) left, right
+FIGURES: dict[str, tuple[tuple[str, int], ...]] = {  # file stem -> (model, depth) left, right
     "fig3": (("chn", 3), ("ham", 3)),
     "fig4": (("ham", 5), ("ham", 7)),
 }
@@ -55,13 +55,13 @@ WRITES = "fig3.pdf, fig3.png, fig4.pdf, fig4.png"
 YLABEL = r"Relative residual $\|s_{n+1} - s_n\| \,/\, \|s_{n+1}\|$"
 
 
-def panel_rows(model: str, depth: int, structure: str, solver: str) -> List[Experiment]:
+def panel_rows(model: str, depth: int, structure: str, solver: str) -> list[Experiment]:
     """Every registry row that fits one panel slot, in registry order."""
     return [e for e in EXPERIMENTS if (e.model, e.depth, e.structure, e.solver)
             == (model, depth, structure, solver)]
 
 
-def choose(candidates: Sequence[Experiment], prefer: Sequence[str]) -> Optional[Experiment]:
+def choose(candidates: Sequence[Experiment], prefer: Sequence[str]) -> Experiment | None:
     """The first candidate whose row is in ``prefer`` (in its order), else the first."""
     for row in prefer:
         for exp in candidates:
@@ -71,7 +71,7 @@ def choose(candidates: Sequence[Experiment], prefer: Sequence[str]) -> Optional[
 
 
 def pooled_trajectories(records: Sequence[RunRecord], exp: Experiment
-                        ) -> Tuple[Optional[dict], List[RunRecord]]:
+                        ) -> tuple[dict | None, list[RunRecord]]:
     """Every finished seed of ``exp`` with a readable trajectories file, merged; and the runs
     used. An unreadable file, or one that cannot be pooled with the first, is skipped with a
     warning naming the run and the file."""
@@ -97,7 +97,7 @@ def pooled_trajectories(records: Sequence[RunRecord], exp: Experiment
     return (merge_trajectories(data), used) if data else (None, [])
 
 
-def _not_converged_at_tol(data: dict) -> Optional[int]:
+def _not_converged_at_tol(data: dict) -> int | None:
     """Pooled test samples that never reached the criterion (None if the grid lacks it)."""
     match = np.flatnonzero(np.isclose(data["tolerances"], data["tol"], rtol=1e-9, atol=0))
     return int(np.asarray(data["not_converged"])[match[0]]) if match.size else None
@@ -110,7 +110,7 @@ def panel_note(data: dict, n_seeds: int) -> str:
     return note if stuck is None else f"{note} · {stuck} not conv."
 
 
-def _empty_panel(ax: Axes, exp: Optional[Experiment], label: str) -> None:
+def _empty_panel(ax: Axes, exp: Experiment | None, label: str) -> None:
     ax.text(0.5, 0.5, "no results", ha="center", va="center", transform=ax.transAxes,
             color="0.4", fontsize=SMALL)
     ax.set_xticks([])
@@ -118,11 +118,11 @@ def _empty_panel(ax: Axes, exp: Optional[Experiment], label: str) -> None:
     ax.set_title(exp.row if exp is not None else f"{label}: not in the registry")
 
 
-def legend_handles(ax: Axes) -> Dict[str, Line2D]:
+def legend_handles(ax: Axes) -> dict[str, Line2D]:
     """The marks of a drawn heatmap by what they mean, in legend order. The legend shows the
     very artists ``plot_trajectory_heatmap`` drew (colour, dashes, outline): they never
     disagree."""
-    found: Dict[str, Line2D] = {}
+    found: dict[str, Line2D] = {}
     for line in ax.lines:
         if line.get_linestyle() == "--":
             found.setdefault("criterion", line)
@@ -138,7 +138,7 @@ def legend_handles(ax: Axes) -> Dict[str, Line2D]:
 
 
 def draw_family(fig: SubFigure | Figure, records: Sequence[RunRecord], model: str,
-                depth: int, prefer: Sequence[str] = DEFAULT_PREFER) -> Dict[str, int]:
+                depth: int, prefer: Sequence[str] = DEFAULT_PREFER) -> dict[str, int]:
     """One family's 2 x 2 grid and colour bar into ``fig``; returns runs pooled per row key."""
     slots = {(s, v): panel_rows(model, depth, s, v) for s in STRUCTURES for v in SOLVERS}
     chosen = {k: choose(c, prefer) for k, c in slots.items()}
@@ -151,7 +151,7 @@ def draw_family(fig: SubFigure | Figure, records: Sequence[RunRecord], model: st
     if not_shown:  # the panel titles name the rows shown
         title += f" ({', '.join(not_shown)} not shown)"
     fig.suptitle(title, fontsize=NORMAL)
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     drawn = False
     for (i, structure), (j, solver) in ((a, b) for a in enumerate(STRUCTURES)
                                         for b in enumerate(SOLVERS)):
@@ -178,13 +178,13 @@ def draw_family(fig: SubFigure | Figure, records: Sequence[RunRecord], model: st
     return counts
 
 
-def make_figure(records: Sequence[RunRecord], families: Sequence[Tuple[str, int]],
-                prefer: Sequence[str] = DEFAULT_PREFER) -> Tuple[Figure, Dict[str, int]]:
+def make_figure(records: Sequence[RunRecord], families: Sequence[tuple[str, int]],
+                prefer: Sequence[str] = DEFAULT_PREFER) -> tuple[Figure, dict[str, int]]:
     """A figure at text width with one family per column and, below, the legend of the marks
     (Agg, no pyplot state); and the runs pooled per row key."""
     with paper_style():
         fig = Figure(figsize=(TEXT_WIDTH, HEIGHT), layout="constrained")
-        counts: Dict[str, int] = {}
+        counts: dict[str, int] = {}
         subfigs = fig.subfigures(1, len(families), squeeze=False, wspace=0.03)[0]
         for sub, (model, depth) in zip(subfigs, families):
             counts.update(draw_family(sub, records, model, depth, prefer))
@@ -199,7 +199,7 @@ def make_figure(records: Sequence[RunRecord], families: Sequence[Tuple[str, int]
 
 
 def write_figures(records: Sequence[RunRecord], out: str | Path,
-                  prefer: Sequence[str] = DEFAULT_PREFER) -> Dict[str, Dict[str, int]]:
+                  prefer: Sequence[str] = DEFAULT_PREFER) -> dict[str, dict[str, int]]:
     """Write fig3 and fig4 (PDF and PNG) to ``out``; returns, per figure (its PDF's path),
     the runs pooled per row key."""
     out = Path(out)
@@ -226,7 +226,7 @@ def report(records: Sequence[RunRecord], args: argparse.Namespace) -> None:
         print(f"wrote {path} and .png (seeds pooled: {detail})")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m paper_figures.trajectories",
         description=f"Figures 3 and 4 from a sweep's trajectories. Writes {WRITES} to --out.")

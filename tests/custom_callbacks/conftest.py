@@ -4,7 +4,7 @@ The test modules cannot import each other (import-mode=importlib), so everything
 fixture here.
 """
 from types import SimpleNamespace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -80,7 +80,7 @@ class ToyLit(pl.LightningModule):
     """Stand-in for the project's LightningModules: ``self.deq``, a linear readout, MSE."""
 
     def __init__(self, f_module: nn.Module, iters: int = 40, solver: str = "picard",
-                 tol: Optional[float] = None, fail_at: Optional[Tuple[str, int]] = None):
+                 tol: float | None = None, fail_at: tuple[str, int] | None = None):
         super().__init__()
         forward_kwargs = dict(solver=solver, iter=iters)
         if tol is not None:
@@ -120,7 +120,7 @@ class RecordingLogger(Logger):
 
     def __init__(self):
         super().__init__()
-        self.records: List[Tuple[Dict[str, float], Optional[int]]] = []
+        self.records: list[tuple[dict[str, float], int | None]] = []
 
     @property
     def name(self):
@@ -136,7 +136,7 @@ class RecordingLogger(Logger):
     def log_metrics(self, metrics, step=None):
         self.records.append((dict(metrics), step))
 
-    def values(self, key: str) -> List[float]:
+    def values(self, key: str) -> list[float]:
         return [float(m[key]) for m, _ in self.records if key in m]
 
 
@@ -147,7 +147,7 @@ def closed_form_residuals(a: np.ndarray, n_iter: int) -> np.ndarray:
     return a**n * (1 - a) / (1 - a ** (n + 1))
 
 
-def closed_form_iters(a: np.ndarray, tol: float, n_iter: int) -> Tuple[np.ndarray, np.ndarray]:
+def closed_form_iters(a: np.ndarray, tol: float, n_iter: int) -> tuple[np.ndarray, np.ndarray]:
     """Expected (iterations to converge, converged) per sample for the rate map."""
     below = closed_form_residuals(a, n_iter) < tol
     converged = below.any(axis=0)
@@ -155,7 +155,7 @@ def closed_form_iters(a: np.ndarray, tol: float, n_iter: int) -> Tuple[np.ndarra
     return first, converged
 
 
-def make_data(n: int, n_in: int = 5, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+def make_data(n: int, n_in: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs in [0, 1] (first feature sets the rate; a few at 0 and 1) and one-hot targets."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(n, n_in, generator=gen, dtype=F64)

@@ -58,7 +58,7 @@ def test_test_stage_logs_closed_form(toy, tmp_path):
     (result,) = trainer.test(module, toy.loader(x, y))
     assert result["test/iters_to_converge"] == pytest.approx(want_iters.mean(), rel=1e-6)
     assert result["test/not_converged"] == (~want_conv).sum()
-    assert module.deq._observers == []
+    assert module.deq.n_observers == 0
 
 
 def test_fit_logs_train_steps_and_val_epoch(toy, tmp_path):
@@ -82,7 +82,7 @@ def test_fit_logs_train_steps_and_val_epoch(toy, tmp_path):
     iters, conv = toy.closed_form_iters(rates_of(module.deq.f_module, xv[:40]), TOL, ITERS)
     assert logger.values("val/iters_to_converge") == pytest.approx([iters.mean()], rel=1e-6)
     assert logger.values("val/not_converged") == [(~conv).sum()]
-    assert module.deq._observers == []
+    assert module.deq.n_observers == 0
 
 
 def test_solver_stopping_early_counts_its_own_length(toy, tmp_path):
@@ -104,7 +104,7 @@ def test_solver_stopping_early_counts_its_own_length(toy, tmp_path):
 def run_test(toy, root, callbacks, x, y):
     module = toy.ToyLit(toy.RateMap(), iters=ITERS)
     (result,) = toy.make_trainer(root, callbacks).test(module, toy.loader(x, y))
-    assert module.deq._observers == []
+    assert module.deq.n_observers == 0
     return result
 
 
@@ -145,12 +145,12 @@ def test_no_observer_left_after_a_failed_step(toy, tmp_path, stage):
             trainer.test(module, toy.loader(x, y))
         else:
             trainer.fit(module, toy.loader(x, y), toy.loader(x, y))
-    assert module.deq._observers == []
+    assert module.deq.n_observers == 0
     # The callbacks are usable again after the failure.
     module.fail_at = None
     (result,) = toy.make_trainer(tmp_path, callbacks).test(module, toy.loader(x, y))
     assert "test/iters_to_converge" in result
-    assert module.deq._observers == []
+    assert module.deq.n_observers == 0
     # Nothing of the failed run's partial batches is counted.
     assert callbacks[1].result["n_samples"] == 70
 

@@ -38,7 +38,7 @@ def test_energy_of_gradient_descent_map_decreases_and_matches(toy, tmp_path):
     np.testing.assert_allclose(data["sum_energy"], 70 * want, rtol=1e-10)
     assert data["stage"] == "test"
     assert metrics["test/energy_final"] == pytest.approx(want[-1], rel=1e-6)
-    assert module.deq._observers == []
+    assert module.deq.n_observers == 0
 
 
 def test_validation_energy_is_logged_per_epoch(toy, tmp_path):
