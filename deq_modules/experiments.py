@@ -6,6 +6,7 @@ the single-run entry point and the figure scripts all read it.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 ARCHITECTURES: dict[int, tuple[int, ...]] = {
@@ -71,11 +72,11 @@ class Experiment:
     @staticmethod
     def from_key(key: str) -> "Experiment":
         """The registry entry named by :attr:`key` (``"HAM-EO-DEQ-L3"``)."""
-        row, sep, depth = str(key).rpartition("-L")
-        if not sep or not depth.isdigit():
+        parts = split_key(key)
+        if parts is None:
             raise ValueError(f"invalid experiment key {key!r}: expected ROW-L<depth>; valid keys: "
                              f"{[e.key for e in EXPERIMENTS]}")
-        return get_experiment(row, int(depth))
+        return get_experiment(*parts)
 
     def run_name(self, seed: int) -> str:
         """``HAM-EO-DEQ-L3-s2``: the name of a run in W&B and in the results store."""
@@ -96,6 +97,25 @@ class Experiment:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+_KEY = re.compile(r"^(?P<row>.+)-L(?P<depth>\d+)$")
+_RUN_NAME = re.compile(r"^(?P<key>.+-L\d+)-s(?P<seed>\d+)$")
+
+
+def split_key(key: str) -> tuple[str, int] | None:
+    """``"HAM-EO-DEQ-L3"`` -> ``("HAM-EO-DEQ", 3)``, the inverse of :attr:`Experiment.key`
+    (``None`` for another form; the row need not be in the registry)."""
+    match = _KEY.match(str(key))
+    return (match["row"], int(match["depth"])) if match else None
+
+
+def split_run_name(name: str) -> tuple[str, int, int] | None:
+    """``"HAM-EO-DEQ-L3-s2"`` -> ``("HAM-EO-DEQ", 3, 2)``, the inverse of
+    :meth:`Experiment.run_name` (``None`` for another form)."""
+    match = _RUN_NAME.match(str(name))
+    key = split_key(match["key"]) if match else None
+    return (*key, int(match["seed"])) if key else None
 
 
 def _row(row, depth, model, structure, solver, iters, acc, *, epochs=10, damped=False,

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from deq_modules.experiments import Experiment, get_experiment
+from deq_modules.experiments import Experiment, get_experiment, split_key, split_run_name
 from runner.store import (CONFIG, FAILED, FINISHED, INTERRUPTED, RUNNING, STATUSES, SUMMARY,
-                          TEST_METRICS, TRAJECTORIES, atomic_write_json, finished_problems,
-                          iter_runs, read_json)
+                          TEST_ACC, TEST_ITERS, TEST_METRICS, TEST_NOT_CONVERGED, TRAJECTORIES,
+                          atomic_write_json, finished_problems, iter_runs, read_json)
 
-# Logged names (DESIGN.md, "Logged names"): one name per quantity everywhere.
-ACC_KEY, ITERS_KEY, NOT_CONVERGED_KEY = \
-    "test/acc", "test/iters_to_converge", "test/not_converged"
+# Logged names (DESIGN.md, "Logged names"): one name per quantity, from the store's format.
+ACC_KEY, ITERS_KEY, NOT_CONVERGED_KEY = TEST_ACC, TEST_ITERS, TEST_NOT_CONVERGED
 # Two statuses of records, beside the store's: a run that says it finished but whose files do
 # not hold up (runner.store.finished_problems, or test metrics missing) is DAMAGED; a run
 # directory with no readable summary, or an unknown status, is INCOMPLETE. Neither is counted.
@@ -32,7 +30,6 @@ _WANDB_STATES = {"finished": FINISHED, "running": RUNNING, "pending": RUNNING,
                  "crashed": FAILED, "killed": FAILED}
 # Where W&B results are mirrored for the figures (git-ignored).
 WANDB_CACHE = Path(os.environ.get("HOPFIELD_FIGURE_CACHE", ".cache/paper_figures"))
-_RUN_NAME = re.compile(r"^(?P<row>.+)-L(?P<depth>\d+)-s(?P<seed>\d+)$")  # Experiment.run_name
 
 
 @dataclass(frozen=True)
@@ -98,13 +95,13 @@ def _identity(name: str, config: Mapping[str, Any],
     experiment = config.get("experiment")
     if (row is None or depth is None) and isinstance(experiment, Mapping):
         row, depth = experiment.get("row", row), experiment.get("depth", depth)
-    if (row is None or depth is None) and isinstance(experiment, str) and "-L" in experiment:
-        row, depth = experiment.rsplit("-L", 1)
-    match = _RUN_NAME.match(name or "")
-    if match:
-        row = row if row is not None else match["row"]
-        depth = depth if depth is not None else match["depth"]
-        seed = seed if seed is not None else match["seed"]
+    if (row is None or depth is None) and isinstance(experiment, str) and split_key(experiment):
+        row, depth = split_key(experiment)
+    parsed = split_run_name(name or "")
+    if parsed:
+        row = row if row is not None else parsed[0]
+        depth = depth if depth is not None else parsed[1]
+        seed = seed if seed is not None else parsed[2]
     return dict(row=None if row is None else str(row), depth=_int(depth), seed=_int(seed))
 
 

@@ -43,7 +43,8 @@ from .history import EpochHistory, ProgressLog, mean_epoch_seconds
 from .result_files import plot_trajectory_heatmap, save_npz
 from .safety import DivergenceGuard, Diverged, EpochCheckpoint, Interrupted
 from .store import (CONFIG, DIVERGED, ENERGY, FAILED, FINISHED, INTERRUPTED, LAST_CHECKPOINT,
-                    LOCK, METRICS, RUNNING, SUMMARY, TEST_METRICS, TRAJECTORIES, RunLock,
+                    LOCK, METRICS, RUNNING, SUMMARY, TEST_ACC, TEST_LOSS, TEST_METRICS,
+                    TRAJECTORIES, RunLock,
                     atomic_write_json, finished_problems, read_json, summary_of)
 
 SUMMARY_KEYS = (*TEST_METRICS, "test/rel_residual")
@@ -207,7 +208,7 @@ def _train_and_test(cfg: RunConfig, out: Path, run: Any) -> dict[str, Any]:
     if trainer.interrupted:
         raise Interrupted(15)
     summary: dict[str, Any] = {k: results[k] for k in SUMMARY_KEYS if k in results}
-    if not all(math.isfinite(summary.get(k, math.nan)) for k in ("test/loss", "test/acc")):
+    if not all(math.isfinite(summary.get(k, math.nan)) for k in (TEST_LOSS, TEST_ACC)):
         raise Diverged(trainer.current_epoch - 1, None, summary.get("test/loss", math.nan))
     if trainer.is_global_zero:
         _save_results(trainer, out, trajectories.result, energy.result, run)

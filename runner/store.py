@@ -29,7 +29,9 @@ FINISHED, FAILED, RUNNING, DIVERGED, INTERRUPTED = (
     "finished", "failed", "running", "diverged", "interrupted")
 STATUSES = (FINISHED, FAILED, RUNNING, DIVERGED, INTERRUPTED)
 # What a finished summary must hold: the Table 2 numbers.
-TEST_METRICS = ("test/acc", "test/loss", "test/iters_to_converge", "test/not_converged")
+TEST_ACC, TEST_LOSS, TEST_ITERS, TEST_NOT_CONVERGED = (
+    "test/acc", "test/loss", "test/iters_to_converge", "test/not_converged")
+TEST_METRICS = (TEST_ACC, TEST_LOSS, TEST_ITERS, TEST_NOT_CONVERGED)
 CONFIG, SUMMARY, METRICS = "config.json", "summary.json", "metrics.csv"
 TRAJECTORIES, ENERGY = "trajectories.npz", "energy.npz"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"

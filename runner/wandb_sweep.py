@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 from .config import RunConfig
-from .store import read_json
+from .store import TEST_ACC, read_json
 
 REPOSITORY = Path(__file__).resolve().parents[1]  # where train.py lives
 PROGRAM = "train.py"  # what every W&B agent runs for a point of the grid
-METRIC = dict(name="test/acc", goal="maximize")
+METRIC = dict(name=TEST_ACC, goal="maximize")
 SWEEP_RECORD = "wandb_sweep.json"  # in <results>/<name>/: the W&B sweep of this grid
 ENDED_STATES = ("FINISHED", "CANCELED", "CANCELLED", "FAILED", "CRASHED")
 AGENT_ENV = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")  # set by wandb.agent
