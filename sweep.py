@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deq_modules.experiments import DEPTHS, ROWS, SEEDS, Experiment, select
-from runner.config import RunConfig, add_run_args, synthetic_sizes
+from runner.config import RunConfig, SweepOptions, add_run_args, synthetic_sizes
 from runner.wandb_sweep import (ENDED_STATES, SWEEP_RECORD, existing_sweep,
                                  has_wandb_key, prepare_agents, run_agent, sweep_config,
                                  sweep_path, wandb_reachable)
@@ -61,7 +61,7 @@ def csv_list(kind: type, choices: tuple | None = None, what: str = "value"):
     return parse
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> SweepOptions:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     grid = p.add_argument_group("the grid")
@@ -104,10 +104,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.experiments = select(args.rows, args.layers)
     except ValueError as err:
         p.error(str(err))
-    return args
+    return SweepOptions.from_namespace(args)
 
 
-def plan(args: argparse.Namespace) -> list[RunConfig]:
+def plan(args: SweepOptions) -> list[RunConfig]:
     """The runs of the grid, in table order: rows x depths x seeds."""
     wandb_mode = "disabled" if args.no_wandb else "offline"
     return [RunConfig.from_args(args, row=e.row, depth=e.depth, seed=seed, wandb_mode=wandb_mode)
@@ -130,7 +130,7 @@ def describe(e: Experiment, epochs: int | None) -> str:
             f"iters {e.forward_iter}/{e.backward_iter}  lr {e.lr}  epochs {epochs or e.epochs}")
 
 
-def print_plan(runs: list[RunConfig], args: argparse.Namespace) -> None:
+def print_plan(runs: list[RunConfig], args: SweepOptions) -> None:
     done = sum(1 for r in runs if is_finished(r.directory))
     print(f"sweep {args.name}: {len(runs)} runs ({done} already finished), dataset "
           f"{args.dataset}, results in {os.path.join(args.results, args.name)}", flush=True)
@@ -138,7 +138,7 @@ def print_plan(runs: list[RunConfig], args: argparse.Namespace) -> None:
         print(f"{i:3d}/{len(runs)} {r.name:22s} {describe(r.experiment, args.epochs)}")
 
 
-def ensure_data(args: argparse.Namespace) -> None:
+def ensure_data(args: SweepOptions) -> None:
     """Find (or download) and check the dataset once, before any run: a missing or corrupt
     dataset is one clear error at the start, not 85 failed runs."""
     from deq_modules.data import DatasetNotFoundError, check_dataset
@@ -189,7 +189,7 @@ def run_one(cfg: RunConfig) -> dict:
     return summary
 
 
-def run_local(runs: list[RunConfig], args: argparse.Namespace) -> int:
+def run_local(runs: list[RunConfig], args: SweepOptions) -> int:
     """Run the grid here, one run after the other; failures are recorded and skipped."""
     print_plan(runs, args)
     outcome = Outcome()
@@ -243,7 +243,7 @@ def run_local(runs: list[RunConfig], args: argparse.Namespace) -> int:
 
 
 # -- W&B: the sweep as W&B's agents run it ------------------------------------------------
-def retry_unfinished(runs: list[RunConfig], args: argparse.Namespace, path: str) -> int:
+def retry_unfinished(runs: list[RunConfig], args: SweepOptions, path: str) -> int:
     """Train here, online, the points this machine started that did not finish (failed,
     interrupted, killed): a W&B grid never hands them out again. Each resumes its checkpoint
     and its W&B run (the id in its config.json)."""
@@ -262,7 +262,7 @@ def retry_unfinished(runs: list[RunConfig], args: argparse.Namespace, path: str)
     return run_local(retry, args)
 
 
-def run_wandb(runs: list[RunConfig], args: argparse.Namespace) -> int:
+def run_wandb(runs: list[RunConfig], args: SweepOptions) -> int:
     """Create (or continue) the W&B sweep of the grid and run an agent on it here; with
     ``--join``, only the agent."""
     import wandb

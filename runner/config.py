@@ -231,3 +231,38 @@ def add_run_args(parser: argparse.ArgumentParser, default_name: str | None) -> N
                    help="devices per run; N > 1 trains each run with Lightning DDP (default 1)")
     g.add_argument("--project", default="hopfield-deq", help="W&B project (default hopfield-deq)")
     g.add_argument("--entity", default=None, help="W&B entity (default: your default entity)")
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """``sweep.py``'s command line as typed values: the grid, the shared run settings
+    (:func:`add_run_args`, read back by :meth:`RunConfig.from_args`) and the mode."""
+
+    experiments: list[Experiment]  # the selected rows x depths, in table order
+    seeds: list[int]
+    dataset: str
+    name: str
+    results: str = "results"
+    data_dir: str | None = None
+    no_download: bool = False
+    epochs: int | None = None
+    lr: float | None = None
+    fast: bool = False
+    limit_train_batches: Batches = None
+    limit_test_batches: Batches = None
+    synthetic_sizes: dict[str, int] | None = None
+    accelerator: str = "auto"
+    devices: int | str = 1
+    project: str = "hopfield-deq"
+    entity: str | None = None
+    offline: bool = False
+    no_wandb: bool = False
+    dry_run: bool = False
+    join: str | None = None
+    count: int | None = None
+    quick: bool = False
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> "SweepOptions":
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in vars(args).items() if k in names})

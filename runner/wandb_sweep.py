@@ -6,14 +6,13 @@ definition), so ``wandb agent ENTITY/PROJECT/ID`` on any machine works as well a
 """
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
 import sys
 from pathlib import Path
 
-from .config import RunConfig
+from .config import RunConfig, SweepOptions
 from .store import TEST_ACC, read_json
 
 REPOSITORY = Path(__file__).resolve().parents[1]  # where train.py lives
@@ -81,7 +80,7 @@ def wandb_reachable(timeout: float = 5.0) -> bool:
         return False
 
 
-def agent_command(args: argparse.Namespace) -> list[str]:
+def agent_command(args: SweepOptions) -> list[str]:
     """The sweep's command: ``train.py`` with the settings this sweep fixes, then the agent's
     ``--experiment=... --seed=...``. Machine settings (data directory, accelerator) are not
     in it: each machine has its own."""
@@ -100,7 +99,7 @@ def agent_command(args: argparse.Namespace) -> list[str]:
     return ["${env}", "${interpreter}", "${program}", *fixed, "${args}"]
 
 
-def sweep_config(runs: list[RunConfig], args: argparse.Namespace) -> dict:
+def sweep_config(runs: list[RunConfig], args: SweepOptions) -> dict:
     """A W&B grid over (row key, seed) that agents run as ``train.py`` (``sweep.yaml`` is this
     for the whole table); everything else is fixed by the registry and the command."""
     return dict(
@@ -120,7 +119,7 @@ def sweep_path(entity: str | None, project: str, sweep_id: str) -> str:
     return "/".join(p for p in (entity, project, sweep_id) if p)
 
 
-def existing_sweep(api, config: dict, args: argparse.Namespace):
+def existing_sweep(api, config: dict, args: SweepOptions):
     """The W&B sweep of this grid from an earlier ``python sweep.py``: the one recorded in the
     results directory, else one of the same name and grid in the project; ``None`` if none."""
     record = read_json(Path(args.results) / args.name / SWEEP_RECORD) or {}
@@ -148,7 +147,7 @@ def existing_sweep(api, config: dict, args: argparse.Namespace):
     return (running or found or [None])[0]
 
 
-def prepare_agents(args: argparse.Namespace) -> None:
+def prepare_agents(args: SweepOptions) -> None:
     """W&B agents start ``python train.py`` from the current directory: make that this
     repository's train.py in this Python, with this machine's data directory."""
     here = Path.cwd() / PROGRAM
