@@ -437,3 +437,20 @@ def test_api_key_in_wandbs_settings_file_counts(no_credentials, monkeypatch):
     settings.write_text(f"[default]\napi_key = {'b' * 40}\n")
     wandb.teardown()
     assert sweep.has_wandb_key() is True
+
+
+def test_quick_trains_on_the_same_data_online_and_offline():
+    import train
+    from runner.config import RunConfig
+    from runner.store import jsonable
+
+    args = sweep.parse_args(["--quick", "--rows", "HAM", "--layers", "3"])
+    local = sweep.plan(args)[0]
+    command = sweep.sweep_config(sweep.plan(args), args)["command"]
+    assert "--synthetic-sizes=256,128" in command
+    agent_argv = [a for a in command if not a.startswith("${")] + [
+        f"--experiment={local.experiment.key}", f"--seed={local.seed}"]
+    parsed = train.parse_args(agent_argv)
+    online = RunConfig.from_args(parsed, row=parsed.row, depth=parsed.layers, seed=parsed.seed,
+                                 wandb_mode="offline")
+    assert online.differences(jsonable(local.to_dict())) == []  # as if read from config.json
