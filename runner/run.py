@@ -71,8 +71,9 @@ def run_experiment(cfg: RunConfig, rerun: bool = False) -> dict[str, Any]:
     """Train and test one run; returns its summary (also written to ``summary.json``).
 
     A finished or diverged run with the same settings is returned as stored, unless ``rerun``
-    discards it (results and checkpoints) to train again. Raises :class:`ConfigMismatch` for a stored run with other settings,
-    :class:`~runner.store.RunLocked` when another process trains it now.
+    discards it (results and checkpoints) to train again. Raises :class:`ConfigMismatch` for
+    a stored run with other settings, :class:`~runner.store.RunLocked` when another process
+    trains it now.
     """
     out = cfg.directory
     if not _is_main_process():  # a DDP worker: train, leave the store and W&B to rank 0
