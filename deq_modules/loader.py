@@ -50,10 +50,14 @@ class DeviceBatchLoader:
         return order[self.rank:: self.world_size]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        indices = self._indices().to(self.images.device)  # drawn now: iter() marks the epoch
-        return self._batches(indices)
+        if self.epoch_fn is not None:
+            # Drawn at the first batch, not at iter(): Lightning may call iter() before it has
+            # restored the epoch from a checkpoint, and a resumed epoch must get its own order.
+            return self._batches(None)
+        return self._batches(self._indices())  # drawn now: iter() marks the epoch
 
-    def _batches(self, indices: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self, indices: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        indices = (self._indices() if indices is None else indices).to(self.images.device)
         for start in range(0, len(indices), self.batch_size):
             idx = indices[start: start + self.batch_size]
             x = self.images[idx].float().div_(255)

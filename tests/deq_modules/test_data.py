@@ -202,3 +202,45 @@ def test_lightning_fit_and_test(tmp_path, tiny):
     assert model.seen["val"] == 2 * tiny.N_TEST  # val_size=0: validation runs over the whole test set
     trainer.test(model, datamodule=dm)
     assert model.seen["test"] == tiny.N_TEST
+
+
+def test_a_run_resumed_from_an_epoch_checkpoint_sees_the_same_batches(tmp_path):
+    """Lightning may call iter() on the train loader before it restores the epoch from a
+    checkpoint; the loader must still serve the resumed epoch in that epoch's own order."""
+    import lightning as L
+
+    from deq_modules.experiments import get_experiment
+    from deq_modules.lit import lit_module_for
+
+    class Record(L.Callback):
+        def __init__(self, stop_after_epoch=None):
+            self.batches, self.stop = [], stop_after_epoch
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.batches.append((trainer.current_epoch, batch[0].sum().item()))
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == self.stop:
+                trainer.save_checkpoint(tmp_path / "epoch.ckpt")
+                raise KeyboardInterrupt  # Lightning stops the fit, as a kill would
+
+    def fit(record, ckpt=None):
+        L.seed_everything(0)
+        dm = HopfieldDataModule("synthetic", None, batch_size=64, seed=0,
+                                synthetic_kwargs=dict(n_train=320, n_test=64))
+        model = lit_module_for(get_experiment("HAM-EO", 3), input_size=dm.input_size)
+        trainer = L.Trainer(max_epochs=3, callbacks=[record], logger=False, accelerator="cpu",
+                            enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, num_sanity_val_steps=0,
+                            limit_val_batches=1)
+        try:
+            trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
+        except SystemExit:  # Lightning turns the KeyboardInterrupt into sys.exit(1)
+            pass
+
+    whole, first, rest = Record(), Record(stop_after_epoch=0), Record()
+    fit(whole)
+    fit(first)
+    fit(rest, tmp_path / "epoch.ckpt")
+    assert [e for e, _ in first.batches] == [0] * 5
+    assert rest.batches == [b for b in whole.batches if b[0] >= 1]
