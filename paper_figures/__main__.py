@@ -1,4 +1,4 @@
-"""Table 2, Figures 3 and 4 and the energy figure in one go:
+"""Table 2, the claims check, Figures 3 and 4 and the energy figure in one go:
 
     python -m paper_figures [--results results] [--sweep table2] [--wandb E/P/ID]
                             [--out figures] [--prefer ROW]
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from . import energy, table, trajectories
+from . import claims, energy, table, trajectories
 from .cli import SourceError, add_source_args, error, records_for, warn_damaged
 
 EPILOG = f"""\
@@ -20,6 +20,10 @@ what it runs (each script also runs alone; --prefer is for the trajectories):
       Table 2, ours beside the paper's: mean (std) over seeds of the iterations to
       converge, speedup, test accuracy and test samples that never converged.
       Writes {table.WRITES}.
+  python -m paper_figures.claims
+      The papers' four claims (even-odd, Anderson, compounding, equal accuracy), each
+      with the numbers it rests on and a verdict by a stated criterion.
+      Writes {claims.WRITES}.
   python -m paper_figures.trajectories
       Figures 3 and 4: density of the test set's residual trajectories pooled over
       seeds, a 2 x 2 grid (plain/EO x Picard/DEQ) per model family.
@@ -50,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error(parser.prog, err)
     warn_damaged(records)
     table.report(records, args)
+    claims.report(records, args)
     trajectories.report(figure_records, args)
     energy.report(figure_records, args)
     return 0

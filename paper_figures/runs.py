@@ -50,6 +50,7 @@ class RunRecord:
     not_converged: float | None = None
     directory: Path | None = None
     problems: tuple[str, ...] = ()
+    settings: str | None = None  # dataset, epochs, fast mode: see :func:`settings_of`
 
     @property
     def experiment(self) -> Experiment | None:
@@ -105,6 +106,27 @@ def _identity(name: str, config: Mapping[str, Any],
     return dict(row=None if row is None else str(row), depth=_int(depth), seed=_int(seed))
 
 
+def settings_of(config: Mapping[str, Any]) -> str | None:
+    """What a run was trained on and how, in words (``fashion-mnist, 1 epoch, fast mode``);
+    ``None`` when the config does not say. Epochs the run does not set are its row's."""
+    dataset = config.get("dataset")
+    if not dataset:
+        return None
+    epochs = _int(config.get("epochs"))
+    experiment = config.get("experiment")
+    if epochs is None and isinstance(experiment, Mapping):
+        epochs = _int(experiment.get("epochs"))
+    parts = [str(dataset)]
+    if epochs is not None:
+        parts.append(f"{epochs} epoch{'' if epochs == 1 else 's'}")
+    for key, what in (("limit_train_batches", "training batches"),
+                      ("limit_test_batches", "test batches")):
+        if config.get(key) is not None:
+            parts.append(f"{what} limited to {config[key]}")
+    parts.append("fast mode in training" if config.get("fast") else "paper settings")
+    return ", ".join(parts)
+
+
 def record_from(name: str, config: Mapping[str, Any], summary: Mapping[str, Any],
                 status: str, directory: Path | None = None,
                 problems: Sequence[str] = ()) -> RunRecord:
@@ -127,7 +149,7 @@ def record_from(name: str, config: Mapping[str, Any], summary: Mapping[str, Any]
     return RunRecord(name=name, status=status, acc=acc, iters=iters,
                      not_converged=not_converged, directory=directory,
                      problems=tuple(problems) if status == DAMAGED else (),
-                     **_identity(name, config, summary))
+                     settings=settings_of(config), **_identity(name, config, summary))
 
 
 def local_records(results: str | Path, sweep: str | None = None) -> list[RunRecord]:

@@ -172,7 +172,8 @@ def cells(stats: RowStats, notes: dict[str, int], marker: str = " [{}]") -> list
 
 def to_markdown(rows: Sequence[RowStats], records: Sequence[RunRecord], source: str) -> str:
     notes = footnotes(rows)
-    lines = [f"Table 2, ours against the paper (source: {source}); mean (std) over seeds.", "",
+    lines = [f"Table 2, ours against the paper (source: {source}); mean (std) over seeds.",
+             *settings_lines(records), "",
              "| " + " | ".join(HEADER) + " |",
              "| " + " | ".join("---:" if i != 1 else "---" for i in range(len(HEADER))) + " |"]
     lines += ["| " + " | ".join(cells(s, notes)) + " |" for s in rows]
@@ -182,6 +183,22 @@ def to_markdown(rows: Sequence[RowStats], records: Sequence[RunRecord], source: 
               NOT_CONVERGED_NOTE]
     lines += [""] + status_lines(records)
     return "\n".join(lines) + "\n"
+
+
+def settings_lines(records: Sequence[RunRecord]) -> list[str]:
+    """How our counted runs were trained (one line; each setting with its count when they
+    differ), so that a table never passes a short run off as the paper's protocol."""
+    counts: dict[str, int] = {}
+    for record in records:
+        if record.usable:
+            key = record.settings or "settings not recorded"
+            counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return []
+    if len(counts) == 1:
+        return [f"Our runs: {next(iter(counts))}."]
+    return ["Our runs, mixed settings (averaged together): "
+            + "; ".join(f"{k} ({n} run{'' if n == 1 else 's'})" for k, n in sorted(counts.items())) + "."]
 
 
 NOT_CONVERGED_NOTE = (f"Not converged = test samples whose relative residual never fell below "
@@ -195,7 +212,7 @@ def _tex(text: str) -> str:
     return text
 
 
-def to_latex(rows: Sequence[RowStats]) -> str:
+def to_latex(rows: Sequence[RowStats], records: Sequence[RunRecord] = ()) -> str:
     """A booktabs tabular (needs ``\\usepackage{booktabs}``), one midrule between depths."""
     notes = footnotes(rows)
     out = [r"\begin{tabular}{rlrrrrrrrl}", r"\toprule",
@@ -213,6 +230,7 @@ def to_latex(rows: Sequence[RowStats]) -> str:
     out += [r"\bottomrule", r"\end{tabular}"]
     out += [rf"\par\footnotesize\textsuperscript{{{i}}} {_tex(note)}" for note, i in notes.items()]
     out.append(rf"\par\footnotesize {_tex(NOT_CONVERGED_NOTE)}")
+    out += [rf"\par\footnotesize {_tex(line)}" for line in settings_lines(records)]
     return "\n".join(out) + "\n"
 
 
@@ -247,7 +265,8 @@ def write_table(records: Sequence[RunRecord], out: str | Path, source: str) -> d
     """Write table2.{md,tex,csv} to ``out``; returns their paths by suffix."""
     rows = table_rows(records)
     out = Path(out)
-    texts = dict(md=to_markdown(rows, records, source), tex=to_latex(rows), csv=to_csv(rows))
+    texts = dict(md=to_markdown(rows, records, source), tex=to_latex(rows, records),
+                 csv=to_csv(rows))
     paths = {}
     for suffix, text in texts.items():
         paths[suffix] = out / f"table2.{suffix}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = ("__main__", "table", "trajectories", "energy")
+SCRIPTS = ("__main__", "table", "claims", "trajectories", "energy")
 GOOD_TABLE = "a good table2.md from an earlier run\n"
 
 
@@ -33,7 +33,7 @@ def test_paper_figures_imports_without_torch_lightning_or_callbacks():
 
 def test_every_module_imports_light():
     heavy = ("torch", "lightning", "custom_callbacks")
-    code = ("import sys, paper_figures.__main__, paper_figures.energy; "
+    code = ("import sys, paper_figures.__main__, paper_figures.energy, paper_figures.claims; "
             f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
     result = run_module("-c", code)
     assert result.returncode == 0, result.stderr
@@ -96,7 +96,7 @@ def test_help_describes_every_script_and_what_it_writes(capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     for name in ("paper_figures.table", "paper_figures.trajectories", "paper_figures.energy",
-                 "table2.md", "table2.tex", "table2.csv", "fig3.pdf", "fig3.png", "fig4.pdf",
+                 "paper_figures.claims", "claims.md", "table2.md", "table2.tex", "table2.csv", "fig3.pdf", "fig3.png", "fig4.pdf",
                  "fig4.png", "energy.pdf", "energy.png"):
         assert name in text
 
@@ -106,5 +106,5 @@ def test_python_m_paper_figures_makes_table_and_figures(store, tmp_path):
     assert script_main("__main__")(["--results", str(store), "--out", str(out),
                                     "--prefer", "CHN-3ep"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "energy.pdf", "energy.png", "fig3.pdf", "fig3.png", "fig4.pdf", "fig4.png",
+        "claims.md", "energy.pdf", "energy.png", "fig3.pdf", "fig3.png", "fig4.pdf", "fig4.png",
         "table2.csv", "table2.md", "table2.tex"]

@@ -174,3 +174,29 @@ def test_wandb_records_feed_the_same_statistics():
     assert rows["HAM-L3"].iters_stats == pytest.approx((11.5, math.sqrt(0.5)))
     assert rows["HAM-L3"].not_counted == {"failed": ["HAM-L3-s2"], "running": ["HAM-L3-s3"]}
     assert rows["HAM-EO-DEQ-L3"].speedup == pytest.approx(11.5 / 6.0)
+
+
+def test_the_table_says_how_our_runs_were_trained(tmp_path, fixtures):
+    """One line under the title names the dataset, epochs and mode of the counted runs; mixed
+    settings are listed with their counts instead of silently averaged under one name."""
+    root = tmp_path / "results"
+    fast = {"dataset": "fashion-mnist", "epochs": 1, "fast": True}
+    for seed in (0, 1):
+        fixtures.write_run(root, "HAM", 3, seed, fixtures.finished_summary(10.0, 0.9),
+                           config_extra=fast)
+    fixtures.write_run(root, "HAM", 3, 2, {"status": "failed"}, config_extra={"dataset": "x"})
+    records = local_records(root, fixtures.SWEEP)
+    assert table.settings_lines(records) == ["Our runs: fashion-mnist, 1 epoch, fast mode in "
+                                             "training."]
+    fixtures.write_run(root, "HAM-EO", 3, 0, fixtures.finished_summary(8.0, 0.9),
+                       config_extra={"dataset": "fashion-mnist",
+                                     "experiment": {"epochs": 10}, "limit_train_batches": 150})
+    records = local_records(root, fixtures.SWEEP)
+    line, = table.settings_lines(records)
+    assert line.startswith("Our runs, mixed settings")
+    assert "fashion-mnist, 1 epoch, fast mode in training (2 runs)" in line
+    assert ("fashion-mnist, 10 epochs, training batches limited to 150, paper settings (1 run)"
+            in line)
+    paths = table.write_table(records, tmp_path / "out", "store")
+    assert line in paths["md"].read_text()
+    assert "mixed settings" in paths["tex"].read_text()

@@ -1,0 +1,66 @@
+"""paper_figures.claims: each claim's verdict follows its stated criterion on the table's
+numbers; missing rows make a claim 'not checked', never 'holds'."""
+import pytest
+
+from paper_figures import claims
+from paper_figures.runs import local_records
+
+# (row, depth) -> (iterations, accuracy) of one seed; claim by claim:
+# 1 holds (EO fewer everywhere, >= 1.5x at 5 and 7); 2 fails once (HAM-DEQ at 5 layers needs
+# more than HAM); 3 holds; 4 fails for HAM at 7 layers (spread 2 points).
+GOOD = {("CHN-10ep", 3): (70, .80), ("CHN-3ep", 3): (40, .80), ("CHN-DEQ", 3): (20, .805),
+        ("CHN-EO", 3): (15, .80), ("CHN-EO-DEQ", 3): (14, .80),
+        ("HAM", 3): (12, .80), ("HAM-DEQ", 3): (10, .80), ("HAM-EO", 3): (8, .80),
+        ("HAM-EO-DEQ", 3): (7, .80),
+        ("HAM", 5): (30, .79), ("HAM-DEQ", 5): (31, .79), ("HAM-EO", 5): (16, .79),
+        ("HAM-EO-DEQ", 5): (15, .79),
+        ("HAM", 7): (60, .78), ("HAM-DEQ", 7): (50, .78), ("HAM-EO", 7): (30, .76),
+        ("HAM-EO-DEQ", 7): (28, .78)}
+
+
+def _store(tmp_path, fixtures, results):
+    root = tmp_path / "results"
+    for (row, depth), (iters, acc) in results.items():
+        fixtures.write_run(root, row, depth, 0, fixtures.finished_summary(iters, acc))
+    return local_records(root, fixtures.SWEEP)
+
+
+def test_verdicts_follow_the_criteria(tmp_path, fixtures):
+    checked = claims.check_claims(_store(tmp_path, fixtures, GOOD))
+    assert [c.verdict for c in checked] == [claims.HOLDS, claims.FAILS, claims.HOLDS,
+                                            claims.FAILS]
+    assert checked[1].failures == ["HAM-DEQ needs more iterations than HAM at 5 layers "
+                                   "(31.0 vs 30.0)"]
+    assert checked[3].failures == ["HAM at 7 layers spans 2.0 points (HAM-EO 76.0 to HAM 78.0)"]
+    assert ("5", "HAM / HAM-EO", "30.0", "16.0", "1.88x", "1.97x") in checked[0].lines
+
+
+@pytest.mark.parametrize("change, claim, failure", [
+    ({("HAM-EO", 5): (21, .79)}, 0, "HAM/HAM-EO at 5 layers is only 1.43x"),
+    ({("HAM-EO", 3): (12, .80)}, 0, "HAM-EO needs no fewer iterations than HAM at 3 layers"),
+    ({("HAM-EO", 7): (27, .78)}, 2, "at 7 layers HAM-EO needs the fewest (27.0 vs 28.0)"),
+])
+def test_each_way_a_claim_can_fail_is_named(tmp_path, fixtures, change, claim, failure):
+    checked = claims.check_claims(_store(tmp_path, fixtures, {**GOOD, **change}))
+    assert checked[claim].verdict == claims.FAILS
+    assert any(f.startswith(failure) for f in checked[claim].failures), checked[claim].failures
+
+
+def test_missing_rows_leave_a_claim_unchecked_not_holding(tmp_path, fixtures):
+    partial = {k: v for k, v in GOOD.items() if k != ("HAM-EO-DEQ", 7)}
+    partial[("HAM", 7)] = (60, .78)
+    partial[("HAM-EO", 7)] = (30, .78)
+    checked = claims.check_claims(_store(tmp_path, fixtures, partial))
+    assert checked[0].verdict == claims.UNCHECKED
+    assert checked[0].failures == ["no results for HAM-DEQ/HAM-EO-DEQ at 7 layers"]
+    assert checked[2].verdict == claims.UNCHECKED
+
+
+def test_the_script_writes_claims_md(tmp_path, fixtures, capsys):
+    _store(tmp_path, fixtures, GOOD)
+    out = tmp_path / "out"
+    assert claims.main(["--results", str(tmp_path / "results"), "--sweep", fixtures.SWEEP,
+                        "--out", str(out)]) == 0
+    text = (out / "claims.md").read_text()
+    assert "Verdicts: 1 holds, 2 does not hold, 3 holds, 4 does not hold." in text
+    assert text.count("**Verdict:") == 4 and text in capsys.readouterr().out
