@@ -2,7 +2,7 @@
 
     python -m bench.speed [--rows HAM-EO-DEQ-L3,HAM-L5] [--mode paper|fast|both]
                           [--device cuda|cpu] [--warmup 3] [--reps 10] [--json PATH]
-                          [--no-peer] [--tiny]
+                          [--no-peer] [--compile] [--tiny]
 
 For each row (``Experiment.key``; default all 17) and mode, on ``--device`` (default cuda if
 available, else cpu), float32, batch 64:
@@ -25,6 +25,8 @@ available, else cpu), float32, batch 64:
   (``saved_tensors_hooks``, deterministic). A DEQ solves without a graph, so both are equal;
 - ``torchdeq``: ms/step of the same map under torchdeq (HAM rows, paper mode; bench/peer.py),
   when torchdeq is installed (``pip install -r bench/requirements.txt``);
+- ``--compile``: the map under ``torch.compile`` (``mode`` reads ``paper+compile``); the
+  compilation happens in the warm-up steps and is not timed, so use ``--warmup`` >= 2;
 - ``sweep h``: median step time x ceil(60000 / 64) x epochs x 5 seeds, in hours; the line below
   the table sums the rows measured.
 
@@ -92,6 +94,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=None, help="timed steps (default 10; tiny 2)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     p.add_argument("--no-peer", action="store_true", help="skip the torchdeq column")
+    p.add_argument("--compile", action="store_true",
+                   help="time the steps with the Hopfield map under torch.compile (compiled "
+                        "during the warm-up steps; memory is measured eagerly)")
     p.add_argument("--tiny", action="store_true",
                    help="two rows, layers / 16, 1 warm-up, 2 repetitions: runs in seconds")
     args = p.parse_args(argv)
@@ -171,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     experiments = args.experiments
     device = torch.device(args.device)
     settings = Settings(device, args.warmup, args.reps, args.tiny, peer=not args.no_peer,
-                        peak_seconds=0.01 if args.tiny else 0.05)
+                        peak_seconds=0.01 if args.tiny else 0.05, compile_f=args.compile)
     header = header_line(device)
     print(header + (" | TINY (layers / 16)" if args.tiny else ""), flush=True)
     notes = []

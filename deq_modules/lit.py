@@ -40,6 +40,8 @@ class LitHopfieldDEQ(L.LightningModule):
             evaluation); the fast mode's tolerance stop with compaction.
         train_precision: ``"bf16"`` runs the training forward pass under bfloat16 autocast
             (the DEQ state, residuals and loss stay float32); ``None``: float32.
+        compile_f: evaluate the Hopfield map through ``torch.compile`` (see
+            :class:`deq_core.DEQ`); an opt-in for speed, never needed.
 
     The defaults are the registry's HAM-EO-DEQ row at 3 layers
     (:func:`~deq_modules.experiments.get_experiment`), the paper's headline model.
@@ -64,6 +66,7 @@ class LitHopfieldDEQ(L.LightningModule):
         inner_damping: float = _DEFAULT.inner_damping,
         train_forward_kwargs: dict[str, Any] | None = None,
         train_precision: str | None = None,
+        compile_f: bool = False,
     ) -> None:
         super().__init__()
         if train_precision not in TRAIN_PRECISIONS:
@@ -84,6 +87,7 @@ class LitHopfieldDEQ(L.LightningModule):
             forward_kwargs=forward_kwargs or _DEFAULT.forward_kwargs,
             backward_kwargs=backward_kwargs or _DEFAULT.backward_kwargs,
             damping_factor=damping_factor, train_forward_kwargs=train_forward_kwargs,
+            compile_f=compile_f,
         )
         n_classes = layers[-1]
         self.acc = torch.nn.ModuleDict(
@@ -173,12 +177,13 @@ class LitEvenOddDEQ(LitHopfieldDEQ):
 
 
 def lit_module_for(exp: Experiment, input_size: int | None = None,
-                   fast: bool = False) -> LitHopfieldDEQ:
+                   fast: bool = False, compile_f: bool = False) -> LitHopfieldDEQ:
     """The LightningModule of a registry :class:`~deq_modules.experiments.Experiment`.
 
     ``input_size`` replaces the first layer size (e.g. 3072 for CIFAR-10). ``fast`` trains in
     the fast mode (:data:`~deq_modules.experiments.FAST_MODE`); evaluation keeps the paper's
-    settings either way, so test metrics and trajectories mean the same.
+    settings either way, so test metrics and trajectories mean the same. ``compile_f``
+    evaluates the map through ``torch.compile``.
     """
     layers = list(exp.layers)
     if input_size is not None:
@@ -190,7 +195,7 @@ def lit_module_for(exp: Experiment, input_size: int | None = None,
         p_scale=exp.p_scale, g_bound=exp.g_bound,
         inner_iter=exp.inner_iter, inner_damping=exp.inner_damping,
         train_forward_kwargs=exp.fast_forward_kwargs if fast else None,
-        train_precision=FAST_MODE["precision"] if fast else None,
+        train_precision=FAST_MODE["precision"] if fast else None, compile_f=compile_f,
     )
 
 

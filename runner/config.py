@@ -113,6 +113,7 @@ class RunConfig:
     synthetic_kwargs: dict[str, Any] | None = None
     lr: float | None = None  # None: the row's learning rate from the registry
     fast: bool = False  # train in the fast mode (deq_modules.experiments.FAST_MODE)
+    compile_f: bool = False  # torch.compile the Hopfield map (speed only: not a defining key)
     extra_tags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -167,7 +168,8 @@ class RunConfig:
                       limit_test_batches=args.limit_test_batches, results=args.results,
                       sweep=args.name, accelerator=args.accelerator, devices=args.devices,
                       wandb_project=args.project, wandb_entity=args.entity,
-                      synthetic_kwargs=args.synthetic_sizes, lr=args.lr, fast=args.fast)
+                      synthetic_kwargs=args.synthetic_sizes, lr=args.lr, fast=args.fast,
+                      compile_f=args.compile)
         return cls(**{**shared, **run})
 
     def to_argv(self) -> list[str]:
@@ -190,6 +192,8 @@ class RunConfig:
             argv.append("--no-download")
         if self.fast:
             argv.append("--fast")
+        if self.compile_f:
+            argv.append("--compile")
         return argv
 
 
@@ -216,6 +220,10 @@ def add_run_args(parser: argparse.ArgumentParser, default_name: str | None) -> N
                    help="train in the fast mode: each sample's forward solve stops at the "
                         "convergence tolerance and leaves the batch (evaluation keeps the "
                         "paper's settings); recorded in the run's config")
+    g.add_argument("--compile", action="store_true",
+                   help="evaluate the Hopfield map through torch.compile (needs a C++ compiler "
+                        "on CPU, Triton on GPU): faster for the 3-layer rows after a minute or "
+                        "more of compiling; results agree to float rounding")
     g.add_argument("--limit-train-batches", type=parse_batches, default=None,
                    help="train on this many batches (whole number) or this fraction (0-1] "
                         "per epoch")
@@ -248,6 +256,7 @@ class SweepOptions:
     epochs: int | None = None
     lr: float | None = None
     fast: bool = False
+    compile: bool = False
     limit_train_batches: Batches = None
     limit_test_batches: Batches = None
     synthetic_sizes: dict[str, int] | None = None

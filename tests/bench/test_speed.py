@@ -113,3 +113,11 @@ def test_flop_formula_with_compaction_matches_torch_flop_counter(key):
     want = step_flops(layers, exp.batch_size, max(per_sample), exp.backward_iter, exp.structure,
                       exp.solver, module.deq.f_module.state_size, sample_iters=per_sample)
     assert counter.get_total_flops() == want
+
+
+@pytest.mark.slow
+def test_compile_times_the_compiled_map(tmp_path):
+    payload = run_tiny(tmp_path, "--rows", "HAM-EO-DEQ-L3", "--no-peer", "--compile")
+    record, = payload["records"]
+    check_record(record)
+    assert record["mode"] == "paper+compile" and record["compiled"] is True

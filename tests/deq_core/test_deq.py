@@ -300,3 +300,33 @@ def test_empty_batch_returns_an_empty_state_and_zero_gradients(method, tanh_map)
     assert x.grad.shape == (0, 5)
     for p in tanh_map.parameters():
         assert p.grad is not None and not p.grad.any()
+
+
+@pytest.mark.slow
+def test_compiled_map_gives_the_eager_fixed_point_and_gradients(make_tanh_map):
+    """``compile_f`` changes how f is evaluated, not what: the same fixed point and gradients
+    (to float rounding), also when compaction shrinks the batch between iterations."""
+    x = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    results = []
+    for compile_f in (False, True):
+        f = make_tanh_map()
+        deq = DEQ(f, forward_kwargs=dict(solver="anderson", iter=30),
+                  train_forward_kwargs=dict(solver="anderson", iter=30, tol=1e-6, compact=True),
+                  backward_kwargs=dict(solver="picard", iter=8), compile_f=compile_f)
+        z = deq(x)  # training mode: the compacting solve, then the unrolled backward steps
+        z.square().sum().backward()
+        deq.eval()
+        with torch.no_grad():
+            z_eval = deq(x)
+        results.append((z.detach(), z_eval, [p.grad.clone() for p in f.parameters()]))
+    (z0, e0, g0), (z1, e1, g1) = results
+    torch.testing.assert_close(z1, z0)
+    torch.testing.assert_close(e1, e0)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b)
+    assert "compile_f=True" in repr(deq)
+
+
+def test_compile_f_must_be_a_bool(tanh_map):
+    with pytest.raises(ValueError, match="compile_f must be True or False, got 'yes'"):
+        DEQ(tanh_map, compile_f="yes")

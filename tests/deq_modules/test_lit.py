@@ -161,3 +161,11 @@ def test_fast_mode_trains_with_the_tolerance_stop_and_evaluates_with_paper_setti
     with torch.no_grad():
         fast(x)
     assert fast.deq.last_forward_stats.n_iter == exp.forward_iter
+
+
+def test_compile_f_reaches_the_deq_and_the_checkpoint_hyperparameters():
+    exp = get_experiment("CHN-EO", 3)
+    model = lit_module_for(exp, input_size=784, compile_f=True)
+    assert model.deq.compile_f is True and model.hparams["compile_f"] is True
+    assert lit_module_for(exp, input_size=784).deq.compile_f is False
+    assert LitHopfieldDEQ(**model.hparams).deq.compile_f is True  # what a checkpoint rebuilds
