@@ -229,7 +229,13 @@ class DEQ(nn.Module):
         if not self.compile_f:
             return self.f_module(Ux, z)
         if self._compiled_forward is None:
-            self._compiled_forward = torch.compile(self.f_module.forward)
+            # Compaction hands f a smaller batch at many iterations: one graph for every batch
+            # size (dynamic) instead of a recompilation per size, which would soon hit
+            # torch._dynamo's recompile limit and fall back to eager.
+            compacts = any(kw is not None and kw.get("compact")
+                           for kw in (self.forward_kwargs, self.train_forward_kwargs))
+            self._compiled_forward = torch.compile(self.f_module.forward,
+                                                   dynamic=True if compacts else None)
         return self._compiled_forward(Ux, z)
 
     def _step(self, Ux: Tensor) -> Callable[[Tensor], Tensor]:
