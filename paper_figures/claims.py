@@ -79,21 +79,27 @@ def _verdict(missing: list[str], failures: list[str]) -> tuple[str, list[str]]:
     return HOLDS, []
 
 
-def _pairs(rows: dict[tuple[str, int], RowStats], pairs: Sequence[tuple[str, str, int]]):
-    """Per pair (slow row, fast row, depth): the two rows' stats, ours and the paper's."""
+def _compare_pairs(rows: dict[tuple[str, int], RowStats],
+                   pairs: Sequence[tuple[str, str, int]]) -> tuple[list, list]:
+    """Per pair (slower row, faster row, depth): the claim's table line (both rows' mean
+    iterations, their ratio ours and the paper's) and our ratio (``None`` without results)."""
+    lines, ratios = [], []
     for slow, fast, depth in pairs:
-        yield slow, fast, depth, rows[(slow, depth)], rows[(fast, depth)]
+        s, f = rows[(slow, depth)], rows[(fast, depth)]
+        ours = _ratio(_iters(s), _iters(f))
+        paper = _ratio(s.exp.published_iters[0], f.exp.published_iters[0])
+        lines.append((str(depth), f"{slow} / {fast}", _num(_iters(s)), _num(_iters(f)),
+                      _x(ours), _x(paper)))
+        ratios.append(ours)
+    return lines, ratios
 
 
 def even_odd_claim(rows: dict[tuple[str, int], RowStats]) -> Claim:
     pairs = [(a, b, d) for d in HAM_DEPTHS for a, b in (("HAM", "HAM-EO"),
                                                          ("HAM-DEQ", "HAM-EO-DEQ"))]
-    lines, missing, failures = [], [], []
-    for slow, fast, depth, s, f in _pairs(rows, pairs):
-        ours = _ratio(_iters(s), _iters(f))
-        paper = _ratio(s.exp.published_iters[0], f.exp.published_iters[0])
-        lines.append((str(depth), f"{slow} / {fast}", _num(_iters(s)), _num(_iters(f)),
-                      _x(ours), _x(paper)))
+    lines, ratios = _compare_pairs(rows, pairs)
+    missing, failures = [], []
+    for (slow, fast, depth), ours in zip(pairs, ratios):
         if ours is None:
             missing.append(f"{slow}/{fast} at {depth} layers")
         elif ours <= 1.0:
@@ -113,17 +119,14 @@ def anderson_claim(rows: dict[tuple[str, int], RowStats]) -> Claim:
     pairs = [("CHN-3ep", "CHN-DEQ", 3), ("CHN-EO", "CHN-EO-DEQ", 3)]
     pairs += [(a, b, d) for d in HAM_DEPTHS for a, b in (("HAM", "HAM-DEQ"),
                                                          ("HAM-EO", "HAM-EO-DEQ"))]
-    lines, missing, failures = [], [], []
-    for slow, fast, depth, s, f in _pairs(rows, pairs):
-        ours = _ratio(_iters(s), _iters(f))
-        paper = _ratio(s.exp.published_iters[0], f.exp.published_iters[0])
-        lines.append((str(depth), f"{slow} / {fast}", _num(_iters(s)), _num(_iters(f)),
-                      _x(ours), _x(paper)))
+    lines, ratios = _compare_pairs(rows, pairs)
+    missing, failures = [], []
+    for (slow, fast, depth), ours, line in zip(pairs, ratios, lines):
         if ours is None:
             missing.append(f"{slow}/{fast} at {depth} layers")
         elif ours < 1.0:
             failures.append(f"{fast} needs more iterations than {slow} at {depth} layers "
-                            f"({_num(_iters(f))} vs {_num(_iters(s))})")
+                            f"({line[3]} vs {line[2]})")
     return Claim("Anderson acceleration (DEQ) needs no more iterations than Picard iteration",
                  "the DEQ row's mean iterations are at most its Picard row's, in every pair.",
                  ("layers", "Picard / Anderson", "#iters Picard", "#iters Anderson",
