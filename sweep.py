@@ -33,6 +33,7 @@ from pathlib import Path
 
 from deq_modules.experiments import DEPTHS, ROWS, SEEDS, Experiment, select
 from runner.config import RunConfig, SweepOptions, add_run_args, synthetic_sizes
+from runner.eta import estimate, measured_seconds
 from runner.wandb_sweep import (ENDED_STATES, SWEEP_RECORD, existing_sweep,
                                  has_wandb_key, prepare_agents, run_agent, sweep_config,
                                  sweep_path, wandb_reachable)
@@ -136,6 +137,13 @@ def print_plan(runs: list[RunConfig], args: SweepOptions) -> None:
           f"{args.dataset}, results in {os.path.join(args.results, args.name)}", flush=True)
     for i, r in enumerate(runs, 1):
         print(f"{i:3d}/{len(runs)} {r.name:22s} {describe(r.experiment, args.epochs)}")
+    print(f"sweep ETA: {eta_line(runs, args)}", flush=True)
+
+
+def eta_line(runs: list[RunConfig], args: SweepOptions) -> str:
+    """The time the unfinished runs will take, from the store's finished runs (runner.eta)."""
+    pending = [r.name for r in runs if status_of(r.directory) not in (FINISHED, DIVERGED)]
+    return estimate(pending, measured_seconds(Path(args.results) / args.name)).line()
 
 
 def ensure_data(args: SweepOptions) -> None:
@@ -193,7 +201,6 @@ def run_local(runs: list[RunConfig], args: SweepOptions) -> int:
     """Run the grid here, one run after the other; failures are recorded and skipped."""
     print_plan(runs, args)
     outcome = Outcome()
-    paced = False  # whether the sweep's ETA was printed (after the first run trained here)
     for i, cfg in enumerate(runs, 1):
         tag = f"run {i}/{len(runs)} {cfg.experiment.row} L{cfg.depth} seed {cfg.seed}"
         status = status_of(cfg.directory)
@@ -228,13 +235,7 @@ def run_local(runs: list[RunConfig], args: SweepOptions) -> int:
         print(f"{tag}: finished in {seconds:.0f}s: test acc "
               f"{summary.get('test/acc', float('nan')):.4f}, iters to converge "
               f"{summary.get('test/iters_to_converge', float('nan')):.2f}", flush=True)
-        left = sum(1 for r in runs[i:] if status_of(r.directory) not in (FINISHED, DIVERGED))
-        if not paced and left and not summary.get("resumed"):
-            paced = True
-            eta = seconds * left
-            eta_text = f"{eta / 3600:.1f}h" if eta >= 360 else f"{eta / 60:.0f}m"
-            print(f"sweep ETA ~{eta_text} ({left} runs left at this run's pace; rows differ "
-                  "in cost)", flush=True)
+        print(f"sweep ETA: {eta_line(runs, args)}", flush=True)
     print(outcome.report(args.name, len(runs)), flush=True)
     if any(r.wandb_mode == "offline" for r in runs):
         print("offline W&B runs can be uploaded later with: wandb sync "

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from .eta import duration_text
 from .store import atomic_write_text
 
 
@@ -40,15 +41,6 @@ def read_history(path: Path) -> list[dict[str, str]]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class EpochHistory(Callback):
@@ -87,7 +79,7 @@ class EpochHistory(Callback):
             self._write(read_history(self.path) + [row])
             parts = [f"{self.prefix} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
             parts += [f"{k} {row[k]:.4g}" for k in self.SHOWN if k in row]
-            print("  ".join(parts + [_duration(seconds)]), file=self.stream or sys.stdout,
+            print("  ".join(parts + [duration_text(seconds)]), file=self.stream or sys.stdout,
                   flush=True)
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
@@ -149,5 +141,5 @@ class ProgressLog(Callback):
                     - done_in_epoch
                 print(f"{self.prefix} epoch {trainer.current_epoch + 1}/{trainer.max_epochs} "
                       f"batch {done_in_epoch}/{total} ({100 * done_in_epoch / total:.0f}%)  "
-                      f"{rate:.3g} batch/s  run ETA {_duration(left / rate)}",
+                      f"{rate:.3g} batch/s  run ETA {duration_text(left / rate)}",
                       file=self.stream or sys.stdout, flush=True)

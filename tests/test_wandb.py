@@ -10,6 +10,7 @@ real agent sets (WANDB_SWEEP_ID, WANDB_RUN_ID, WANDB_PROJECT).
 import contextlib
 import copy
 import io
+import re
 import itertools
 import os
 import shutil
@@ -386,12 +387,18 @@ def test_join_runs_an_agent_of_the_sweeps_program(fake_wandb):
     assert not fake_wandb.created
 
 
-def test_sweep_eta_after_the_first_run(trained):
+def test_sweep_eta_before_and_after_each_run(trained):
+    """The plan ends with an ETA (none yet: no run of the row has finished); after seed 0
+    finishes, seed 1 is estimated at seed 0's measured time; after seed 1, nothing is left."""
     lines = trained.log.splitlines()
-    (eta,) = [line for line in lines if line.startswith("sweep ETA ~")]
-    assert eta.endswith("(1 runs left at this run's pace; rows differ in cost)")
-    assert lines.index(eta) == 1 + next(i for i, line in enumerate(lines)
-                                        if "seed 0: finished in" in line)
+    etas = [line for line in lines if line.startswith("sweep ETA: ")]
+    assert len(etas) == 3, etas
+    assert etas[0].startswith("sweep ETA: 2 runs left; no estimate yet")
+    assert re.fullmatch(r"sweep ETA: 1 runs left, about \S+ on one worker: \S+ for 1 runs at "
+                        r"their row's measured time", etas[1])
+    assert etas[2] == "sweep ETA: nothing left to train"
+    assert lines.index(etas[1]) == 1 + next(i for i, line in enumerate(lines)
+                                            if "seed 0: finished in" in line)
 
 
 # -- credentials: asked of wandb, never prompted for ------------------------------------------
