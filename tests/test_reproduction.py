@@ -10,8 +10,7 @@ from paper_figures import claims, table
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = Path("docs") / "reproduction"  # relative: the tables name their source by it
-SWEEPS = sorted(p.name for p in (REPO / DOCS).iterdir() if p.is_dir()) \
-    if (REPO / DOCS).is_dir() else []
+SWEEPS = sorted(p.parent.name for p in (REPO / DOCS).glob("*/table2.md"))
 MACHINE_PATH = re.compile(rb"(/work/|/home/|/usr/|/tmp/|/root/|/Users/|[A-Z]:\\\\)")
 ALLOWED = {"config.json", "summary.json", "metrics.csv", "trajectories.npz", "energy.npz"}
 OUTPUTS = ("table2.md", "table2.tex", "table2.csv", "claims.md", "fig3.png", "fig3.pdf",
@@ -51,3 +50,30 @@ def test_the_committed_sweep_holds_small_files_and_no_machine_path(sweep):
             if generated and path.suffix in (".json", ".csv", ".md", ".tex"):
                 assert not MACHINE_PATH.search(path.read_bytes()), path
     assert total < 20e6, f"{root} holds {total / 1e6:.1f} MB"
+
+
+README = REPO / "README.md"
+RESULTS_BLOCK = re.compile(r"<!-- results-table (?P<sweep>[\w.-]+) -->\n(?P<body>.*?)"
+                           r"<!-- /results-table -->", re.S)
+
+
+def table_block(sweep: str) -> str:
+    """The part of a committed table2.md that the README shows: the table and its notes."""
+    lines = (REPO / DOCS / sweep / "table2.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    end = next(i for i, line in enumerate(lines) if line.startswith("Speedup = "))
+    return "\n".join(lines[start:end]).strip() + "\n"
+
+
+def test_the_readme_shows_the_committed_table_and_verdicts():
+    """The README's results table is the committed one, and the claims' verdict line it
+    quotes is the committed claims.md's (update both with the runs)."""
+    text = README.read_text()
+    blocks = list(RESULTS_BLOCK.finditer(text))
+    assert blocks, "README has no <!-- results-table NAME --> block"
+    for block in blocks:
+        sweep = block["sweep"]
+        assert block["body"] == table_block(sweep), f"README's table of {sweep} is out of date"
+        verdicts = next(line for line in (REPO / DOCS / sweep / "claims.md").read_text()
+                        .splitlines() if line.startswith("Verdicts: "))
+        assert verdicts in text, f"README does not quote {sweep}'s current verdicts"
