@@ -21,6 +21,22 @@ REPO = Path(__file__).resolve().parents[2]
 DOCS = Path("docs") / "reproduction"
 
 
+def table_block(table2_md: str) -> str:
+    """The part of a table2.md that the README shows: the table and its footnotes."""
+    lines = table2_md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    end = next(i for i, line in enumerate(lines) if line.startswith("Speedup = "))
+    return "\n".join(lines[start:end]).strip() + "\n"
+
+
+def splice_table(readme: str, sweep: str, table2_md: str) -> tuple[str, int]:
+    """``readme`` with its ``<!-- results-table <sweep> -->`` block replaced by the table of
+    ``table2_md``, and how many blocks there were."""
+    pattern = re.compile(rf"(<!-- results-table {re.escape(sweep)} -->\n).*?"
+                         r"(<!-- /results-table -->)", re.S)
+    return pattern.subn(lambda m: m[1] + table_block(table2_md) + m[2], readme)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,19 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = DOCS / args.sweep
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for command in (["-m", "runner.export", "--results", args.results, "--sweep", args.sweep,
+    for command in (["-m", "runner.export", "--results", str(Path(args.results).resolve()), "--sweep", args.sweep,
                      "--out", str(out)],
                     ["-m", "paper_figures", "--results", str(DOCS), "--sweep", args.sweep,
                      "--out", str(out)]):
         subprocess.run([sys.executable, *command], cwd=REPO, env=env, check=True)
-    lines = (REPO / out / "table2.md").read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
-    end = next(i for i, line in enumerate(lines) if line.startswith("Speedup = "))
-    table = "\n".join(lines[start:end]).strip() + "\n"
     readme = REPO / "README.md"
-    pattern = re.compile(rf"(<!-- results-table {re.escape(args.sweep)} -->\n).*?"
-                         r"(<!-- /results-table -->)", re.S)
-    text, n = pattern.subn(lambda m: m[1] + table + m[2], readme.read_text())
+    text, n = splice_table(readme.read_text(), args.sweep,
+                           (REPO / out / "table2.md").read_text())
     if n:
         readme.write_text(text)
     print(f"README: {'table updated' if n else 'no results-table block for this sweep'}; "
