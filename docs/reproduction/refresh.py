@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = DOCS / args.sweep
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for command in (["-m", "runner.export", "--results", str(Path(args.results).resolve()), "--sweep", args.sweep,
+    results = str(Path(args.results).resolve())  # the commands run from the repository
+    for command in (["-m", "runner.export", "--results", results, "--sweep", args.sweep,
                      "--out", str(out)],
                     ["-m", "paper_figures", "--results", str(DOCS), "--sweep", args.sweep,
                      "--out", str(out)]):
