@@ -109,6 +109,11 @@ class HopfieldDataModule(L.LightningDataModule):
             world_size=trainer.world_size if trainer else 1,
             epoch_fn=(lambda: trainer.current_epoch) if trainer and train else None)
 
+    @property
+    def validates_on_test_set(self) -> bool:
+        """Whether validation serves the test set (``val_size=0``, the paper's protocol)."""
+        return self.hparams.val_size == 0
+
     def train_dataloader(self) -> DeviceBatchLoader:
         return self._loader("train", train=True)
 

@@ -56,6 +56,7 @@ class EpochHistory(Callback):
         self.path, self.prefix, self.stream = Path(path), prefix, stream
         self.start_epoch = 0  # > 0 when resumed from a checkpoint
         self._t0 = time.monotonic()
+        self._validated = False  # whether this epoch ran a validation
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.start_epoch = trainer.current_epoch
@@ -65,13 +66,19 @@ class EpochHistory(Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = time.monotonic()
+        self._validated = False
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validated = True
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         seconds = time.monotonic() - self._t0
         row: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step,
                                "epoch_time_s": round(seconds, 3)}
         for key, value in sorted(trainer.callback_metrics.items()):
-            if not key.endswith("_step"):
+            # Lightning keeps the last validation's numbers: an epoch without one shows none
+            stale = key.startswith("val/") and not self._validated
+            if not key.endswith("_step") and not stale:
                 row[key.removesuffix("_epoch")] = float(value)
         if trainer.lr_scheduler_configs:
             row["lr-Madam"] = trainer.optimizers[0].param_groups[0]["lr"]
@@ -89,6 +96,27 @@ class EpochHistory(Callback):
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(self.path, buffer.getvalue())
+
+
+class SkipFinalValidation(Callback):
+    """No validation in the last epoch, for runs whose validation set is the test set (the
+    paper's protocol) and whose training is followed by the test: it would evaluate the same
+    weights on the same images twice (a sixth of a one-epoch run's time at 5 layers).
+
+    Lightning validates only while ``trainer.limit_val_batches > 0``; that limit is 0 during
+    the last epoch and restored when training ends.
+    """
+
+    def __init__(self) -> None:
+        self._limit: Any = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1:
+            self._limit, trainer.limit_val_batches = trainer.limit_val_batches, 0
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._limit is not None:
+            trainer.limit_val_batches, self._limit = self._limit, None
 
 
 def mean_epoch_seconds(path: Path) -> float | None:

@@ -39,7 +39,7 @@ from deq_modules.experiments import CONVERGENCE_TOL
 from deq_modules.lit import lit_module_for
 
 from .config import RunConfig
-from .history import EpochHistory, ProgressLog, mean_epoch_seconds
+from .history import EpochHistory, ProgressLog, SkipFinalValidation, mean_epoch_seconds
 from .result_files import plot_trajectory_heatmap, save_npz
 from .safety import DivergenceGuard, Diverged, EpochCheckpoint, Interrupted
 from .store import (CONFIG, DIVERGED, ENERGY, FAILED, FINISHED, INTERRUPTED, LAST_CHECKPOINT,
@@ -201,6 +201,7 @@ def _train_and_test(cfg: RunConfig, out: Path, run: Any) -> dict[str, Any]:
         IterationsToConverge(tol=CONVERGENCE_TOL), trajectories, energy,
         LearningRateMonitor(logging_interval="step"), DivergenceGuard(), history,
         EpochCheckpoint(last_ckpt), ProgressLog(cfg.name),
+        *([SkipFinalValidation()] if dm.validates_on_test_set else []),
     ])
     last_ckpt.parent.mkdir(parents=True, exist_ok=True)
     trainer.fit(model, datamodule=dm, ckpt_path=resume)

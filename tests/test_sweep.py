@@ -62,7 +62,8 @@ def test_tiny_offline_sweep_writes_the_store_and_reruns_nothing(capsys, tmp_path
         assert config["wandb_run_id"]
         history = list(csv.DictReader(open(d / "metrics.csv")))
         assert [r["epoch"] for r in history] == ["0"]
-        assert {"train/loss", "val/acc", "val/iters_to_converge", "lr-Madam"} <= set(history[0])
+        assert {"train/loss", "lr-Madam"} <= set(history[0]) and history[0]["train/loss"]
+        assert not history[0].get("val/acc")  # the one epoch is the last: the test validates
         assert (d / "checkpoints" / "last.ckpt").exists()
         traj = np.load(d / "trajectories.npz")
         assert traj["counts"].sum() == traj["n_samples"] * traj["counts"].shape[0]

@@ -1,4 +1,6 @@
 """runner/history.py: the lines a nohup log gets while a run trains."""
+import csv
+import json
 import re
 
 from runner.config import RunConfig
@@ -17,5 +19,14 @@ def test_progress_lines_every_tenth_of_an_epoch_without_escape_codes(tmp_path, c
     # every 2 batches (10% of 20), batches 2..18 of both epochs; the epoch's end has its own line
     assert [(int(e), int(b)) for e, b, _ in progress] == [
         (e, b) for e in (1, 2) for b in range(2, 20, 2)]
-    assert re.search(r"^HAM-EO-L3-s0 epoch 2/2  train/loss \S+  val/acc \S+  "
+    assert re.search(r"^HAM-EO-L3-s0 epoch 1/2  train/loss \S+  val/acc \S+  "
                      r"val/iters_to_converge \S+  \S+$", out, re.M)
+    # the last epoch is not validated: the test that follows evaluates the same weights on
+    # the same images (validation serves the test set)
+    assert re.search(r"^HAM-EO-L3-s0 epoch 2/2  train/loss \S+  \S+$", out, re.M)
+    rows = list(csv.DictReader(open(tmp_path / "t" / "HAM-EO-L3-s0" / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert rows[0]["val/acc"] and rows[0]["train/loss"]
+    assert rows[1]["val/acc"] == "" and rows[1]["train/loss"]  # not epoch 0's, repeated
+    summary = json.loads((tmp_path / "t" / "HAM-EO-L3-s0" / "summary.json").read_text())
+    assert summary["status"] == "finished" and 0 <= summary["test/acc"] <= 1
