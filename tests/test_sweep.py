@@ -33,7 +33,8 @@ def test_dry_run_lists_the_85_paper_runs(capsys, tmp_path, offline_env):
     assert sweep.main(["--dry-run", "--results", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("sweep table2: 85 runs (0 already finished), dataset emnist-mnist")
-    runs = lines[1:]
+    runs, eta = lines[1:-1], lines[-1]
+    assert eta.startswith("sweep ETA: 85 runs left; no estimate yet")
     assert len(runs) == 85
     expected = [(e, s) for e in EXPERIMENTS for s in range(5)]
     for i, (line, (e, seed)) in enumerate(zip(runs, expected), 1):
