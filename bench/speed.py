@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -152,17 +153,27 @@ def sweep_totals(records: Sequence[dict[str, Any]]) -> dict[str, float]:
     return totals
 
 
+def table_head() -> str:
+    """The markdown table's header and rule."""
+    return "\n".join(["| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+                      "|" + "|".join(" --- " for _ in COLUMNS) + "|"])
+
+
+def table_line(r: dict[str, Any]) -> str:
+    """One record as a row of the markdown table."""
+    return "| " + " | ".join(format_cell(r, k, f) for k, _, f in COLUMNS) + " |"
+
+
+def table_totals(records: Sequence[dict[str, Any]]) -> str:
+    """The lines below the table: the whole-sweep cost of the rows measured, per mode."""
+    n_rows = len({r["key"] for r in records})
+    return "\n".join(f"whole sweep, {mode} mode ({n_rows} rows x 5 seeds): {hours:.2f} h"
+                     for mode, hours in sweep_totals(records).items())
+
+
 def format_table(records: Sequence[dict[str, Any]]) -> str:
     """The records as a markdown table, with the sweep totals below it."""
-    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-             "|" + "|".join(" --- " for _ in COLUMNS) + "|"]
-    for r in records:
-        lines.append("| " + " | ".join(format_cell(r, k, f) for k, _, f in COLUMNS) + " |")
-    n_rows = len({r["key"] for r in records})
-    lines.append("")
-    for mode, hours in sweep_totals(records).items():
-        lines.append(f"whole sweep, {mode} mode ({n_rows} rows x 5 seeds): {hours:.2f} h")
-    return "\n".join(lines)
+    return "\n".join([table_head(), *map(table_line, records), "", table_totals(records)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -184,24 +195,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes.append("torchdeq is not installed (pip install -r bench/requirements.txt): "
                      "torchdeq column skipped")
     peaks: dict[Shape, float] = {}
-    records = []
+    records: list[dict[str, Any]] = []
+
+    def write_json(complete: bool) -> None:
+        """The records so far (rewritten after each row, so a run cut short keeps them)."""
+        payload = dict(header=header, device=device.type, device_name=device_name(device),
+                       torch=torch.__version__, threads=torch.get_num_threads(), tiny=args.tiny,
+                       warmup=args.warmup, reps=args.reps, mem_factor=MEM_FACTOR,
+                       complete=complete, records=records, sweep_hours=sweep_totals(records),
+                       notes=notes,
+                       matmul_gflops=[dict(batch=b, m=m, n=n, transposed=t, gflops=g)
+                                      for (b, m, n, t), g in peaks.items()])
+        tmp = f"{args.json}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(tmp, args.json)
+
+    print(table_head(), flush=True)
     for exp in experiments:
         for mode in modes:
             print(f"  measuring {exp.key} ({mode}) ...", file=sys.stderr, flush=True)
             records.append(measure_row(exp, mode, fast_mode if mode == "fast" else None,
                                        settings, peaks))
-    print(format_table(records))
+            print(table_line(records[-1]), flush=True)
+            if args.json:
+                write_json(complete=False)
+    print("\n" + table_totals(records))
     for note in notes:
         print(f"note: {note}")
     if args.json:
-        payload = dict(header=header, device=device.type, device_name=device_name(device),
-                       torch=torch.__version__, threads=torch.get_num_threads(), tiny=args.tiny,
-                       warmup=args.warmup, reps=args.reps, mem_factor=MEM_FACTOR,
-                       records=records, sweep_hours=sweep_totals(records), notes=notes,
-                       matmul_gflops=[dict(batch=b, m=m, n=n, transposed=t, gflops=g)
-                                      for (b, m, n, t), g in peaks.items()])
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=2)
+        write_json(complete=True)
     return 0
 
 

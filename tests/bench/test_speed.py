@@ -121,3 +121,36 @@ def test_compile_times_the_compiled_map(tmp_path):
     record, = payload["records"]
     check_record(record)
     assert record["mode"] == "paper+compile" and record["compiled"] is True
+
+
+def test_a_run_cut_short_keeps_the_rows_measured(tmp_path, capsys, monkeypatch):
+    """Each row's table line is printed and the JSON rewritten as soon as it is measured, so a
+    benchmark stopped by a time limit (a lent GPU, a CI job) keeps what it measured."""
+    real = speed.measure_row
+    calls = []
+
+    def second_row_dies(exp, *args, **kwargs):
+        calls.append(exp.key)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a timeout's signal does to the loop
+        return real(exp, *args, **kwargs)
+
+    monkeypatch.setattr(speed, "measure_row", second_row_dies)
+    path = tmp_path / "speed.json"
+    with pytest.raises(KeyboardInterrupt):
+        speed.main(["--tiny", "--device", "cpu", "--no-peer", "--json", str(path)])
+    out = json.loads(path.read_text())
+    assert out["complete"] is False
+    assert [r["key"] for r in out["records"]] == [speed.TINY_ROWS[0]]
+    check_record(out["records"][0])
+    printed = capsys.readouterr().out
+    assert printed.count(f"| {speed.TINY_ROWS[0]} ") == 1 and "whole sweep" not in printed
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_finished_run_says_complete(tmp_path, capsys):
+    out = run_tiny(tmp_path, "--no-peer")
+    assert out["complete"] is True and len(out["records"]) == len(speed.TINY_ROWS)
+    printed = capsys.readouterr().out
+    assert printed.index("| --- ") < printed.index(f"| {speed.TINY_ROWS[-1]} ") \
+        < printed.index("whole sweep")
