@@ -41,6 +41,12 @@ class Claim:
     lines: list[tuple[str, ...]]
     verdict: str
     failures: list[str]
+    summary: str = ""  # the numbers the verdict rests on, in one sentence
+
+    def in_short(self, number: int) -> str:
+        """One numbered list item: the claim, its verdict, its numbers, what fails."""
+        fails = f" Fails: {'; '.join(self.failures)}." if self.failures else ""
+        return f"{number}. **{self.title}: {self.verdict}.** {self.summary}.{fails}"
 
     def markdown(self, number: int) -> list[str]:
         verdict = self.verdict + (f": {'; '.join(self.failures)}" if self.failures else "")
@@ -79,6 +85,30 @@ def _verdict(missing: list[str], failures: list[str]) -> tuple[str, list[str]]:
     return HOLDS, []
 
 
+def _joined(items: Sequence[str]) -> str:
+    return ", ".join(items)
+
+
+def _series_summary(series: dict[str, list[tuple[str, str, str]]]) -> str:
+    """``{label: [(depth, ours, paper), ...]}`` as "label ours1, ours2 at d1, d2 layers
+    (paper p1, p2)", joined by semicolons."""
+    parts = []
+    for label, items in series.items():
+        depths, ours, paper = zip(*items)
+        parts.append(f"{label} {_joined(ours)} at {_joined(depths)} layers "
+                     f"(paper {_joined(paper)})")
+    return "; ".join(parts)
+
+
+def _pairs_summary(lines: Sequence[tuple[str, ...]]) -> str:
+    """Claim 1 and 2's lines (depth, pair, iters, iters, ratio ours, ratio paper), pair by
+    pair: the iteration ratios ours and the paper's."""
+    series: dict[str, list[tuple[str, str, str]]] = {}
+    for depth, pair, _, _, ours, paper in lines:
+        series.setdefault(pair, []).append((depth, ours, paper))
+    return "Iteration ratios: " + _series_summary(series)
+
+
 def _compare_pairs(rows: dict[tuple[str, int], RowStats],
                    pairs: Sequence[tuple[str, str, int]]) -> tuple[list, list]:
     """Per pair (slower row, faster row, depth): the claim's table line (both rows' mean
@@ -112,7 +142,8 @@ def even_odd_claim(rows: dict[tuple[str, int], RowStats]) -> Claim:
                  f"the even-odd row needs fewer iterations in every pair (HAM rows), and at 5 "
                  f"and 7 layers at least {ABOUT_2X}x fewer.",
                  ("layers", "synchronous / even-odd", "#iters sync.", "#iters EO",
-                  "ratio ours", "ratio paper"), lines, *_verdict(missing, failures))
+                  "ratio ours", "ratio paper"), lines, *_verdict(missing, failures),
+                 _pairs_summary(lines))
 
 
 def anderson_claim(rows: dict[tuple[str, int], RowStats]) -> Claim:
@@ -130,7 +161,8 @@ def anderson_claim(rows: dict[tuple[str, int], RowStats]) -> Claim:
     return Claim("Anderson acceleration (DEQ) needs no more iterations than Picard iteration",
                  "the DEQ row's mean iterations are at most its Picard row's, in every pair.",
                  ("layers", "Picard / Anderson", "#iters Picard", "#iters Anderson",
-                  "ratio ours", "ratio paper"), lines, *_verdict(missing, failures))
+                  "ratio ours", "ratio paper"), lines, *_verdict(missing, failures),
+                 _pairs_summary(lines))
 
 
 def compound_claim(rows: dict[tuple[str, int], RowStats]) -> Claim:
@@ -154,7 +186,9 @@ def compound_claim(rows: dict[tuple[str, int], RowStats]) -> Claim:
     return Claim("The speedups compound: HAM-EO-DEQ needs the fewest iterations",
                  "at every depth HAM-EO-DEQ's mean iterations are the lowest of the four HAM "
                  "rows.", ("layers", *variants, "speedup EO-DEQ ours", "speedup EO-DEQ paper"),
-                 lines, *_verdict(missing, failures))
+                 lines, *_verdict(missing, failures),
+                 "Iteration ratios: " + _series_summary(
+                     {f"{variants[0]} / {variants[-1]}": [(l[0], l[-2], l[-1]) for l in lines]}))
 
 
 def accuracy_claim(rows: dict[tuple[str, int], RowStats]) -> Claim:
@@ -180,7 +214,10 @@ def accuracy_claim(rows: dict[tuple[str, int], RowStats]) -> Claim:
                  f"the row means (test accuracy, %) of one model family and depth lie within "
                  f"{SAME_ACC_PP:g} percentage point of each other.",
                  ("layers", "family", "test acc. (%) ours", "spread ours", "spread paper"),
-                 lines, *_verdict(missing, failures))
+                 lines, *_verdict(missing, failures),
+                 "Spread of the row means, in points: " + _series_summary(
+                     {fam: [(l[0], l[3], l[4]) for l in lines if l[1] == fam]
+                      for fam in dict.fromkeys(l[1] for l in lines)}))
 
 
 CLAIMS = (even_odd_claim, anderson_claim, compound_claim, accuracy_claim)
@@ -191,12 +228,22 @@ def check_claims(records: Sequence[RunRecord]) -> list[Claim]:
     return [claim(rows) for claim in CLAIMS]
 
 
-def to_markdown(claims: Sequence[Claim], records: Sequence[RunRecord], source: str) -> str:
+IN_SHORT_START, IN_SHORT_END = "<!-- claims-in-short -->", "<!-- /claims-in-short -->"
+
+
+def in_short(claims: Sequence[Claim]) -> str:
+    """The verdict line and one item per claim with its numbers, between markers (the README
+    quotes this block; docs/reproduction/refresh.py copies it there)."""
     verdicts = ", ".join(f"{i} {c.verdict}" for i, c in enumerate(claims, 1))
+    return "\n".join([IN_SHORT_START, f"Verdicts: {verdicts}.", "",
+                      *(c.in_short(i) for i, c in enumerate(claims, 1)), IN_SHORT_END])
+
+
+def to_markdown(claims: Sequence[Claim], records: Sequence[RunRecord], source: str) -> str:
     lines = [f"# The papers' claims, checked (source: {source})", "",
              *settings_lines(records),
              "Numbers are Table 2's: mean over finished seeds; ratio = the first row's "
-             "iterations / the second's.", "", f"Verdicts: {verdicts}.", ""]
+             "iterations / the second's.", "", in_short(claims), ""]
     for i, claim in enumerate(claims, 1):
         lines += claim.markdown(i)
     return "\n".join(lines)

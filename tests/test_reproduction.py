@@ -64,8 +64,8 @@ def _refresh_module():
 
 
 def test_the_readme_shows_the_committed_table_and_verdicts():
-    """The README's results table is the committed one (refresh.py's splice changes nothing),
-    and the claims' verdict line it quotes is the committed claims.md's."""
+    """The README's results table and its claims in short (verdicts and numbers) are the
+    committed ones: refresh.py's splices change nothing."""
     refresh = _refresh_module()
     text = README.read_text()
     names = re.findall(r"<!-- results-table ([\w.-]+) -->", text)
@@ -75,6 +75,8 @@ def test_the_readme_shows_the_committed_table_and_verdicts():
         spliced, n = refresh.splice_table(text, sweep, table2)
         assert n == 1 and spliced == text, f"README's table of {sweep} is out of date"
         assert refresh.table_block(table2) in text
-        verdicts = next(line for line in (REPO / DOCS / sweep / "claims.md").read_text()
-                        .splitlines() if line.startswith("Verdicts: "))
-        assert verdicts in text, f"README does not quote {sweep}'s current verdicts"
+        claims_md = (REPO / DOCS / sweep / "claims.md").read_text()
+        spliced, n = refresh.splice_claims(text, sweep, claims_md)
+        assert n == 1 and spliced == text, f"README's claims of {sweep} are out of date"
+        verdicts = next(line for line in claims_md.splitlines() if line.startswith("Verdicts: "))
+        assert verdicts in refresh.claims_block(claims_md) and verdicts in text

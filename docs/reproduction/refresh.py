@@ -4,9 +4,10 @@
 
 1. ``python -m runner.export``: the store's finished runs -> docs/reproduction/<sweep>/;
 2. ``python -m paper_figures``: table2.*, claims.md and the figures, from the committed copy;
-3. the README's ``<!-- results-table <sweep> -->`` block <- the new table2.md.
-The README's prose (and its quoted verdict line) is then for a person to read again: the
-test ``tests/test_reproduction.py`` fails until it quotes the current verdicts.
+3. the README's ``<!-- results-table <sweep> -->`` block <- the new table2.md, and its
+   ``<!-- claims-in-short <sweep> -->`` block <- claims.md's verdicts and numbers.
+The README's hand-written notes on the claims are then for a person to read again
+(``tests/test_reproduction.py`` checks that both blocks are current).
 """
 from __future__ import annotations
 
@@ -37,6 +38,20 @@ def splice_table(readme: str, sweep: str, table2_md: str) -> tuple[str, int]:
     return pattern.subn(lambda m: m[1] + table_block(table2_md) + m[2], readme)
 
 
+def claims_block(claims_md: str) -> str:
+    """The part of a claims.md that the README shows: its verdict line and claims in short."""
+    start, end = "<!-- claims-in-short -->\n", "<!-- /claims-in-short -->"
+    return claims_md[claims_md.index(start) + len(start):claims_md.index(end)]
+
+
+def splice_claims(readme: str, sweep: str, claims_md: str) -> tuple[str, int]:
+    """``readme`` with its ``<!-- claims-in-short <sweep> -->`` block replaced by the claims
+    in short of ``claims_md``, and how many blocks there were."""
+    pattern = re.compile(rf"(<!-- claims-in-short {re.escape(sweep)} -->\n).*?"
+                         r"(<!-- /claims-in-short -->)", re.S)
+    return pattern.subn(lambda m: m[1] + claims_block(claims_md) + m[2], readme)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
                      "--out", str(out)]):
         subprocess.run([sys.executable, *command], cwd=REPO, env=env, check=True)
     readme = REPO / "README.md"
-    text, n = splice_table(readme.read_text(), args.sweep,
-                           (REPO / out / "table2.md").read_text())
-    if n:
-        readme.write_text(text)
-    print(f"README: {'table updated' if n else 'no results-table block for this sweep'}; "
-          f"read its claims against {out / 'claims.md'}")
+    text, n_table = splice_table(readme.read_text(), args.sweep,
+                                 (REPO / out / "table2.md").read_text())
+    text, n_claims = splice_claims(text, args.sweep, (REPO / out / "claims.md").read_text())
+    readme.write_text(text)
+    print(f"README: {n_table} results-table and {n_claims} claims-in-short block(s) of "
+          f"{args.sweep} updated; read its notes on the claims against {out / 'claims.md'}")
     return 0
 
 

@@ -35,6 +35,24 @@ def test_verdicts_follow_the_criteria(tmp_path, fixtures):
     assert ("5", "HAM / HAM-EO", "30.0", "16.0", "1.88x", "1.97x") in checked[0].lines
 
 
+def test_the_claims_in_short_carry_verdicts_numbers_and_failures(tmp_path, fixtures):
+    checked = claims.check_claims(_store(tmp_path, fixtures, GOOD))
+    block = claims.in_short(checked)
+    lines = block.splitlines()
+    assert lines[0] == claims.IN_SHORT_START and lines[-1] == claims.IN_SHORT_END
+    assert lines[1] == "Verdicts: 1 holds, 2 does not hold, 3 holds, 4 does not hold."
+    # HAM/HAM-EO: 12/8, 30/16, 60/30 ours; the paper's from Table 2
+    assert lines[3].startswith("1. **Even-odd updates need fewer iterations")
+    assert ": holds.** Iteration ratios: HAM / HAM-EO 1.50x, 1.88x, 2.00x at 3, 5, 7 layers " \
+           "(paper 1.49x, 1.97x, 2.08x); HAM-DEQ / HAM-EO-DEQ" in lines[3]
+    assert "HAM / HAM-DEQ 1.20x, 0.97x, 1.20x at 3, 5, 7 layers" in lines[4]
+    assert lines[4].endswith("Fails: HAM-DEQ needs more iterations than HAM at 5 layers "
+                             "(31.0 vs 30.0).")
+    assert "HAM / HAM-EO-DEQ 1.71x, 2.00x, 2.14x at 3, 5, 7 layers" in lines[5]
+    assert "CHN 0.5 at 3 layers (paper 0.9); HAM 0.0, 0.0, 2.0 at 3, 5, 7 layers" in lines[6]
+    assert [line[:3] for line in lines[3:7]] == ["1. ", "2. ", "3. ", "4. "]
+
+
 @pytest.mark.parametrize("change, claim, failure", [
     ({("HAM-EO", 5): (21, .79)}, 0, "HAM/HAM-EO at 5 layers is only 1.43x"),
     ({("HAM-EO", 3): (12, .80)}, 0, "HAM-EO needs no fewer iterations than HAM at 3 layers"),
