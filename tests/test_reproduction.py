@@ -80,3 +80,52 @@ def test_the_readme_shows_the_committed_table_and_verdicts():
         assert n == 1 and spliced == text, f"README's claims of {sweep} are out of date"
         verdicts = next(line for line in claims_md.splitlines() if line.startswith("Verdicts: "))
         assert verdicts in refresh.claims_block(claims_md) and verdicts in text
+
+
+def _fast_vs_paper_module():
+    spec = importlib.util.spec_from_file_location("fast_vs_paper",
+                                                  REPO / DOCS / "fast_vs_paper.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_compares_fast_and_paper_runs_that_differ_only_in_the_mode():
+    fvp = _fast_vs_paper_module()
+    pairs = fvp.twins()  # raises if a pair differs in more than the mode
+    assert {(t.key, t.seed) for t in pairs} == {
+        (key, seed) for key in ("CHN-DEQ-L3", "HAM-EO-DEQ-L3", "HAM-EO-DEQ-L5")
+        for seed in (0, 1, 2)}
+    for t in pairs:
+        assert t.paper["status"] == t.fast["status"] == "finished"
+    text = README.read_text()
+    spliced, n = fvp.splice(text, fvp.markdown(pairs))
+    assert n == 1 and spliced == text, "README's fast-vs-paper table is out of date"
+    root = REPO / DOCS / fvp.PAPER
+    assert (root / "README.md").is_file()  # the commands that made it
+    for path in root.rglob("*"):
+        if path.is_file() and path.parent != root:
+            assert path.name in ALLOWED, path
+            if path.suffix in (".json", ".csv"):
+                assert not MACHINE_PATH.search(path.read_bytes()), path
+
+
+def _run(root, sweep, name, fast, **config):
+    import json
+    run = root / sweep / name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(
+        {"fast": fast, "sweep": sweep, "epochs": 1, "seed": 0, **config}))
+    (run / "summary.json").write_text(json.dumps(
+        {"status": "finished", "row": "HAM", "depth": 3, "seed": 0, "test/acc": 0.5,
+         "test/iters_to_converge": 9.0, "seconds_per_epoch": 10.0}))
+
+
+def test_fast_vs_paper_refuses_twins_that_differ_in_more_than_the_mode(tmp_path):
+    fvp = _fast_vs_paper_module()
+    _run(tmp_path, fvp.PAPER, "HAM-L3-s0", False)
+    with pytest.raises(ValueError, match="HAM-L3-s0: no fast-mode twin"):
+        fvp.twins(tmp_path)
+    _run(tmp_path, fvp.FAST, "HAM-L3-s0", True, epochs=2)
+    with pytest.raises(ValueError, match=r"HAM-L3-s0: the twins differ in \['epochs'\]"):
+        fvp.twins(tmp_path)
