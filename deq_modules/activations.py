@@ -9,8 +9,9 @@ from torch import Tensor
 
 def rho(u: Tensor) -> Tensor:
     """Firing rate of a unit."""
-    # rho(u) = sigmoid(4u - 2) = sigmoid(4(u - 1/2))
-    return torch.sigmoid(4.0 * u - 2.0)
+    # rho(u) = sigmoid(4u - 2) = sigmoid(4(u - 1/2)); the subtraction reuses the product's
+    # memory (autograd keeps neither: the gradient of a product by a number needs no input)
+    return torch.sigmoid(u.mul(4.0).sub_(2.0))
 
 
 def rho_prime(u: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .activations import rho, rho_integral, rho_prime, rho_prime_from_rho
+from .activations import rho, rho_integral, rho_prime_from_rho
 
 
 def _is_int(n: object) -> bool:
@@ -260,10 +260,14 @@ class EvenOddFunction(_LayeredHopfield):
         return self._drives(self._odd, Ux, {k: rho(s) for k, s in zip(self._even, even)})
 
     def _local_equilibrium(self, s: Tensor, drive: Tensor) -> Tensor:
-        # Eq. 7 half step: damped Picard on s = rho'(s) * drive (drive fixed: no same-parity links)
-        d = self.inner_damping
+        # Eq. 7 half step: damped Picard on s = rho'(s) * drive (drive fixed: no same-parity
+        # links), s <- d s + (1 - d) rho'(s) drive with rho'(s) = 4 r (1 - r), r = rho(s),
+        # written as d s + 4 (1 - d) (r - r^2) drive: two fused multiply-adds instead of six
+        # elementwise passes over the layer, 2 x inner_iter times per evaluation of the map.
+        d, gain = self.inner_damping, 4.0 * (1.0 - self.inner_damping)
         for _ in range(self.inner_iter):
-            s = d * s + (1.0 - d) * rho_prime(s) * drive
+            r = rho(s)
+            s = torch.addcmul(s * d, torch.addcmul(r, r, r, value=-1.0), drive, value=gain)
         return s
 
     def forward(self, Ux: Tensor, z: Tensor) -> Tensor:

@@ -177,6 +177,47 @@ def test_chn_even_odd_single_undamped_inner_step():
     torch.testing.assert_close(eo(Ux, eo.from_layer_states(s)), torch.cat([s2, s4, s1, s3], 1))
 
 
+def test_chn_even_odd_damped_inner_steps_follow_eq7():
+    """Two damped inner steps per half, ``s <- d s + (1 - d) rho'(s) drive``, written plainly."""
+    om = _om([6, 9, 5, 7, 4], False)
+    d = 0.3
+    eo = EvenOddFunction.from_OneMatrix(om, inner_iter=2, inner_damping=d)
+    x, s = _inputs(om)
+    Ux = om.preprocess_inputs(x)
+    W, b = om.W, om.b
+
+    def settle(state, drive):
+        for _ in range(2):
+            r = _sig(state)
+            state = d * state + (1 - d) * 4 * r * (1 - r) * drive
+        return state
+
+    r = [_sig(t) for t in s]
+    s1 = settle(s[0], Ux + b[0] + r[1] @ W[0].T)
+    s3 = settle(s[2], b[2] + r[1] @ W[1] + r[3] @ W[2].T)
+    r1, r3 = _sig(s1), _sig(s3)
+    s2 = settle(s[1], b[1] + r1 @ W[0] + r3 @ W[1].T)
+    s4 = settle(s[3], b[3] + r3 @ W[2])
+    torch.testing.assert_close(eo(Ux, eo.from_layer_states(s)), torch.cat([s2, s4, s1, s3], 1))
+
+
+@pytest.mark.parametrize("structure", ["onematrix", "evenodd"])
+@pytest.mark.parametrize("ham", [True, False])
+def test_maps_have_the_gradients_of_their_finite_differences(structure, ham):
+    """Autograd through the maps (in-place steps in rho, fused inner steps) is exact."""
+    om = _om([5, 6, 4, 5, 3], ham, scale=0.5)
+    f = om if structure == "onematrix" else EvenOddFunction.from_OneMatrix(om, inner_iter=3)
+    x, states = _inputs(om, batch=2)
+    Ux = om.preprocess_inputs(x).detach().requires_grad_()
+    z = f.from_layer_states(states).detach().requires_grad_()
+    assert torch.autograd.gradcheck(f, (Ux, z), eps=1e-6, atol=1e-7, rtol=1e-5)
+    params = list(f.parameters())
+    assert torch.autograd.gradcheck(
+        lambda *ps: torch.func.functional_call(f, dict(zip([n for n, _ in f.named_parameters()],
+                                                             ps)), (Ux, z)),
+        tuple(p.detach().requires_grad_() for p in params), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
 # ---------------------------------------------------------------- energy
 
 
