@@ -7,7 +7,8 @@ For each row whose forward solver is Anderson (default: all of them), at the pap
 iterations ``T`` on one batch of synthetic images (bench/rows.py), without a graph (as in the
 forward solve of a training step), the median over ``--reps`` of the time of
 
-- ``map``: ``T`` evaluations of the row's map alone (damping included), ``z <- f(z)``;
+- ``map``: ``T`` evaluations of the row's map alone (``DEQ.step_map``: damping included),
+  ``z <- f(z)``;
 - ``picard``: Picard's ``T`` iterations (the map, residuals);
 - ``anderson``: Anderson's ``T`` iterations with the row's options (``m``, ``lam``);
 
@@ -51,16 +52,11 @@ def anderson_rows(keys: str | None, tiny: bool) -> list[Experiment]:
 
 
 def damped_map(module: Any, x: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor]:
-    """The row's fixed-point map on the batch ``x`` (with its damping) and its start state."""
+    """The row's fixed-point map on the batch ``x`` (the DEQ's own, damping included) and its
+    start state."""
     deq = module.deq
     Ux = deq.f_module.preprocess_inputs(x)
-    d = deq.damping_factor
-
-    def f(z: Tensor) -> Tensor:
-        fz = deq.f_module(Ux, z)
-        return fz if d == 0.0 else d * z + (1.0 - d) * fz
-
-    return f, deq.initial_state(Ux)
+    return deq.step_map(Ux), deq.initial_state(Ux)
 
 
 def measure(exp: Experiment, device: torch.device, reps: int, tiny: bool) -> dict[str, Any]:

@@ -238,7 +238,10 @@ class DEQ(nn.Module):
                                                    dynamic=True if compacts else None)
         return self._compiled_forward(Ux, z)
 
-    def _step(self, Ux: Tensor) -> Callable[[Tensor], Tensor]:
+    def step_map(self, Ux: Tensor) -> Callable[[Tensor], Tensor]:
+        """The map the solvers iterate for a batch whose preprocessed input is ``Ux``:
+        ``z -> d z + (1 - d) f(Ux, z)`` (``d`` the damping factor), in the state's dtype, with
+        the shape check of :func:`checked_map`. The forward solve runs it without a graph."""
         # Checked before damping, where a wrong width would broadcast or fail inside torch.
         f, d = checked_map("DEQ", lambda z: _in_state_dtype(self._f(Ux, z), z)), \
             self.damping_factor
@@ -272,7 +275,7 @@ class DEQ(nn.Module):
         options = {k: v for k, v in kwargs.items()
                    if k not in ("solver", "iter", "method", "compact")}
         if kwargs.get("compact") and Ux is not None:
-            options["restrict"] = lambda idx: self._step(Ux[idx])
+            options["restrict"] = lambda idx: self.step_map(Ux[idx])
         options["trace"] = bool(options.get("trace", False)) or trace
         spec = get_solver(kwargs["solver"])
         return spec.fn(step, z0, max_iter=kwargs["iter"], on_iterate=on_iterate, **options)
@@ -286,7 +289,7 @@ class DEQ(nn.Module):
         _check_input(x, self.z_init)
         Ux = self.f_module.preprocess_inputs(x)
         with torch.no_grad():
-            step = self._step(Ux.detach())
+            step = self.step_map(Ux.detach())
             z_star, stats = self._solve(
                 step, self.initial_state(Ux), self.active_forward_kwargs,
                 on_iterate=self._on_iterate(), trace=bool(self._observers), Ux=Ux.detach(),
@@ -314,7 +317,7 @@ class DEQ(nn.Module):
         return any(p.requires_grad for p in self.f_module.parameters())
 
     def _backprop(self, Ux: Tensor, z_star: Tensor) -> Tensor:
-        step = self._step(Ux)
+        step = self.step_map(Ux)
         z = z_star
         for _ in range(self.backward_kwargs["iter"]):
             z_prev, z = z, step(z)
@@ -325,10 +328,10 @@ class DEQ(nn.Module):
         return z
 
     def _full_adjoint(self, Ux: Tensor, z_star: Tensor) -> Tensor:
-        z = self._step(Ux)(z_star)  # carries the gradient to Ux and the parameters
+        z = self.step_map(Ux)(z_star)  # carries the gradient to Ux and the parameters
         z_leaf = z_star.clone().requires_grad_(True)
         with torch.enable_grad():
-            fz_leaf = self._step(Ux.detach())(z_leaf)  # its graph gives J^T g by autograd
+            fz_leaf = self.step_map(Ux.detach())(z_leaf)  # its graph gives J^T g by autograd
 
         def adjoint(v: Tensor | None) -> Tensor | None:
             if v is None:  # an undefined incoming gradient stays undefined

@@ -48,6 +48,24 @@ def test_gradients_match_unrolled_reference(method, damping, make_tanh_map):
         assert rel_err(g, w) < 1e-5
 
 
+@pytest.mark.parametrize("damping", [0.0, 0.3])
+def test_step_map_is_the_damped_map_the_forward_solve_iterates(damping, make_tanh_map):
+    module = make_tanh_map(contraction=0.9)
+    x = torch.randn(5, 5, dtype=F64)
+    deq = DEQ(module, None, forward_kwargs=dict(solver="picard", iter=7),
+              damping_factor=damping)
+    Ux = module.preprocess_inputs(x)
+    step = deq.step_map(Ux)
+    z = torch.randn(5, module.state_size, dtype=F64)
+    torch.testing.assert_close(step(z), damping * z + (1 - damping) * module(Ux, z),
+                               rtol=0, atol=0)
+    with torch.no_grad():  # seven Picard steps of step_map from the DEQ's start: its output
+        want = deq.initial_state(Ux)
+        for _ in range(7):
+            want = step(want)
+        torch.testing.assert_close(deq(x), want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("method", list(BACKWARDS))
 def test_gradients_match_finite_differences(method, make_tanh_map):
     module = make_tanh_map(width=6, n_in=3)
