@@ -18,7 +18,13 @@ A product ``(B x m) @ (m x n)`` costs ``2 B m n`` FLOPs. With the batch ``B``, t
   ``2 T_b F_f`` (for each product, one for the input's gradient and one for the weight's) less
   ``s F_f``: the first step starts from the detached ``z*``, so the products that read
   ``rho(z*)`` need no input gradient; that is all of them in the OneMatrix map (``s = 1``) and
-  the first half in the even-odd map (``s = 1/2``).
+  the first half in the even-odd map (``s = 1/2``);
+- the truncated adjoint instead (``full_adjoint`` with ``T_b`` Picard steps, the fast mode's
+  backward): the differentiable step ``f(z*)`` and the step whose graph gives the
+  vector-Jacobian products (``2 F_f``), ``T_b`` products ``g J`` (``T_b F_f``: the gradient
+  w.r.t. the state only, one product per product of ``f``), and the backward of ``f(z*)``
+  (``(2 - s) F_f``: every weight's gradient, and the input gradients ``z*`` does not spare),
+  ``(T_b + 4 - s) F_f`` in all instead of ``(3 T_b - s) F_f``.
 
     step FLOPs = 2 F_in + (T_f + 3 T_b - s) F_f + [Anderson] sum_{i < T_f} 2 B D (k_i^2 + k_i)
 
@@ -79,9 +85,19 @@ def forward_flops(layers: Sequence[int], sample_iters: Sequence[int], solver: st
     return total
 
 
+# Evaluations of f's products the backward costs, per backward method (before the saving s).
+BACKWARD_USES = {"backprop": lambda t: 3 * t, "full_adjoint": lambda t: t + 4}
+
+
+def backward_uses(backward_iter: int, method: str) -> int:
+    """How many times the backward uses every product of ``f`` (see the module docstring)."""
+    return BACKWARD_USES[method](backward_iter)
+
+
 def step_flops(layers: Sequence[int], batch: int, forward_iter: int, backward_iter: int,
                structure: str, solver: str, width: int, m: int = 4,
-               sample_iters: Sequence[int] | None = None) -> int:
+               sample_iters: Sequence[int] | None = None,
+               backward_method: str = "backprop") -> int:
     """FLOPs of one training step (see the module docstring for the formula).
 
     Args:
@@ -95,13 +111,19 @@ def step_flops(layers: Sequence[int], batch: int, forward_iter: int, backward_it
         m: Anderson window.
         sample_iters: iterations of each sample when the solve compacts the batch (converged
             samples leave); ``None``: every sample gets ``forward_iter``.
+        backward_method: ``"backprop"`` (unrolled steps) or ``"full_adjoint"`` (the adjoint
+            by ``backward_iter`` Picard steps).
     """
     if structure not in FIRST_STEP_SAVING:
         raise ValueError(f"unknown structure {structure!r}; valid: {sorted(FIRST_STEP_SAVING)}")
+    if backward_method not in BACKWARD_USES:
+        raise ValueError(f"unknown backward method {backward_method!r}; valid: "
+                         f"{sorted(BACKWARD_USES)}")
     if sample_iters is None:
         sample_iters = [forward_iter] * batch
     s = FIRST_STEP_SAVING[structure] if backward_iter > 0 else 0.0
-    backward = round((3 * backward_iter - s) * f_flops(layers, batch))
+    backward = round((backward_uses(backward_iter, backward_method) - s)
+                     * f_flops(layers, batch))
     return (2 * input_flops(layers, batch) + backward
             + forward_flops(layers, sample_iters, solver, width, m))
 
@@ -121,13 +143,14 @@ def dominant_shapes(layers: Sequence[int], batch: int) -> list[Shape]:
 
 
 def product_mix(layers: Sequence[int], batch: int, forward_iter: float,
-                backward_iter: int) -> dict[Shape, float]:
+                backward_iter: int, backward_method: str = "backprop") -> dict[Shape, float]:
     """FLOPs of one step spent in each shape of :func:`dominant_shapes`: the input drive
-    ``2 F_in`` (forward and ``dU``), every block product ``T_f + 3 T_b`` times (the first
-    step's saving is left out: it hardly moves the mix)."""
+    ``2 F_in`` (forward and ``dU``), every block product ``T_f + 3 T_b`` times (``T_f + T_b +
+    4`` with the truncated adjoint; the first step's saving is left out: it hardly moves the
+    mix)."""
     shapes = dominant_shapes(layers, batch)
     mix = {shapes[0]: 2.0 * matmul_flops(*shapes[0][:3])}
-    uses = forward_iter + 3 * backward_iter
+    uses = forward_iter + backward_uses(backward_iter, backward_method)
     for shape in shapes[1:]:
         mix[shape] = mix.get(shape, 0.0) + uses * matmul_flops(*shape[:3])
     return mix

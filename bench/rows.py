@@ -126,10 +126,12 @@ def count_flops(module: LitHopfieldDEQ, exp: Experiment, layers: Sequence[int],
     per_sample = sample_iterations(module, x)
     if per_sample is not None:
         flops = step_flops(layers, exp.batch_size, max(per_sample), bkw["iter"], exp.structure,
-                           fkw["solver"], width, m, sample_iters=per_sample)
+                           fkw["solver"], width, m, sample_iters=per_sample,
+                           backward_method=bkw["method"])
         return flops, fmean(per_sample)
     flops = fmean(step_flops(layers, exp.batch_size, n, bkw["iter"], exp.structure,
-                             fkw["solver"], width, m) for n in iters)
+                             fkw["solver"], width, m, backward_method=bkw["method"])
+                  for n in iters)
     return flops, fmean(iters)
 
 
@@ -157,7 +159,8 @@ def time_row(exp: Experiment, layers: Sequence[int], fast_mode: FastMode | None,
     for shape in dominant_shapes(layers, exp.batch_size):
         if shape not in peaks:
             peaks[shape] = matmul_gflops(shape, dev, settings.peak_seconds)
-    mix = product_mix(layers, exp.batch_size, sample_iters, deq.backward_kwargs["iter"])
+    mix = product_mix(layers, exp.batch_size, sample_iters, deq.backward_kwargs["iter"],
+                      deq.backward_kwargs["method"])
     peak, gflops = mix_peak(mix, peaks), flops / timing.median / 1e9
     return dict(
         solver=deq.active_forward_kwargs["solver"],

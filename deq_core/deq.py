@@ -7,6 +7,12 @@ Gradients, selected by ``backward_kwargs["method"]``:
 - ``full_adjoint`` (implicit function theorem): one differentiable step ``z = f(z*)`` whose
   incoming gradient ``v`` is replaced by the solution of the adjoint fixed point
   ``g = J^T g + v`` (``J = df/dz`` at ``z*``), solved with vector-Jacobian products.
+
+With ``solver="picard"``, ``iter=T`` and no ``tol``, ``full_adjoint`` sums the first ``T`` terms
+of the Neumann series ``sum_i (J^T)^i v``: at a fixed point, exactly the gradient ``backprop``
+gets from ``T`` unrolled steps (each of its steps multiplies by ``J^T`` at an iterate, here at
+``z*``), for one state-only vector-Jacobian product per step instead of a differentiable step
+and its backward through the parameters.
 """
 from __future__ import annotations
 

@@ -20,9 +20,12 @@ LEARNING_RATES = {3: 0.01, 5: 0.005, 7: 0.005}
 SEEDS = (0, 1, 2, 3, 4)
 CONVERGENCE_TOL = 1e-4  # footnote 3 of the paper: the Table 2 criterion
 # The fast mode (ours, opt-in): while training, the forward solve stops each sample at ``tol``
-# and drops it from the batch (compaction); ``precision`` "bf16" or None (float32). Evaluation
-# keeps the paper's fixed iteration counts. Chosen from measurements: see the README.
-FAST_MODE = dict(tol=CONVERGENCE_TOL, precision=None)
+# and drops it from the batch (compaction); ``precision`` "bf16" or None (float32); ``backward``
+# "unrolled" (the paper's differentiable steps) or "neumann" (their gradient computed at the
+# fixed point, Experiment.fast_backward_kwargs). Evaluation keeps the paper's fixed iteration
+# counts. Chosen from measurements: see the README.
+FAST_BACKWARDS = ("unrolled", "neumann")
+FAST_MODE = dict(tol=CONVERGENCE_TOL, precision=None, backward="neumann")
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,22 @@ class Experiment:
     @property
     def backward_kwargs(self) -> dict:
         return dict(solver="picard", iter=self.backward_iter, method=self.backward_method)
+
+    @property
+    def fast_backward_kwargs(self) -> dict:
+        """The backward of the fast mode's training (``FAST_MODE["backward"]``).
+
+        ``"neumann"``: the implicit adjoint ``g = J^T g + v`` solved by ``backward_iter`` Picard
+        steps from ``g = 0``, which is the truncated Neumann series ``sum_{i<T} (J^T)^i v`` at
+        the fixed point. Backpropagating through the paper's ``T`` unrolled steps from ``z*``
+        computes the same series, with each factor taken at an iterate instead of at ``z*``, so
+        the two gradients are equal when ``z*`` is a fixed point (the fast mode's forward
+        solve stops at ``tol``). One step costs a vector-Jacobian product in the state only,
+        instead of a differentiable step and its backward through the weights.
+        """
+        if FAST_MODE["backward"] == "unrolled" or self.backward_method != "backprop":
+            return self.backward_kwargs
+        return dict(solver="picard", iter=self.backward_iter, method="full_adjoint")
 
     def to_dict(self) -> dict:
         return asdict(self)

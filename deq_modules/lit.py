@@ -190,7 +190,8 @@ def lit_module_for(exp: Experiment, input_size: int | None = None,
         layers[0] = input_size
     return LitHopfieldDEQ(
         layers=layers, ham=exp.ham, structure=exp.structure,
-        forward_kwargs=exp.forward_kwargs, backward_kwargs=exp.backward_kwargs,
+        forward_kwargs=exp.forward_kwargs,
+        backward_kwargs=exp.fast_backward_kwargs if fast else exp.backward_kwargs,
         damping_factor=exp.damping, lr=exp.lr, schedule_epochs=exp.schedule_epochs,
         p_scale=exp.p_scale, g_bound=exp.g_bound,
         inner_iter=exp.inner_iter, inner_damping=exp.inner_damping,
@@ -205,4 +206,9 @@ def apply_fast_mode(module: LitHopfieldDEQ) -> LitHopfieldDEQ:
     module.deq.train_forward_kwargs = DEQ(module.f, forward_kwargs=kwargs).forward_kwargs
     module.hparams["train_forward_kwargs"] = kwargs
     module.hparams["train_precision"] = FAST_MODE["precision"]
+    backward = module.deq.backward_kwargs
+    if FAST_MODE["backward"] == "neumann" and backward["method"] == "backprop":
+        backward = dict(solver="picard", iter=backward["iter"], method="full_adjoint")
+        module.deq.backward_kwargs = DEQ(module.f, backward_kwargs=backward).backward_kwargs
+        module.hparams["backward_kwargs"] = backward
     return module

@@ -218,8 +218,9 @@ def add_run_args(parser: argparse.ArgumentParser, default_name: str | None) -> N
                    help="learning rate (default: the row's, 0.01 or 0.005); recorded in the run")
     g.add_argument("--fast", action="store_true",
                    help="train in the fast mode: each sample's forward solve stops at the "
-                        "convergence tolerance and leaves the batch (evaluation keeps the "
-                        "paper's settings); recorded in the run's config")
+                        "convergence tolerance and leaves the batch, and the backward computes "
+                        "the paper's unrolled-steps gradient at the fixed point (evaluation "
+                        "keeps the paper's settings); recorded in the run's config")
     g.add_argument("--compile", action="store_true",
                    help="evaluate the Hopfield map through torch.compile (needs a C++ compiler "
                         "on CPU, Triton on GPU): faster for the 3-layer rows after a minute or "

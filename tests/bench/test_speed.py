@@ -9,7 +9,8 @@ import math
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 import deq_modules.lit
 from bench import speed
@@ -83,6 +84,25 @@ def test_fast_mode_unavailable_exits_2(monkeypatch, capsys):
     assert "fast mode is not available" in capsys.readouterr().out
 
 
+class OpFlops(TorchDispatchMode):
+    """Torch's own per-operation FLOP formulas (``flop_registry``, what ``FlopCounterMode``
+    counts with) summed over every operation run inside. ``FlopCounterMode`` itself cannot
+    watch a backward that calls ``torch.autograd.grad`` (the adjoint's vector-Jacobian
+    products): its module tracker's gradient hooks raise there."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        count = flop_registry.get(func._overloadpacket)
+        if count is not None:
+            self.total += count(*args, **kwargs, out_val=out)
+        return out
+
+
 @pytest.mark.parametrize("key", [e.key for e in EXPERIMENTS if e.depth == 3] + ["HAM-EO-DEQ-L5"])
 def test_flop_formula_matches_torch_flop_counter(key):
     exp = Experiment.from_key(key)
@@ -107,12 +127,41 @@ def test_flop_formula_with_compaction_matches_torch_flop_counter(key):
     per_sample = sample_iterations(module, x)  # same weights and batch as the step below
     assert per_sample is not None and min(per_sample) < max(per_sample)
     step = training_step(module, x, y)
-    with FlopCounterMode(display=False) as counter:
+    with OpFlops() as counter:
         step()
     assert module.deq.last_forward_stats.n_iter == max(per_sample)
+    assert module.deq.backward_kwargs["method"] == "full_adjoint"  # the fast mode's backward
     want = step_flops(layers, exp.batch_size, max(per_sample), exp.backward_iter, exp.structure,
-                      exp.solver, module.deq.f_module.state_size, sample_iters=per_sample)
-    assert counter.get_total_flops() == want
+                      exp.solver, module.deq.f_module.state_size, sample_iters=per_sample,
+                      backward_method="full_adjoint")
+    assert counter.total == want
+
+
+@pytest.mark.parametrize("key", ["HAM-EO-DEQ-L3", "HAM-L3", "CHN-DEQ-L3", "HAM-EO-L5"])
+def test_flop_formula_of_the_truncated_adjoint_matches_torch_flop_counter(key):
+    exp = Experiment.from_key(key)
+    layers = row_layers(exp, tiny=True)
+    module = build_module(exp, layers, exp.forward_iter, None)
+    module.deq.backward_kwargs = dict(exp.fast_backward_kwargs)
+    x, y = make_batch(layers[0], exp.batch_size, torch.device("cpu"))
+    step = training_step(module, x, y)
+    with OpFlops() as counter:
+        step()
+    assert module.deq.last_backward_stats.n_iter == exp.backward_iter
+    want = step_flops(layers, exp.batch_size, exp.forward_iter, exp.backward_iter,
+                      exp.structure, exp.solver, module.deq.f_module.state_size,
+                      backward_method="full_adjoint")
+    assert counter.total == want
+    module.deq.backward_kwargs = dict(exp.backward_kwargs)  # the counter agrees on backprop too
+    with OpFlops() as counter:
+        step()
+    assert counter.total == step_flops(layers, exp.batch_size, exp.forward_iter,
+                                       exp.backward_iter, exp.structure, exp.solver,
+                                       module.deq.f_module.state_size)
+    with pytest.raises(ValueError, match=r"unknown backward method 'neumann'; valid: "
+                                         r"\['backprop', 'full_adjoint'\]"):
+        step_flops(layers, exp.batch_size, 1, 1, exp.structure, exp.solver, 10,
+                   backward_method="neumann")
 
 
 @pytest.mark.slow

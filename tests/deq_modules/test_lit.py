@@ -169,3 +169,39 @@ def test_compile_f_reaches_the_deq_and_the_checkpoint_hyperparameters():
     assert model.deq.compile_f is True and model.hparams["compile_f"] is True
     assert lit_module_for(exp, input_size=784).deq.compile_f is False
     assert LitHopfieldDEQ(**model.hparams).deq.compile_f is True  # what a checkpoint rebuilds
+
+
+@pytest.mark.parametrize("key", ["HAM-EO-DEQ-L3", "CHN-DEQ-L3", "HAM-EO-DEQ-L5", "HAM-DEQ-L3"])
+def test_fast_mode_backward_gives_the_paper_gradients_at_a_fixed_point(key):
+    """The fast mode's backward (the adjoint's truncated Neumann series, one state-only
+    vector-Jacobian product per step) computes the gradient of the paper's unrolled steps:
+    equal when the forward solve has reached the fixed point (float64, tight tolerance)."""
+    from deq_modules.experiments import Experiment
+    from deq_modules.lit import apply_fast_mode
+
+    exp = Experiment.from_key(key)
+    assert lit_module_for(exp, fast=True).deq.backward_kwargs == dict(
+        solver="picard", iter=exp.backward_iter, method="full_adjoint")
+    assert apply_fast_mode(lit_module_for(exp)).deq.backward_kwargs == \
+        lit_module_for(exp, fast=True).deq.backward_kwargs
+    hp = dict(lit_module_for(exp).hparams, layers=[24] + [12] * (exp.depth - 2) + [10])
+    hp["forward_kwargs"] = dict(hp["forward_kwargs"], iter=300)
+    modules = []
+    for backward in (exp.backward_kwargs, exp.fast_backward_kwargs):
+        torch.manual_seed(0)
+        module = LitHopfieldDEQ(**dict(hp, backward_kwargs=backward)).double().train()
+        with torch.no_grad():  # small weights: a contraction, so every sample converges
+            for p in module.f.parameters():
+                p.mul_(0.5)
+        modules.append(module)
+    x = torch.rand(16, 24, dtype=torch.float64)
+    y = torch.nn.functional.one_hot(torch.arange(16) % 10, 10).double()
+    grads = []
+    for module in modules:
+        module.training_step((x, y), 0).backward()
+        assert module.deq.last_forward_stats.rel_residual.max() < 1e-12  # at the fixed point
+        grads.append(torch.cat([p.grad.flatten() for p in module.parameters()]))
+    paper, fast = grads
+    assert modules[1].deq.backward_kwargs["method"] == "full_adjoint"
+    assert paper.abs().max() > 0
+    assert (fast - paper).norm() / paper.norm() < 1e-9
