@@ -97,17 +97,18 @@ def test_the_readme_compares_fast_and_paper_runs_that_differ_only_in_the_mode():
         (key, seed) for key in ("CHN-DEQ-L3", "HAM-EO-DEQ-L3", "HAM-EO-DEQ-L5")
         for seed in (0, 1, 2)}
     for t in pairs:
-        assert t.paper["status"] == t.fast["status"] == "finished"
+        assert t.paper["status"] == t.fast["status"] == t.neumann["status"] == "finished"
     text = README.read_text()
     spliced, n = fvp.splice(text, fvp.markdown(pairs))
     assert n == 1 and spliced == text, "README's fast-vs-paper table is out of date"
-    root = REPO / DOCS / fvp.PAPER
-    assert (root / "README.md").is_file()  # the commands that made it
-    for path in root.rglob("*"):
-        if path.is_file() and path.parent != root:
-            assert path.name in ALLOWED, path
-            if path.suffix in (".json", ".csv"):
-                assert not MACHINE_PATH.search(path.read_bytes()), path
+    for sweep in (fvp.PAPER, fvp.NEUMANN):
+        root = REPO / DOCS / sweep
+        assert (root / "README.md").is_file()  # the commands that made it
+        for path in root.rglob("*"):
+            if path.is_file() and path.parent != root:
+                assert path.name in ALLOWED, path
+                if path.suffix in (".json", ".csv"):
+                    assert not MACHINE_PATH.search(path.read_bytes()), path
 
 
 def _run(root, sweep, name, fast, **config):
@@ -127,5 +128,60 @@ def test_fast_vs_paper_refuses_twins_that_differ_in_more_than_the_mode(tmp_path)
     with pytest.raises(ValueError, match="HAM-L3-s0: no fast-mode twin"):
         fvp.twins(tmp_path)
     _run(tmp_path, fvp.FAST, "HAM-L3-s0", True, epochs=2)
-    with pytest.raises(ValueError, match=r"HAM-L3-s0: the twins differ in \['epochs'\]"):
+    with pytest.raises(ValueError, match=r"HAM-L3-s0: the twins in fmnist-1ep-paper and "
+                                         r"fmnist-1ep-fast differ in \['epochs'\]"):
         fvp.twins(tmp_path)
+    (tmp_path / fvp.FAST / "HAM-L3-s0").rename(tmp_path / "wrong")
+    _run(tmp_path, fvp.FAST, "HAM-L3-s0", True)
+    with pytest.raises(ValueError, match="HAM-L3-s0: no fast-mode twin in fmnist-1ep-fast-neumann"):
+        fvp.twins(tmp_path)
+    _run(tmp_path, fvp.NEUMANN, "HAM-L3-s0", False)
+    with pytest.raises(ValueError, match=r"fmnist-1ep-fast-neumann differ in \['fast'\]"):
+        fvp.twins(tmp_path)
+
+
+def _step_times_module():
+    spec = importlib.util.spec_from_file_location("step_times", REPO / DOCS / "step_times.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_times_times_every_mode_from_the_run_checkpoint(tmp_path, monkeypatch, capsys):
+    import json
+
+    import torch
+
+    from deq_modules.experiments import Experiment
+    from deq_modules.lit import lit_module_for
+    from deq_modules.synthetic import make_synthetic
+
+    st = _step_times_module()
+    monkeypatch.setattr(st, "load_dataset", lambda name, data_dir: make_synthetic(200, 10))
+    run = tmp_path / "sw" / "HAM-EO-DEQ-L3-s0" / "checkpoints"
+    run.mkdir(parents=True)
+    torch.manual_seed(0)
+    trained = lit_module_for(Experiment.from_key("HAM-EO-DEQ-L3"))
+    torch.save({"state_dict": trained.state_dict()}, run / "last.ckpt")
+    out = tmp_path / "times.json"
+    args = ["--results", str(tmp_path), "--sweep", "sw", "--data-dir", str(tmp_path),
+            "--batches", "2", "--json", str(out)]
+    assert st.main(args + ["--runs", "HAM-EO-DEQ-L3-s0"]) == 0
+    (record,) = json.loads(out.read_text())
+    assert set(st.MODES) <= set(record)
+    for mode in st.MODES:
+        assert len(record[mode]["samples"]) == 2 and record[mode]["ms"] > 0
+    assert record["paper"]["iters"] == 40  # the paper's fixed count
+    assert record["fast"]["iters"] < 40  # the tolerance stop
+    printed = capsys.readouterr().out
+    assert "| HAM-EO-DEQ-L3-s0 |" in printed
+    steps = 938 * 10 * 5  # batches per epoch x the row's epochs x seeds
+    assert record["steps"] == steps
+    hours = st.sweep_hours([record])
+    assert hours["paper"] == pytest.approx(record["paper"]["ms"] * steps / 3.6e6)
+    assert "1 of 17 rows (not the whole sweep, 5 seeds, paper epochs), fast:" in printed
+    with pytest.raises(SystemExit):
+        st.main(args + ["--runs", "HAM-EO-DEQ-L3"])
+    assert "not run names of the form ROW-Ld-sN" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="HAM-EO-DEQ-L3-s1: no checkpoint at"):
+        st.main(args + ["--runs", "HAM-EO-DEQ-L3-s1"])

@@ -1,14 +1,16 @@
-"""The fast mode against the paper's settings, run for run, from two committed sweeps:
+"""The fast mode against the paper's settings, run for run, from three committed sweeps:
 
     python docs/reproduction/fast_vs_paper.py [--readme]
 
 For every run of ``docs/reproduction/fmnist-1ep-paper/`` (trained with the paper's settings),
-its twin of the same row and seed in ``docs/reproduction/fmnist-1ep-fast/`` (trained with
-``--fast``; otherwise the same command: data, epochs, seed, hence the same batches); both are
-tested at the paper's settings. Prints a markdown table (test accuracy, test iterations) and,
-per row, the mean over seeds; ``--readme`` also writes it
-into the README's ``<!-- fast-vs-paper -->`` block (``tests/test_reproduction.py`` checks
-that the block is current).
+its twins of the same row and seed in ``docs/reproduction/fmnist-1ep-fast/`` (trained with
+``--fast`` when the fast mode still backpropagated through the paper's unrolled steps) and in
+``docs/reproduction/fmnist-1ep-fast-neumann/`` (``--fast`` as it is now: the same gradient
+computed at the fixed point); otherwise the same command: data, epochs, seed, hence the same
+batches; all are tested at the paper's settings. Prints a markdown table (test accuracy, test
+iterations) and, per row, the mean over seeds; ``--readme`` also writes it into the README's
+``<!-- fast-vs-paper -->`` block (``tests/test_reproduction.py`` checks that the block is
+current).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = Path("docs") / "reproduction"
-PAPER, FAST = "fmnist-1ep-paper", "fmnist-1ep-fast"
+PAPER, FAST, NEUMANN = "fmnist-1ep-paper", "fmnist-1ep-fast", "fmnist-1ep-fast-neumann"
 # The config entries that may differ between twins: the mode itself and where it was stored.
 MODE_KEYS = frozenset({"fast", "fast_mode", "sweep", "results"})
 # Entries that runs of older commits lack, at the value they had then.
@@ -35,12 +37,29 @@ class Twin(NamedTuple):
     key: str
     seed: int
     paper: dict
-    fast: dict
+    fast: dict  # the fast mode with the unrolled backward
+    neumann: dict  # the fast mode with the Neumann backward (the fast mode now)
 
 
 def _load(run: Path) -> tuple[dict, dict]:
     return (json.loads((run / "config.json").read_text()),
             json.loads((run / "summary.json").read_text()))
+
+
+def _twin(name: str, paper_config: dict, twin_dir: Path, sweep: str) -> dict:
+    """The summary of a paper run's fast-mode twin, checked to differ only in the mode."""
+    if not (twin_dir / "summary.json").is_file():
+        raise ValueError(f"{name}: no fast-mode twin in {sweep}")
+    fast_config, fast = _load(twin_dir)
+    if fast.get("status") != "finished":
+        raise ValueError(f"{name}: its fast-mode twin in {sweep} is {fast.get('status')!r}")
+    paper_config, fast_config = DEFAULTS | paper_config, DEFAULTS | fast_config
+    differ = sorted(k for k in paper_config.keys() | fast_config.keys()
+                    if k not in MODE_KEYS and paper_config.get(k) != fast_config.get(k))
+    if differ or paper_config.get("fast") or not fast_config.get("fast"):
+        raise ValueError(f"{name}: the twins in {PAPER} and {sweep} differ in "
+                         f"{differ or ['fast']}")
+    return fast
 
 
 def twins(root: Path = REPO / DOCS) -> list[Twin]:
@@ -54,19 +73,10 @@ def twins(root: Path = REPO / DOCS) -> list[Twin]:
         paper_config, paper = _load(run)
         if paper.get("status") != "finished":
             continue
-        twin_dir = root / FAST / run.name
-        if not (twin_dir / "summary.json").is_file():
-            raise ValueError(f"{run.name}: no fast-mode twin in {FAST}")
-        fast_config, fast = _load(twin_dir)
-        if fast.get("status") != "finished":
-            raise ValueError(f"{run.name}: its fast-mode twin is {fast.get('status')!r}")
-        paper_config, fast_config = DEFAULTS | paper_config, DEFAULTS | fast_config
-        differ = sorted(k for k in paper_config.keys() | fast_config.keys()
-                        if k not in MODE_KEYS and paper_config.get(k) != fast_config.get(k))
-        if differ or paper_config.get("fast") or not fast_config.get("fast"):
-            raise ValueError(f"{run.name}: the twins differ in {differ or ['fast']}")
+        twins_of_run = [_twin(run.name, paper_config, root / sweep / run.name, sweep)
+                        for sweep in (FAST, NEUMANN)]
         key = f"{paper['row']}-L{paper['depth']}"
-        found.append(Twin(key, int(paper["seed"]), paper, fast))
+        found.append(Twin(key, int(paper["seed"]), paper, *twins_of_run))
     return sorted(found, key=lambda t: (t.paper["depth"], t.key, t.seed))
 
 
@@ -79,26 +89,28 @@ def _mean(row: list[Twin], pick: Callable[[Twin], float]) -> float:
 
 
 def markdown(pairs: list[Twin]) -> str:
-    """The comparison table: one line per run pair, then one per row (mean over its seeds).
+    """The comparison table: one line per run and its twins, then one per row (mean over its
+    seeds).
 
-    No times: the fast runs shared the machine with benchmarks and tests, the paper runs did
-    not, so their seconds per epoch (in the summaries) do not compare; ``bench.speed`` does.
+    No times: the runs of the three sweeps shared the machine with different other work, so
+    their seconds per epoch (in the summaries) do not compare; ``step_times.py`` does.
     """
-    lines = ["| row | seed | test acc. (%), paper | test acc. (%), fast | fast - paper (points) "
-             "| test iters, paper / fast |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for t in pairs:
-        p, f = t.paper, t.fast
-        lines.append(f"| {t.key} | {t.seed} | {_acc(p):.2f} | {_acc(f):.2f} | "
-                     f"{_acc(f) - _acc(p):+.2f} | {p['test/iters_to_converge']:.2f} / "
-                     f"{f['test/iters_to_converge']:.2f} |")
+    lines = ["| row | seed | test acc. (%), paper | fast, unrolled backward | fast | "
+             "unrolled - paper (points) | fast - paper (points) | test iters, paper / fast |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def line(label: str, seeds: str, rows: list[Twin]) -> str:
+        acc = [_mean(rows, lambda t, k=k: _acc(getattr(t, k)))
+               for k in ("paper", "fast", "neumann")]
+        it_p = _mean(rows, lambda t: t.paper["test/iters_to_converge"])
+        it_f = _mean(rows, lambda t: t.neumann["test/iters_to_converge"])
+        return (f"| {label} | {seeds} | {acc[0]:.2f} | {acc[1]:.2f} | {acc[2]:.2f} | "
+                f"{acc[1] - acc[0]:+.2f} | {acc[2] - acc[0]:+.2f} | {it_p:.2f} / {it_f:.2f} |")
+
+    lines += [line(t.key, str(t.seed), [t]) for t in pairs]
     for key in dict.fromkeys(t.key for t in pairs):
         row = [t for t in pairs if t.key == key]
-        acc_p, acc_f = _mean(row, lambda t: _acc(t.paper)), _mean(row, lambda t: _acc(t.fast))
-        it_p = _mean(row, lambda t: t.paper["test/iters_to_converge"])
-        it_f = _mean(row, lambda t: t.fast["test/iters_to_converge"])
-        lines.append(f"| **{key}, mean** | {len(row)} seeds | {acc_p:.2f} | {acc_f:.2f} | "
-                     f"{acc_f - acc_p:+.2f} | {it_p:.2f} / {it_f:.2f} |")
+        lines.append(line(f"**{key}, mean**", f"{len(row)} seeds", row))
     return "\n".join(lines) + "\n"
 
 

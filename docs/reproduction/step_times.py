@@ -1,0 +1,185 @@
+"""Training-step time of trained networks on real images, in each training mode.
+
+    OMP_NUM_THREADS=1 python docs/reproduction/step_times.py --results RESULTS --sweep NAME \\
+        --runs HAM-EO-DEQ-L5-s0,CHN-DEQ-L3-s0 --data-dir /usr/share/datasets/fashion-mnist \\
+        [--dataset fashion-mnist] [--batches 10] [--json FILE]
+
+``bench.speed`` times untrained networks on synthetic images, where few samples converge early;
+what the fast mode saves depends on how fast trained networks converge on real data. This
+script loads the weights of finished runs (``<results>/<sweep>/<run>/checkpoints/last.ckpt``)
+and times one training step (forward solve, loss, backward, Madam step) on the same batches of
+real training images in three modes:
+
+- ``paper``: the paper's settings (fixed forward iterations, backward through unrolled steps);
+- ``fast-unrolled``: the fast mode's forward (tolerance stop, compaction) with the paper's
+  unrolled backward (the fast mode before the Neumann backward);
+- ``fast``: the fast mode as it is now (:data:`deq_modules.experiments.FAST_MODE`).
+
+Every timed step starts from the run's trained weights (restored outside the timed region) and
+the modes take turns batch by batch, so slow phases of a shared machine hit them alike. Prints a
+markdown table: median ms per step (interquartile range), the speedup over ``paper``, and the
+mean forward iterations per sample; then, per mode, the sweep's cost over the rows measured
+(``bench.speed``'s measure: ms per step x the row's training steps in the whole sweep, its
+epochs x 5 seeds), which is the whole sweep's when the runs cover all 17 rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from statistics import fmean, median, quantiles
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from deq_modules.dataset_files import load_dataset  # noqa: E402
+from bench.rows import sweep_steps  # noqa: E402
+from deq_modules.experiments import EXPERIMENTS, get_experiment, split_run_name  # noqa: E402
+from deq_modules.lit import LitHopfieldDEQ, lit_module_for  # noqa: E402
+from madam import Madam  # noqa: E402
+
+MODES = ("paper", "fast-unrolled", "fast")
+# Without a Trainer, ``self.log`` in ``training_step`` only warns.
+warnings.filterwarnings("ignore", message=r".*self\.trainer.* reference is not registered")
+
+
+def build(row: str, depth: int, mode: str, state: dict) -> LitHopfieldDEQ:
+    """The row's module in ``mode``, with the trained weights ``state``."""
+    exp = get_experiment(row, depth)
+    module = lit_module_for(exp, fast=mode != "paper")
+    if mode == "fast-unrolled":
+        hp = dict(module.hparams, backward_kwargs=exp.backward_kwargs)
+        module = LitHopfieldDEQ(**hp)
+    module.load_state_dict(state)
+    return module.train()
+
+
+def load_state(results: Path, sweep: str, run: str) -> dict:
+    path = results / sweep / run / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise SystemExit(f"{run}: no checkpoint at {path}")
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def batches(dataset: str, data_dir: Path, n: int, size: int = 64) -> list:
+    images, labels = load_dataset(dataset, data_dir)["train"]
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[: n * size]
+    x = images[order].float().div(255.0)
+    y = torch.nn.functional.one_hot(labels[order].long(), 10).float()
+    return list(zip(x.split(size), y.split(size)))
+
+
+def measure(run: str, state: dict, data: list) -> dict:
+    row, depth, seed = split_run_name(run)
+    modules = {m: build(row, depth, m, state) for m in MODES}
+    optimizers = {m: Madam(mod.parameters(), lr=mod.hparams.lr, p_scale=mod.hparams.p_scale,
+                           g_bound=mod.hparams.g_bound) for m, mod in modules.items()}
+    times = {m: [] for m in MODES}
+    iters = {m: [] for m in MODES}
+    for i, (x, y) in enumerate([data[0]] + data):  # the first batch warms up, untimed
+        for m in MODES:
+            module, opt = modules[m], optimizers[m]
+            module.load_state_dict(state)
+            solves = []
+            with module.deq.observe(on_solve=solves.append):
+                start = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                module.training_step((x, y), 0).backward()
+                opt.step()
+                elapsed = time.perf_counter() - start
+            if i == 0:
+                continue
+            times[m].append(elapsed * 1e3)
+            trace = solves[-1].trace
+            tol = module.deq.active_forward_kwargs.get("tol")
+            if tol is None:
+                iters[m].append(float(trace.shape[0]))
+            else:
+                below = trace < tol
+                first = torch.where(below.any(0), below.int().argmax(0) + 1, trace.shape[0])
+                iters[m].append(first.float().mean().item())
+    out = {"run": run, "key": f"{row}-L{depth}", "steps": sweep_steps(get_experiment(row, depth))}
+    for m in MODES:
+        q = quantiles(times[m], n=4) if len(times[m]) > 1 else [times[m][0]] * 3
+        out[m] = dict(ms=median(times[m]), q25=q[0], q75=q[2], iters=fmean(iters[m]),
+                      samples=times[m])
+    return out
+
+
+def table(records: list[dict]) -> str:
+    lines = ["| run | " + " | ".join(f"{m} ms/step" for m in MODES) + " | iters/sample, "
+             "paper / fast |", "| --- |" + " ---: |" * (len(MODES) + 1)]
+    for r in records:
+        cells = []
+        for m in MODES:
+            c = r[m]
+            speed = "" if m == "paper" else f" ({r['paper']['ms'] / c['ms']:.2f}x)"
+            cells.append(f"{c['ms']:.0f} [{c['q25']:.0f}-{c['q75']:.0f}]{speed}")
+        lines.append(f"| {r['run']} | " + " | ".join(cells)
+                     + f" | {r['paper']['iters']:.1f} / {r['fast']['iters']:.1f} |")
+    return "\n".join(lines)
+
+
+def sweep_hours(records: list[dict]) -> dict[str, float]:
+    """Per mode, hours of training steps over the rows measured (each row once: the median
+    of its runs' step times, times its steps in the whole sweep)."""
+    hours = {}
+    for m in MODES:
+        by_row: dict[str, list[float]] = {}
+        for r in records:
+            by_row.setdefault(r["key"], []).append(r[m]["ms"] * r["steps"] / 3.6e6)
+        hours[m] = sum(median(h) for h in by_row.values())
+    return hours
+
+
+def totals(records: list[dict]) -> str:
+    rows = {r["key"] for r in records}
+    whole = rows == {e.key for e in EXPERIMENTS}
+    what = (f"whole sweep ({len(rows)} rows" if whole
+            else f"{len(rows)} of {len(EXPERIMENTS)} rows (not the whole sweep")
+    hours = sweep_hours(records)
+    return "\n".join(f"{what}, 5 seeds, paper epochs), {m}: {h:.1f} h"
+                     + ("" if m == "paper" else f" ({hours['paper'] / h:.2f}x less)")
+                     for m, h in hours.items())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", type=Path, required=True)
+    p.add_argument("--sweep", required=True)
+    p.add_argument("--runs", required=True, help="comma-separated run names (ROW-Ld-sN)")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--batches", type=int, default=10)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    bad = [r for r in runs if split_run_name(r) is None]
+    if bad:
+        p.error(f"--runs: {bad} are not run names of the form ROW-Ld-sN (e.g. HAM-EO-DEQ-L5-s0)")
+    if args.batches < 1:
+        p.error(f"--batches must be >= 1, got {args.batches}")
+    torch.manual_seed(0)
+    data = batches(args.dataset, args.data_dir, args.batches)
+    print(f"threads {torch.get_num_threads()}, torch {torch.__version__}, "
+          f"{args.batches} batches of 64 real training images per mode", flush=True)
+    records = []
+    for run in runs:
+        records.append(measure(run, load_state(args.results, args.sweep, run), data))
+        print(f"{run}: " + ", ".join(f"{m} {records[-1][m]['ms']:.0f} ms" for m in MODES),
+              flush=True)
+    print(table(records))
+    print(totals(records))
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
