@@ -231,8 +231,8 @@ class DEQ(nn.Module):
         return call_all
 
     # -- the map -------------------------------------------------------------------------
-    def _f(self, Ux: Tensor, z: Tensor) -> Tensor:
-        if not self.compile_f:
+    def _f(self, Ux: Tensor, z: Tensor, eager: bool = False) -> Tensor:
+        if not self.compile_f or eager:
             return self.f_module(Ux, z)
         if self._compiled_forward is None:
             # Compaction hands f a smaller batch at many iterations: one graph for every batch
@@ -244,12 +244,13 @@ class DEQ(nn.Module):
                                                    dynamic=True if compacts else None)
         return self._compiled_forward(Ux, z)
 
-    def step_map(self, Ux: Tensor) -> Callable[[Tensor], Tensor]:
+    def step_map(self, Ux: Tensor, eager: bool = False) -> Callable[[Tensor], Tensor]:
         """The map the solvers iterate for a batch whose preprocessed input is ``Ux``:
         ``z -> d z + (1 - d) f(Ux, z)`` (``d`` the damping factor), in the state's dtype, with
-        the shape check of :func:`checked_map`. The forward solve runs it without a graph."""
+        the shape check of :func:`checked_map`. The forward solve runs it without a graph.
+        ``eager`` evaluates ``f`` without ``torch.compile`` even when ``compile_f`` is set."""
         # Checked before damping, where a wrong width would broadcast or fail inside torch.
-        f, d = checked_map("DEQ", lambda z: _in_state_dtype(self._f(Ux, z), z)), \
+        f, d = checked_map("DEQ", lambda z: _in_state_dtype(self._f(Ux, z, eager), z)), \
             self.damping_factor
         if d == 0.0:
             return f
@@ -337,7 +338,9 @@ class DEQ(nn.Module):
         z = self.step_map(Ux)(z_star)  # carries the gradient to Ux and the parameters
         z_leaf = z_star.clone().requires_grad_(True)
         with torch.enable_grad():
-            fz_leaf = self.step_map(Ux.detach())(z_leaf)  # its graph gives J^T g by autograd
+            # Its graph gives J^T g by autograd, once per adjoint iteration (retain_graph): built
+            # eagerly, since a compiled graph may donate its buffers to a single backward.
+            fz_leaf = self.step_map(Ux.detach(), eager=True)(z_leaf)
 
         def adjoint(v: Tensor | None) -> Tensor | None:
             if v is None:  # an undefined incoming gradient stays undefined

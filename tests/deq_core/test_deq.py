@@ -341,17 +341,20 @@ def test_empty_batch_returns_an_empty_state_and_zero_gradients(method, tanh_map)
 
 
 @pytest.mark.slow
-def test_compiled_map_gives_the_eager_fixed_point_and_gradients(make_tanh_map):
+@pytest.mark.parametrize("method", ["backprop", "full_adjoint"])
+def test_compiled_map_gives_the_eager_fixed_point_and_gradients(method, make_tanh_map):
     """``compile_f`` changes how f is evaluated, not what: the same fixed point and gradients
-    (to float rounding), also when compaction shrinks the batch between iterations."""
+    (to float rounding), also when compaction shrinks the batch between iterations, and with
+    the adjoint's vector-Jacobian products (the fast mode's backward), which reuse one graph."""
     x = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     results = []
     for compile_f in (False, True):
         f = make_tanh_map()
         deq = DEQ(f, forward_kwargs=dict(solver="anderson", iter=30),
                   train_forward_kwargs=dict(solver="anderson", iter=30, tol=1e-6, compact=True),
-                  backward_kwargs=dict(solver="picard", iter=8), compile_f=compile_f)
-        z = deq(x)  # training mode: the compacting solve, then the unrolled backward steps
+                  backward_kwargs=dict(solver="picard", iter=8, method=method),
+                  compile_f=compile_f)
+        z = deq(x)  # training mode: the compacting solve, then the backward's steps
         z.square().sum().backward()
         deq.eval()
         with torch.no_grad():

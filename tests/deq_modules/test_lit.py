@@ -205,3 +205,25 @@ def test_fast_mode_backward_gives_the_paper_gradients_at_a_fixed_point(key):
     assert modules[1].deq.backward_kwargs["method"] == "full_adjoint"
     assert paper.abs().max() > 0
     assert (fast - paper).norm() / paper.norm() < 1e-9
+
+
+@pytest.mark.parametrize("key", ["HAM-EO-DEQ-L3", "CHN-EO-L3"])
+def test_fast_mode_trains_with_the_compiled_map(key):
+    """``--fast --compile``: the Neumann backward's vector-Jacobian products go through one
+    graph many times, which a compiled graph with donated buffers refuses; the gradients must
+    be the eager ones."""
+    from deq_modules.experiments import Experiment
+
+    exp = Experiment.from_key(key)
+    x = torch.rand(16, 40, generator=torch.Generator().manual_seed(0))
+    y = torch.nn.functional.one_hot(torch.arange(16) % 10, 10).float()
+    grads = []
+    for compile_f in (False, True):
+        hp = dict(lit_module_for(exp, fast=True, compile_f=compile_f).hparams,
+                  layers=[40, 20, 10])
+        torch.manual_seed(0)
+        module = LitHopfieldDEQ(**hp).train()
+        module.training_step((x, y), 0).backward()
+        assert module.deq.backward_kwargs["method"] == "full_adjoint"
+        grads.append(torch.cat([p.grad.flatten() for p in module.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
