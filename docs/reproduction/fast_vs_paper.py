@@ -93,7 +93,7 @@ def markdown(pairs: list[Twin]) -> str:
     seeds).
 
     No times: the runs of the three sweeps shared the machine with different other work, so
-    their seconds per epoch (in the summaries) do not compare; ``step_times.py`` does.
+    their seconds per epoch (in the summaries) do not compare; ``python -m bench.trained_steps`` does.
     """
     lines = ["| row | seed | test acc. (%), paper | fast, unrolled backward | fast | "
              "unrolled - paper (points) | fast - paper (points) | test iters, paper / fast |",

@@ -1,6 +1,6 @@
 """Training-step time of trained networks on real images, in each training mode.
 
-    OMP_NUM_THREADS=1 python docs/reproduction/step_times.py --results RESULTS --sweep NAME \\
+    OMP_NUM_THREADS=1 python -m bench.trained_steps --results RESULTS --sweep NAME \\
         --runs HAM-EO-DEQ-L5-s0,CHN-DEQ-L3-s0 --data-dir /usr/share/datasets/fashion-mnist \\
         [--dataset fashion-mnist] [--batches 10] [--json FILE]
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -34,18 +33,14 @@ from statistics import fmean, median, quantiles
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from deq_modules.dataset_files import load_dataset
+from deq_modules.experiments import EXPERIMENTS, get_experiment, split_run_name
+from deq_modules.lit import LitHopfieldDEQ, lit_module_for
+from madam import Madam
 
-from deq_modules.dataset_files import load_dataset  # noqa: E402
-from bench.rows import sweep_steps  # noqa: E402
-from deq_modules.experiments import EXPERIMENTS, get_experiment, split_run_name  # noqa: E402
-from deq_modules.lit import LitHopfieldDEQ, lit_module_for  # noqa: E402
-from madam import Madam  # noqa: E402
+from .rows import _NO_TRAINER_WARNING, sweep_steps
 
 MODES = ("paper", "fast-unrolled", "fast")
-# Without a Trainer, ``self.log`` in ``training_step`` only warns.
-warnings.filterwarnings("ignore", message=r".*self\.trainer.* reference is not registered")
 
 
 def build(row: str, depth: int, mode: str, state: dict) -> LitHopfieldDEQ:
@@ -86,7 +81,8 @@ def measure(run: str, state: dict, data: list) -> dict:
             module, opt = modules[m], optimizers[m]
             module.load_state_dict(state)
             solves = []
-            with module.deq.observe(on_solve=solves.append):
+            with module.deq.observe(on_solve=solves.append), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_NO_TRAINER_WARNING)
                 start = time.perf_counter()
                 opt.zero_grad(set_to_none=True)
                 module.training_step((x, y), 0).backward()

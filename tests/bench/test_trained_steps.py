@@ -1,0 +1,41 @@
+"""bench.trained_steps: training steps of a run's trained weights, timed in every mode."""
+import json
+
+import pytest
+import torch
+
+from bench import trained_steps
+from deq_modules.experiments import Experiment
+from deq_modules.lit import lit_module_for
+from deq_modules.synthetic import make_synthetic
+
+
+def test_every_mode_is_timed_from_the_run_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(trained_steps, "load_dataset", lambda name, data_dir: make_synthetic(200, 10))
+    run = tmp_path / "sw" / "HAM-EO-DEQ-L3-s0" / "checkpoints"
+    run.mkdir(parents=True)
+    torch.manual_seed(0)
+    trained = lit_module_for(Experiment.from_key("HAM-EO-DEQ-L3"))
+    torch.save({"state_dict": trained.state_dict()}, run / "last.ckpt")
+    out = tmp_path / "times.json"
+    args = ["--results", str(tmp_path), "--sweep", "sw", "--data-dir", str(tmp_path),
+            "--batches", "2", "--json", str(out)]
+    assert trained_steps.main(args + ["--runs", "HAM-EO-DEQ-L3-s0"]) == 0
+    (record,) = json.loads(out.read_text())
+    assert set(trained_steps.MODES) <= set(record)
+    for mode in trained_steps.MODES:
+        assert len(record[mode]["samples"]) == 2 and record[mode]["ms"] > 0
+    assert record["paper"]["iters"] == 40  # the paper's fixed count
+    assert record["fast"]["iters"] < 40  # the tolerance stop
+    printed = capsys.readouterr().out
+    assert "| HAM-EO-DEQ-L3-s0 |" in printed
+    steps = 938 * 10 * 5  # batches per epoch x the row's epochs x seeds
+    assert record["steps"] == steps
+    hours = trained_steps.sweep_hours([record])
+    assert hours["paper"] == pytest.approx(record["paper"]["ms"] * steps / 3.6e6)
+    assert "1 of 17 rows (not the whole sweep, 5 seeds, paper epochs), fast:" in printed
+    with pytest.raises(SystemExit):
+        trained_steps.main(args + ["--runs", "HAM-EO-DEQ-L3"])
+    assert "not run names of the form ROW-Ld-sN" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="HAM-EO-DEQ-L3-s1: no checkpoint at"):
+        trained_steps.main(args + ["--runs", "HAM-EO-DEQ-L3-s1"])
