@@ -28,6 +28,18 @@ FAST_BACKWARDS = ("unrolled", "neumann")
 FAST_MODE = dict(tol=CONVERGENCE_TOL, precision=None, backward="neumann")
 
 
+def fast_backward(backward_kwargs: dict) -> dict:
+    """The fast mode's backward for a module whose paper backward is ``backward_kwargs``: with
+    ``FAST_MODE["backward"] == "neumann"``, unrolled steps (``backprop``) become as many Picard
+    steps of the adjoint (see :attr:`Experiment.fast_backward_kwargs`); anything else is kept."""
+    mode = FAST_MODE["backward"]
+    if mode not in FAST_BACKWARDS:
+        raise ValueError(f"unknown FAST_MODE['backward'] {mode!r}; valid: {list(FAST_BACKWARDS)}")
+    if mode == "unrolled" or backward_kwargs.get("method") != "backprop":
+        return dict(backward_kwargs)
+    return dict(solver="picard", iter=backward_kwargs["iter"], method="full_adjoint")
+
+
 @dataclass(frozen=True)
 class Experiment:
     """One row of Table 2 at one depth, with everything needed to rebuild the run.
@@ -110,9 +122,7 @@ class Experiment:
         solve stops at ``tol``). One step costs a vector-Jacobian product in the state only,
         instead of a differentiable step and its backward through the weights.
         """
-        if FAST_MODE["backward"] == "unrolled" or self.backward_method != "backprop":
-            return self.backward_kwargs
-        return dict(solver="picard", iter=self.backward_iter, method="full_adjoint")
+        return fast_backward(self.backward_kwargs)
 
     def to_dict(self) -> dict:
         return asdict(self)

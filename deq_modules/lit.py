@@ -13,7 +13,7 @@ from deq_core import DEQ
 from deq_core.names import STAGES
 from madam import Madam
 
-from .experiments import FAST_MODE, Experiment, get_experiment
+from .experiments import FAST_MODE, Experiment, fast_backward, get_experiment
 from .functions import EvenOddFunction, OneMatrixFunction
 
 STRUCTURES = ("onematrix", "evenodd")
@@ -206,9 +206,7 @@ def apply_fast_mode(module: LitHopfieldDEQ) -> LitHopfieldDEQ:
     module.deq.train_forward_kwargs = DEQ(module.f, forward_kwargs=kwargs).forward_kwargs
     module.hparams["train_forward_kwargs"] = kwargs
     module.hparams["train_precision"] = FAST_MODE["precision"]
-    backward = module.deq.backward_kwargs
-    if FAST_MODE["backward"] == "neumann" and backward["method"] == "backprop":
-        backward = dict(solver="picard", iter=backward["iter"], method="full_adjoint")
-        module.deq.backward_kwargs = DEQ(module.f, backward_kwargs=backward).backward_kwargs
-        module.hparams["backward_kwargs"] = backward
+    backward = fast_backward(module.deq.backward_kwargs)
+    module.deq.backward_kwargs = DEQ(module.f, backward_kwargs=backward).backward_kwargs
+    module.hparams["backward_kwargs"] = backward
     return module

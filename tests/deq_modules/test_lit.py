@@ -227,3 +227,21 @@ def test_fast_mode_trains_with_the_compiled_map(key):
         assert module.deq.backward_kwargs["method"] == "full_adjoint"
         grads.append(torch.cat([p.grad.flatten() for p in module.parameters()]))
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_fast_mode_can_keep_the_paper_backward(monkeypatch):
+    """``FAST_MODE["backward"] = "unrolled"``: the fast mode's forward, the paper's backward;
+    an unknown value is refused with the valid ones."""
+    from deq_modules import experiments
+    from deq_modules.lit import apply_fast_mode
+
+    exp = experiments.Experiment.from_key("HAM-EO-DEQ-L5")
+    monkeypatch.setitem(experiments.FAST_MODE, "backward", "unrolled")
+    assert exp.fast_backward_kwargs == exp.backward_kwargs
+    assert lit_module_for(exp, fast=True).deq.backward_kwargs == exp.backward_kwargs
+    assert apply_fast_mode(lit_module_for(exp)).deq.backward_kwargs == exp.backward_kwargs
+    assert lit_module_for(exp, fast=True).deq.train_forward_kwargs["compact"] is True
+    monkeypatch.setitem(experiments.FAST_MODE, "backward", "implicit")
+    with pytest.raises(ValueError, match=r"unknown FAST_MODE\['backward'\] 'implicit'; "
+                                         r"valid: \['unrolled', 'neumann'\]"):
+        lit_module_for(exp, fast=True)
