@@ -86,22 +86,32 @@ class Madam(Optimizer):
                     state["step"] = 0
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["p_max"] = group["p_scale"] * p.square().mean().sqrt()
+                p_max = state["p_max"]
+                if isinstance(p_max, torch.Tensor):
+                    # Read once (one host sync per tensor and run; a resumed state saved
+                    # with a tensor bound is converted here): clamping to a Python number
+                    # is one vectorised pass, while a 0-dim tensor bound takes torch's
+                    # broadcasting kernel, which on the CPU cost more than the rest of
+                    # the update together. The value is the float32/float64 number
+                    # itself, so the clamp is unchanged.
+                    p_max = state["p_max"] = p_max.item()
 
                 state["step"] += 1
                 exp_avg_sq = state["exp_avg_sq"]
                 exp_avg_sq.mul_(beta).addcmul_(grad, grad, value=1.0 - beta)
 
                 bias_correction = 1.0 - beta ** state["step"]
-                denom = (exp_avg_sq / bias_correction).sqrt_().add_(eps)
-                # With eps == 0 and an all-zero gradient history the denominator
-                # is 0; flooring it keeps 0 / denom == 0 instead of NaN.
-                denom.clamp_min_(torch.finfo(denom.dtype).tiny)
-                g_normed = torch.div(grad, denom).clamp_(-g_bound, g_bound)
-
-                # In-place p *= exp(-lr * g_normed * sign(p)); reuse g_normed's buffer.
+                denom = torch.div(exp_avg_sq, bias_correction).sqrt_().add_(eps)
+                tiny = torch.finfo(denom.dtype).tiny
+                if not eps >= tiny:
+                    # With eps == 0 and an all-zero gradient history the denominator is 0;
+                    # flooring it keeps 0 / denom == 0 instead of NaN (with eps >= tiny
+                    # the floor cannot act, and its pass over the tensor is saved).
+                    denom.clamp_min_(tiny)
+                # One temporary, reused: g_normed overwrites denom, then becomes the factor
+                # exp(-lr * g_normed * sign(p)) by which p is multiplied in place.
+                g_normed = torch.div(grad, denom, out=denom).clamp_(-g_bound, g_bound)
                 factor = g_normed.mul_(torch.sign(p)).mul_(-lr).exp_()
-                p.mul_(factor)
-                p_max = state["p_max"]
-                p.clamp_(min=-p_max, max=p_max)
+                p.mul_(factor).clamp_(min=-p_max, max=p_max)
 
         return loss
