@@ -61,6 +61,19 @@ class Madam(Optimizer):
         defaults = dict(lr=lr, p_scale=p_scale, g_bound=g_bound, beta=beta, eps=eps)
         super().__init__(params, defaults)
 
+    def _scratch(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two work tensors shaped like ``p``: views of two buffers per device and dtype,
+        as large as the largest parameter seen, kept between steps (not part of the state).
+        Allocated afresh, temporaries this large come from new memory every step on the
+        CPU: for this project's 3-layer networks that was ~3000 page faults per step (two
+        6 MB temporaries for the 784 x 1990 matrix) and about a third of the update's time."""
+        buffers = self.__dict__.setdefault("_buffers", {})
+        key = (p.device, p.dtype)
+        pair = buffers.get(key)
+        if pair is None or pair[0].numel() < p.numel():
+            pair = buffers[key] = (p.new_empty(p.numel()), p.new_empty(p.numel()))
+        return tuple(b[: p.numel()].view(p.shape) for b in pair)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Perform one optimisation step; ``closure`` re-evaluates the loss."""
@@ -101,17 +114,18 @@ class Madam(Optimizer):
                 exp_avg_sq.mul_(beta).addcmul_(grad, grad, value=1.0 - beta)
 
                 bias_correction = 1.0 - beta ** state["step"]
-                denom = torch.div(exp_avg_sq, bias_correction).sqrt_().add_(eps)
+                denom, signs = self._scratch(p)
+                torch.div(exp_avg_sq, bias_correction, out=denom).sqrt_().add_(eps)
                 tiny = torch.finfo(denom.dtype).tiny
                 if not eps >= tiny:
                     # With eps == 0 and an all-zero gradient history the denominator is 0;
                     # flooring it keeps 0 / denom == 0 instead of NaN (with eps >= tiny
                     # the floor cannot act, and its pass over the tensor is saved).
                     denom.clamp_min_(tiny)
-                # One temporary, reused: g_normed overwrites denom, then becomes the factor
+                # g_normed overwrites denom, then becomes the factor
                 # exp(-lr * g_normed * sign(p)) by which p is multiplied in place.
                 g_normed = torch.div(grad, denom, out=denom).clamp_(-g_bound, g_bound)
-                factor = g_normed.mul_(torch.sign(p)).mul_(-lr).exp_()
+                factor = g_normed.mul_(torch.sign(p, out=signs)).mul_(-lr).exp_()
                 p.mul_(factor).clamp_(min=-p_max, max=p_max)
 
         return loss
