@@ -15,6 +15,11 @@ real training images in three modes:
   unrolled backward (the fast mode before the Neumann backward);
 - ``fast``: the fast mode as it is now (:data:`deq_modules.experiments.FAST_MODE`).
 
+Beside each time, the step's arithmetic by ``bench.flops``' model (its matrix products, the
+forward solve counted with each sample's own iterations): the ratio of the whole sweep's
+arithmetic between two modes is the speedup that removing every overhead would give, i.e.
+what the mode's algorithm allows; the ratio of the times is what the implementation gets.
+
 Every timed step starts from the run's trained weights (restored outside the timed region) and
 the modes take turns batch by batch, so slow phases of a shared machine hit them alike. Prints a
 markdown table: median ms per step (interquartile range), the speedup over ``paper``, and the
@@ -38,6 +43,7 @@ from deq_modules.experiments import EXPERIMENTS, get_experiment, split_run_name
 from deq_modules.lit import LitHopfieldDEQ, lit_module_for
 from madam import Madam
 
+from .flops import step_flops
 from .rows import _NO_TRAINER_WARNING, sweep_steps
 
 MODES = ("paper", "fast-unrolled", "fast")
@@ -69,13 +75,35 @@ def batches(dataset: str, data_dir: Path, n: int, size: int = 64) -> list:
     return list(zip(x.split(size), y.split(size)))
 
 
+def sample_iterations(module: LitHopfieldDEQ, trace: torch.Tensor) -> list[int]:
+    """Forward iterations each sample of a solve got: the solve's count without a tolerance;
+    with one, the first iteration below it (a sample that left the batch keeps its last
+    residual in the trace; one that never got below it ran the whole solve)."""
+    tol = module.deq.active_forward_kwargs.get("tol")
+    if tol is None:
+        return [trace.shape[0]] * trace.shape[1]
+    below = trace < tol
+    return torch.where(below.any(0), below.int().argmax(0) + 1, trace.shape[0]).tolist()
+
+
+def module_step_flops(module: LitHopfieldDEQ, exp, per_sample: list[int]) -> int:
+    """Arithmetic of the step just taken, by :func:`bench.flops.step_flops` (matrix products
+    of the forward solve with each sample's own iterations, the backward by its method)."""
+    fkw, bkw = module.deq.active_forward_kwargs, module.deq.backward_kwargs
+    return step_flops(list(exp.layers), len(per_sample), max(per_sample), bkw["iter"],
+                      exp.structure, fkw["solver"], module.deq.f_module.state_size,
+                      fkw.get("m", 4), sample_iters=per_sample, backward_method=bkw["method"])
+
+
 def measure(run: str, state: dict, data: list) -> dict:
     row, depth, seed = split_run_name(run)
+    exp = get_experiment(row, depth)
     modules = {m: build(row, depth, m, state) for m in MODES}
     optimizers = {m: Madam(mod.parameters(), lr=mod.hparams.lr, p_scale=mod.hparams.p_scale,
                            g_bound=mod.hparams.g_bound) for m, mod in modules.items()}
     times = {m: [] for m in MODES}
     iters = {m: [] for m in MODES}
+    flops = {m: [] for m in MODES}
     for i, (x, y) in enumerate([data[0]] + data):  # the first batch warms up, untimed
         for m in MODES:
             module, opt = modules[m], optimizers[m]
@@ -91,25 +119,20 @@ def measure(run: str, state: dict, data: list) -> dict:
             if i == 0:
                 continue
             times[m].append(elapsed * 1e3)
-            trace = solves[-1].trace
-            tol = module.deq.active_forward_kwargs.get("tol")
-            if tol is None:
-                iters[m].append(float(trace.shape[0]))
-            else:
-                below = trace < tol
-                first = torch.where(below.any(0), below.int().argmax(0) + 1, trace.shape[0])
-                iters[m].append(first.float().mean().item())
+            per_sample = sample_iterations(module, solves[-1].trace)
+            iters[m].append(fmean(per_sample))
+            flops[m].append(module_step_flops(module, exp, per_sample))
     out = {"run": run, "key": f"{row}-L{depth}", "steps": sweep_steps(get_experiment(row, depth))}
     for m in MODES:
         q = quantiles(times[m], n=4) if len(times[m]) > 1 else [times[m][0]] * 3
         out[m] = dict(ms=median(times[m]), q25=q[0], q75=q[2], iters=fmean(iters[m]),
-                      samples=times[m])
+                      gflop=fmean(flops[m]) / 1e9, samples=times[m])
     return out
 
 
 def table(records: list[dict]) -> str:
     lines = ["| run | " + " | ".join(f"{m} ms/step" for m in MODES) + " | iters/sample, "
-             "paper / fast |", "| --- |" + " ---: |" * (len(MODES) + 1)]
+             "paper / fast | GFLOP/step, paper / fast |", "| --- |" + " ---: |" * (len(MODES) + 2)]
     for r in records:
         cells = []
         for m in MODES:
@@ -117,7 +140,8 @@ def table(records: list[dict]) -> str:
             speed = "" if m == "paper" else f" ({r['paper']['ms'] / c['ms']:.2f}x)"
             cells.append(f"{c['ms']:.0f} [{c['q25']:.0f}-{c['q75']:.0f}]{speed}")
         lines.append(f"| {r['run']} | " + " | ".join(cells)
-                     + f" | {r['paper']['iters']:.1f} / {r['fast']['iters']:.1f} |")
+                     + f" | {r['paper']['iters']:.1f} / {r['fast']['iters']:.1f}"
+                     + f" | {r['paper']['gflop']:.1f} / {r['fast']['gflop']:.1f} |")
     return "\n".join(lines)
 
 
@@ -133,15 +157,33 @@ def sweep_hours(records: list[dict]) -> dict[str, float]:
     return hours
 
 
+def sweep_arithmetic(records: list[dict]) -> dict[str, float]:
+    """Per mode, PFLOP of the training steps over the rows measured (each row once, as in
+    :func:`sweep_hours`): what the time would be proportional to if every matrix product ran
+    at one rate, whatever its shape and batch. Its ratio between two modes bounds the
+    speedup that removing overhead alone could give."""
+    work = {}
+    for m in MODES:
+        by_row: dict[str, list[float]] = {}
+        for r in records:
+            by_row.setdefault(r["key"], []).append(r[m]["gflop"] * r["steps"] / 1e6)
+        work[m] = sum(median(w) for w in by_row.values())
+    return work
+
+
 def totals(records: list[dict]) -> str:
     rows = {r["key"] for r in records}
     whole = rows == {e.key for e in EXPERIMENTS}
     what = (f"whole sweep ({len(rows)} rows" if whole
             else f"{len(rows)} of {len(EXPERIMENTS)} rows (not the whole sweep")
-    hours = sweep_hours(records)
-    return "\n".join(f"{what}, 5 seeds, paper epochs), {m}: {h:.1f} h"
-                     + ("" if m == "paper" else f" ({hours['paper'] / h:.2f}x less)")
-                     for m, h in hours.items())
+    hours, work = sweep_hours(records), sweep_arithmetic(records)
+    lines = [f"{what}, 5 seeds, paper epochs), {m}: {h:.1f} h"
+             + ("" if m == "paper" else f" ({hours['paper'] / h:.2f}x less)")
+             for m, h in hours.items()]
+    lines += [f"arithmetic of the same steps (FLOP model), {m}: {w:.1f} PFLOP"
+              + ("" if m == "paper" else f" ({work['paper'] / w:.2f}x less)")
+              for m, w in work.items()]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from bench import trained_steps
+from bench.flops import step_flops
 from deq_modules.experiments import Experiment
 from deq_modules.lit import lit_module_for
 from deq_modules.synthetic import make_synthetic
@@ -27,6 +28,11 @@ def test_every_mode_is_timed_from_the_run_checkpoint(tmp_path, monkeypatch, caps
         assert len(record[mode]["samples"]) == 2 and record[mode]["ms"] > 0
     assert record["paper"]["iters"] == 40  # the paper's fixed count
     assert record["fast"]["iters"] < 40  # the tolerance stop
+    exp = Experiment.from_key("HAM-EO-DEQ-L3")
+    width = trained.deq.f_module.state_size  # the even-odd state: the even layers
+    paper_flops = step_flops(list(exp.layers), 64, 40, 8, "evenodd", "anderson", width)
+    assert record["paper"]["gflop"] == pytest.approx(paper_flops / 1e9)
+    assert record["fast"]["gflop"] < record["paper"]["gflop"]
     printed = capsys.readouterr().out
     assert "| HAM-EO-DEQ-L3-s0 |" in printed
     steps = 938 * 10 * 5  # batches per epoch x the row's epochs x seeds
@@ -34,6 +40,9 @@ def test_every_mode_is_timed_from_the_run_checkpoint(tmp_path, monkeypatch, caps
     hours = trained_steps.sweep_hours([record])
     assert hours["paper"] == pytest.approx(record["paper"]["ms"] * steps / 3.6e6)
     assert "1 of 17 rows (not the whole sweep, 5 seeds, paper epochs), fast:" in printed
+    work = trained_steps.sweep_arithmetic([record])
+    assert work["fast"] == pytest.approx(record["fast"]["gflop"] * steps / 1e6)
+    assert f"arithmetic of the same steps (FLOP model), fast: {work['fast']:.1f} PFLOP" in printed
     with pytest.raises(SystemExit):
         trained_steps.main(args + ["--runs", "HAM-EO-DEQ-L3"])
     assert "not run names of the form ROW-Ld-sN" in capsys.readouterr().err
