@@ -30,8 +30,7 @@ available, else cpu), float32, batch 64:
 - ``sweep h``: median step time x ceil(60000 / 64) x epochs x 5 seeds, in hours; the line below
   the table sums the rows measured.
 
-``--mode fast`` applies ``deq_modules.lit.apply_fast_mode(module)`` to every module; while that
-function does not exist, fast mode is reported unavailable and the exit status is 2.
+``--mode fast`` applies ``deq_modules.lit.apply_fast_mode(module)`` to every module.
 ``--tiny`` (two 3-layer rows, layers divided by 16, 1 warm-up, 2 repetitions) runs in seconds
 and is what tests/bench/test_speed.py runs, so that this tool keeps working.
 """
@@ -47,11 +46,12 @@ from typing import Any
 import torch
 
 from deq_modules.experiments import EXPERIMENTS, Experiment
+from deq_modules.lit import apply_fast_mode
 
 from .flops import Shape
 from .measure import device_name, header_line
 from .peer import torchdeq_available
-from .rows import MEM_FACTOR, FastMode, Settings, measure_row
+from .rows import MEM_FACTOR, Settings, measure_row
 
 MODES = ("paper", "fast", "both")
 TINY_ROWS = ("HAM-EO-DEQ-L3", "CHN-DEQ-L3")
@@ -72,15 +72,6 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("torchdeq_ms", "torchdeq ms/step", "{:.2f}"),
     ("sweep_hours", "sweep h", "{:.2f}"),
 )
-
-
-def load_fast_mode() -> FastMode | None:
-    """``deq_modules.lit.apply_fast_mode`` if it exists yet, else ``None`` (imported lazily)."""
-    try:
-        from deq_modules.lit import apply_fast_mode
-    except ImportError:
-        return None
-    return apply_fast_mode
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -177,13 +168,9 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; returns the exit status (2 when fast mode is asked but missing)."""
+    """Run the benchmark; returns the exit status."""
     args = parse_args(argv)
     modes = ["paper", "fast"] if args.mode == "both" else [args.mode]
-    fast_mode = load_fast_mode() if "fast" in modes else None
-    if "fast" in modes and fast_mode is None:
-        print("fast mode is not available: deq_modules.lit has no apply_fast_mode yet")
-        return 2
     experiments = args.experiments
     device = torch.device(args.device)
     settings = Settings(device, args.warmup, args.reps, args.tiny, peer=not args.no_peer,
@@ -215,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for exp in experiments:
         for mode in modes:
             print(f"  measuring {exp.key} ({mode}) ...", file=sys.stderr, flush=True)
-            records.append(measure_row(exp, mode, fast_mode if mode == "fast" else None,
+            records.append(measure_row(exp, mode, apply_fast_mode if mode == "fast" else None,
                                        settings, peaks))
             print(table_line(records[-1]), flush=True)
             if args.json:

@@ -78,12 +78,6 @@ def test_fast_mode_columns(tmp_path):
     assert set(out["sweep_hours"]) == {"paper", "fast"}
 
 
-def test_fast_mode_unavailable_exits_2(monkeypatch, capsys):
-    monkeypatch.delattr(deq_modules.lit, "apply_fast_mode", raising=False)
-    assert speed.main(["--tiny", "--device", "cpu", "--mode", "fast"]) == 2
-    assert "fast mode is not available" in capsys.readouterr().out
-
-
 class OpFlops(TorchDispatchMode):
     """Torch's own per-operation FLOP formulas (``flop_registry``, what ``FlopCounterMode``
     counts with) summed over every operation run inside. ``FlopCounterMode`` itself cannot
