@@ -145,30 +145,28 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def sweep_hours(records: list[dict]) -> dict[str, float]:
-    """Per mode, hours of training steps over the rows measured (each row once: the median
-    of its runs' step times, times its steps in the whole sweep)."""
-    hours = {}
+def _sweep_sum(records: list[dict], per_step: str, scale: float) -> dict[str, float]:
+    """Per mode, ``per_step`` (a key of each mode's record) x the row's steps in the whole
+    sweep x ``scale``, summed over the rows measured (each row once: the median of its runs)."""
+    total = {}
     for m in MODES:
         by_row: dict[str, list[float]] = {}
         for r in records:
-            by_row.setdefault(r["key"], []).append(r[m]["ms"] * r["steps"] / 3.6e6)
-        hours[m] = sum(median(h) for h in by_row.values())
-    return hours
+            by_row.setdefault(r["key"], []).append(r[m][per_step] * r["steps"] * scale)
+        total[m] = sum(median(v) for v in by_row.values())
+    return total
+
+
+def sweep_hours(records: list[dict]) -> dict[str, float]:
+    """Per mode, hours of training steps over the rows measured."""
+    return _sweep_sum(records, "ms", 1 / 3.6e6)
 
 
 def sweep_arithmetic(records: list[dict]) -> dict[str, float]:
-    """Per mode, PFLOP of the training steps over the rows measured (each row once, as in
-    :func:`sweep_hours`): what the time would be proportional to if every matrix product ran
-    at one rate, whatever its shape and batch. Its ratio between two modes bounds the
-    speedup that removing overhead alone could give."""
-    work = {}
-    for m in MODES:
-        by_row: dict[str, list[float]] = {}
-        for r in records:
-            by_row.setdefault(r["key"], []).append(r[m]["gflop"] * r["steps"] / 1e6)
-        work[m] = sum(median(w) for w in by_row.values())
-    return work
+    """Per mode, PFLOP of the same training steps: what the time would be proportional to if
+    every matrix product ran at one rate, whatever its shape and batch. Its ratio between two
+    modes bounds the speedup that removing overhead alone could give."""
+    return _sweep_sum(records, "gflop", 1e-6)
 
 
 def totals(records: list[dict]) -> str:
