@@ -316,3 +316,25 @@ def test_later_steps_allocate_nothing_of_a_parameter_size():
             assert largest >= p.nbytes
         else:
             assert largest < q.nbytes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_updates_are_bitwise_those_of_the_rule_written_plainly(dtype):
+    """The update in place (reused buffers, the bound as a number, no floor when eps >= tiny)
+    rounds exactly like the rule written with fresh tensors and a tensor bound."""
+    torch.manual_seed(5)
+    p0 = torch.randn(40, 30, dtype=dtype) * 0.05
+    grads = [torch.randn(40, 30, dtype=dtype) * 0.01 * (k % 3) for k in range(8)]
+    lr, p_scale, g_bound, beta, eps = 0.01, 3.0, 3.0, 0.999, 1e-8
+    p = torch.nn.Parameter(p0.clone())
+    opt = Madam([p], lr=lr, p_scale=p_scale, g_bound=g_bound, beta=beta, eps=eps)
+    q, v = p0.clone(), torch.zeros_like(p0)
+    p_max = p_scale * q.square().mean().sqrt()
+    for t, g in enumerate(grads, start=1):
+        p.grad = g.clone()
+        opt.step()
+        v = v.mul(beta).addcmul(g, g, value=1 - beta)
+        denom = (v / (1 - beta**t)).sqrt().add(eps).clamp_min(torch.finfo(dtype).tiny)
+        g_n = (g / denom).clamp(-g_bound, g_bound)
+        q = (q * (g_n * torch.sign(q) * -lr).exp()).clamp(min=-p_max, max=p_max)
+        assert torch.equal(p.detach(), q), f"step {t}"
