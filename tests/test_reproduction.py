@@ -125,16 +125,21 @@ def _run(root, sweep, name, fast, **config):
 def test_fast_vs_paper_refuses_twins_that_differ_in_more_than_the_mode(tmp_path):
     fvp = _fast_vs_paper_module()
     _run(tmp_path, fvp.PAPER, "HAM-L3-s0", False)
-    with pytest.raises(ValueError, match="HAM-L3-s0: no fast-mode twin"):
+    with pytest.raises(ValueError, match="HAM-L3-s0: no fast-mode twin in fmnist-1ep-fast-neumann"):
         fvp.twins(tmp_path)
+    _run(tmp_path, fvp.NEUMANN, "HAM-L3-s0", True)
+    (pair,) = fvp.twins(tmp_path)  # the unrolled twin is optional (later seeds have none)
+    assert pair.fast is None and pair.neumann["test/acc"] == 0.5
+    table = fvp.markdown([pair])
+    assert "| HAM-L3 | 0 | 50.00 | - | 50.00 | - | +0.00 | 9.00 / 9.00 |" in table
     _run(tmp_path, fvp.FAST, "HAM-L3-s0", True, epochs=2)
     with pytest.raises(ValueError, match=r"HAM-L3-s0: the twins in fmnist-1ep-paper and "
                                          r"fmnist-1ep-fast differ in \['epochs'\]"):
         fvp.twins(tmp_path)
     (tmp_path / fvp.FAST / "HAM-L3-s0").rename(tmp_path / "wrong")
     _run(tmp_path, fvp.FAST, "HAM-L3-s0", True)
-    with pytest.raises(ValueError, match="HAM-L3-s0: no fast-mode twin in fmnist-1ep-fast-neumann"):
-        fvp.twins(tmp_path)
+    assert fvp.twins(tmp_path)[0].fast is not None
+    (tmp_path / fvp.NEUMANN / "HAM-L3-s0").rename(tmp_path / "wrong-neumann")
     _run(tmp_path, fvp.NEUMANN, "HAM-L3-s0", False)
     with pytest.raises(ValueError, match=r"fmnist-1ep-fast-neumann differ in \['fast'\]"):
         fvp.twins(tmp_path)

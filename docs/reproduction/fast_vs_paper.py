@@ -3,11 +3,12 @@
     python docs/reproduction/fast_vs_paper.py [--readme]
 
 For every run of ``docs/reproduction/fmnist-1ep-paper/`` (trained with the paper's settings),
-its twins of the same row and seed in ``docs/reproduction/fmnist-1ep-fast/`` (trained with
-``--fast`` when the fast mode still backpropagated through the paper's unrolled steps) and in
-``docs/reproduction/fmnist-1ep-fast-neumann/`` (``--fast`` as it is now: the same gradient
-computed at the fixed point); otherwise the same command: data, epochs, seed, hence the same
-batches; all are tested at the paper's settings. Prints a markdown table (test accuracy, test
+its twins of the same row and seed in ``docs/reproduction/fmnist-1ep-fast-neumann/``
+(``--fast`` as it is now: the gradient computed at the fixed point) and, where there is one, in
+``docs/reproduction/fmnist-1ep-fast/`` (trained with ``--fast`` when the fast mode still
+backpropagated through the paper's unrolled steps; the seeds trained later have none);
+otherwise the same command: data, epochs, seed, hence the same batches; all are tested at the
+paper's settings. Prints a markdown table (test accuracy, test
 iterations) and, per row, the mean over seeds; ``--readme`` also writes it into the README's
 ``<!-- fast-vs-paper -->`` block (``tests/test_reproduction.py`` checks that the block is
 current).
@@ -37,7 +38,7 @@ class Twin(NamedTuple):
     key: str
     seed: int
     paper: dict
-    fast: dict  # the fast mode with the unrolled backward
+    fast: dict | None  # the fast mode with the unrolled backward (None: not trained)
     neumann: dict  # the fast mode with the Neumann backward (the fast mode now)
 
 
@@ -46,8 +47,12 @@ def _load(run: Path) -> tuple[dict, dict]:
             json.loads((run / "summary.json").read_text()))
 
 
-def _twin(name: str, paper_config: dict, twin_dir: Path, sweep: str) -> dict:
-    """The summary of a paper run's fast-mode twin, checked to differ only in the mode."""
+def _twin(name: str, paper_config: dict, twin_dir: Path, sweep: str,
+          optional: bool = False) -> dict | None:
+    """The summary of a paper run's fast-mode twin, checked to differ only in the mode
+    (``None`` for an ``optional`` twin that was never trained)."""
+    if optional and not twin_dir.exists():
+        return None
     if not (twin_dir / "summary.json").is_file():
         raise ValueError(f"{name}: no fast-mode twin in {sweep}")
     fast_config, fast = _load(twin_dir)
@@ -63,9 +68,9 @@ def _twin(name: str, paper_config: dict, twin_dir: Path, sweep: str) -> dict:
 
 
 def twins(root: Path = REPO / DOCS) -> list[Twin]:
-    """Every finished paper-settings run with its fast twin, in row, seed order. A paper run
-    without a finished twin, or a twin whose command differs in more than the mode, is a
-    ValueError naming it."""
+    """Every finished paper-settings run with its fast twins, in row, seed order. A paper run
+    without a finished twin in the Neumann sweep, or a twin whose command differs in more than
+    the mode, is a ValueError naming it; the unrolled twin may be missing (``fast=None``)."""
     found = []
     for run in sorted((root / PAPER).iterdir()):
         if not run.is_dir():
@@ -73,8 +78,8 @@ def twins(root: Path = REPO / DOCS) -> list[Twin]:
         paper_config, paper = _load(run)
         if paper.get("status") != "finished":
             continue
-        twins_of_run = [_twin(run.name, paper_config, root / sweep / run.name, sweep)
-                        for sweep in (FAST, NEUMANN)]
+        twins_of_run = [_twin(run.name, paper_config, root / sweep / run.name, sweep,
+                              optional=sweep == FAST) for sweep in (FAST, NEUMANN)]
         key = f"{paper['row']}-L{paper['depth']}"
         found.append(Twin(key, int(paper["seed"]), paper, *twins_of_run))
     return sorted(found, key=lambda t: (t.paper["depth"], t.key, t.seed))
@@ -88,9 +93,13 @@ def _mean(row: list[Twin], pick: Callable[[Twin], float]) -> float:
     return fmean(pick(t) for t in row)
 
 
+def _cell(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
 def markdown(pairs: list[Twin]) -> str:
     """The comparison table: one line per run and its twins, then one per row (mean over its
-    seeds).
+    seeds; the unrolled backward's columns over the seeds that have it).
 
     No times: the runs of the three sweeps shared the machine with different other work, so
     their seconds per epoch (in the summaries) do not compare; ``python -m bench.trained_steps`` does.
@@ -100,12 +109,16 @@ def markdown(pairs: list[Twin]) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
     def line(label: str, seeds: str, rows: list[Twin]) -> str:
-        acc = [_mean(rows, lambda t, k=k: _acc(getattr(t, k)))
-               for k in ("paper", "fast", "neumann")]
+        paper, neumann = (_mean(rows, lambda t, k=k: _acc(getattr(t, k)))
+                          for k in ("paper", "neumann"))
+        unrolled = [t for t in rows if t.fast is not None]
+        fast = _mean(unrolled, lambda t: _acc(t.fast)) if unrolled else None
+        fast_gain = _mean(unrolled, lambda t: _acc(t.fast) - _acc(t.paper)) if unrolled else None
         it_p = _mean(rows, lambda t: t.paper["test/iters_to_converge"])
         it_f = _mean(rows, lambda t: t.neumann["test/iters_to_converge"])
-        return (f"| {label} | {seeds} | {acc[0]:.2f} | {acc[1]:.2f} | {acc[2]:.2f} | "
-                f"{acc[1] - acc[0]:+.2f} | {acc[2] - acc[0]:+.2f} | {it_p:.2f} / {it_f:.2f} |")
+        return (f"| {label} | {seeds} | {paper:.2f} | {_cell(fast, '.2f')} | {neumann:.2f} | "
+                f"{_cell(fast_gain, '+.2f')} | {neumann - paper:+.2f} | "
+                f"{it_p:.2f} / {it_f:.2f} |")
 
     lines += [line(t.key, str(t.seed), [t]) for t in pairs]
     for key in dict.fromkeys(t.key for t in pairs):
