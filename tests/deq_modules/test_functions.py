@@ -201,33 +201,6 @@ def test_chn_even_odd_damped_inner_steps_follow_eq7():
     torch.testing.assert_close(eo(Ux, eo.from_layer_states(s)), torch.cat([s2, s4, s1, s3], 1))
 
 
-def test_chn_even_odd_inner_step_is_four_operations():
-    """One inner step costs four tensor operations (sigmoid, r - r^2, the target, the lerp)
-    on the half: what makes the even-odd CHN map cheaper than its plain six-pass form."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Count(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.n += 1
-            return func(*args, **(kwargs or {}))
-
-    om = _om([6, 9, 5, 7, 4], False)
-    x, s = _inputs(om)
-    Ux = om.preprocess_inputs(x)
-    counts = {}
-    for inner in (3, 5):
-        eo = EvenOddFunction.from_OneMatrix(om, inner_iter=inner)
-        z = eo.from_layer_states(s)
-        with torch.no_grad(), Count() as c:
-            eo(Ux, z)
-        counts[inner] = c.n
-    assert (counts[5] - counts[3]) / (2 * 2) == 4  # 2 more steps in each of the 2 halves
-
-
 @pytest.mark.parametrize("structure", ["onematrix", "evenodd"])
 @pytest.mark.parametrize("ham", [True, False])
 def test_maps_have_the_gradients_of_their_finite_differences(structure, ham):
