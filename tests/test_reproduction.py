@@ -95,9 +95,11 @@ def test_the_readme_compares_fast_and_paper_runs_that_differ_only_in_the_mode():
     pairs = fvp.twins()  # raises if a pair differs in more than the mode
     assert {(t.key, t.seed) for t in pairs} == {
         (key, seed) for key in ("CHN-DEQ-L3", "HAM-EO-DEQ-L3", "HAM-EO-DEQ-L5")
-        for seed in (0, 1, 2)}
+        for seed in (0, 1, 2)} | {("HAM-EO-DEQ-L5", seed) for seed in (3, 4, 5)}
     for t in pairs:
-        assert t.paper["status"] == t.fast["status"] == t.neumann["status"] == "finished"
+        assert t.paper["status"] == t.neumann["status"] == "finished"
+        assert (t.fast is None) == (t.seed > 2)  # seeds 3-5 came after the unrolled fast mode
+        assert t.fast is None or t.fast["status"] == "finished"
     text = README.read_text()
     spliced, n = fvp.splice(text, fvp.markdown(pairs))
     assert n == 1 and spliced == text, "README's fast-vs-paper table is out of date"

@@ -116,6 +116,8 @@ def markdown(pairs: list[Twin]) -> str:
         fast_gain = _mean(unrolled, lambda t: _acc(t.fast) - _acc(t.paper)) if unrolled else None
         it_p = _mean(rows, lambda t: t.paper["test/iters_to_converge"])
         it_f = _mean(rows, lambda t: t.neumann["test/iters_to_converge"])
+        if len(rows) > 1 and len(unrolled) != len(rows):
+            seeds += f" (unrolled: {len(unrolled)})"
         return (f"| {label} | {seeds} | {paper:.2f} | {_cell(fast, '.2f')} | {neumann:.2f} | "
                 f"{_cell(fast_gain, '+.2f')} | {neumann - paper:+.2f} | "
                 f"{it_p:.2f} / {it_f:.2f} |")
