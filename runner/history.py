@@ -149,11 +149,20 @@ class ProgressLog(Callback):
         self._done = 0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._next = self._step(trainer)
-
-    def _step(self, trainer: pl.Trainer) -> int:
         total = trainer.num_training_batches
-        return max(1, int(round(total * self.fraction))) if math.isfinite(total) else 1
+        self._next = self._stride(total) if math.isfinite(total) else 1
+
+    def _stride(self, total: float) -> int:
+        """Batches between two lines: ``fraction`` of the pass."""
+        return max(1, int(round(total * self.fraction)))
+
+    def _due(self, done: int, total: float, next_at: int, last: float, now: float) -> bool:
+        """A line after batch ``done`` of ``total``: not at the pass's end (its own line follows
+        or the pass is over), else once ``next_at`` is reached or ``seconds`` have passed."""
+        return done < total and (done >= next_at or now - last >= self.seconds)
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream or sys.stdout, flush=True)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -163,18 +172,16 @@ class ProgressLog(Callback):
         if not math.isfinite(total):  # an iterable loader of unknown length: nothing to scale
             return
         done_in_epoch = batch_idx + 1
-        if done_in_epoch < total and (done_in_epoch >= self._next
-                                      or now - self._last >= self.seconds):
-            self._next = done_in_epoch + self._step(trainer)
+        if self._due(done_in_epoch, total, self._next, self._last, now):
+            self._next = done_in_epoch + self._stride(total)
             self._last = now
             if trainer.is_global_zero:
                 rate = self._done / max(now - self._start, 1e-9)
                 left = (trainer.max_epochs - trainer.current_epoch - 1) * total + total \
                     - done_in_epoch
-                print(f"{self.prefix} epoch {trainer.current_epoch + 1}/{trainer.max_epochs} "
-                      f"batch {done_in_epoch}/{total} ({100 * done_in_epoch / total:.0f}%)  "
-                      f"{rate:.3g} batch/s  run ETA {duration_text(left / rate)}",
-                      file=self.stream or sys.stdout, flush=True)
+                self._print(f"{self.prefix} epoch {trainer.current_epoch + 1}/{trainer.max_epochs} "
+                            f"batch {done_in_epoch}/{total} ({100 * done_in_epoch / total:.0f}%)  "
+                            f"{rate:.3g} batch/s  run ETA {duration_text(left / rate)}")
 
     # -- validation and test passes ------------------------------------------------------
     def _eval_start_pass(self) -> None:
@@ -196,15 +203,15 @@ class ProgressLog(Callback):
             return
         now = time.monotonic()
         done = batch_idx + 1
-        if done >= total or not (done >= self._eval_next or now - self._eval_last >= self.seconds):
+        if not self._due(done, total, self._eval_next, self._eval_last, now):
             return
-        self._eval_next = done + max(1, int(round(total * self.fraction)))
+        self._eval_next = done + self._stride(total)
         self._eval_last = now
         if trainer.is_global_zero:
             rate = done / max(now - self._eval_start, 1e-9)
-            print(f"{self.prefix} {stage} batch {done}/{int(total)} ({100 * done / total:.0f}%)  "
-                  f"{rate:.3g} batch/s  ETA {duration_text((total - done) / rate)}",
-                  file=self.stream or sys.stdout, flush=True)
+            self._print(f"{self.prefix} {stage} batch {done}/{int(total)} "
+                        f"({100 * done / total:.0f}%)  {rate:.3g} batch/s  "
+                        f"ETA {duration_text((total - done) / rate)}")
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                 outputs: Any, batch: Any, batch_idx: int,
