@@ -219,5 +219,6 @@ class ProgressLog(Callback):
         self._eval_batch_end("val", trainer, batch_idx, trainer.num_val_batches, dataloader_idx)
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                          outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+                          outputs: Any, batch: Any, batch_idx: int,
+                          dataloader_idx: int = 0) -> None:
         self._eval_batch_end("test", trainer, batch_idx, trainer.num_test_batches, dataloader_idx)
