@@ -3,6 +3,7 @@
     python sweep.py                      # the whole table, paper settings, emnist-mnist
     python sweep.py --rows HAM-EO-DEQ,HAM --layers 3 --seeds 0,1
     python sweep.py --dry-run            # print the plan and exit
+    python sweep.py --workers 4          # 4 runs at once (one single-thread worker per core)
     python sweep.py --quick              # the whole pipeline on synthetic data, about a minute
     python sweep.py --join ENTITY/PROJECT/SWEEP_ID   # one more W&B agent of a running sweep
 
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deq_modules.experiments import DEPTHS, ROWS, SEEDS, Experiment, select
-from runner.config import RunConfig, SweepOptions, add_run_args, synthetic_sizes
+from runner.config import RunConfig, SweepOptions, add_run_args, positive_int, synthetic_sizes
 from runner.eta import estimate, measured_seconds
 from runner.wandb_sweep import (ENDED_STATES, SWEEP_RECORD, existing_sweep,
                                  has_wandb_key, prepare_agents, run_agent, sweep_config,
@@ -43,6 +44,7 @@ from runner.store import (DIVERGED, FAILED, FINISHED, INTERRUPTED, RUNNING, RunL
 QUICK = dict(dataset="synthetic", epochs=1, limit_train_batches=2, limit_test_batches=2,
              synthetic_sizes=synthetic_sizes("256,128"), name="quick")
 EXIT_LOCKED = 75  # train.py's exit status when another process holds the run
+WORKER_ENV = "HOPFIELD_SWEEP_WORKER"  # set in the extra processes of --workers (2, 3, ...)
 
 
 def csv_list(kind: type, choices: tuple | None = None, what: str = "value"):
@@ -84,7 +86,16 @@ def parse_args(argv: list[str] | None = None) -> SweepOptions:
     w.add_argument("--count", type=int, default=None, help="with --join: at most this many runs")
     w.add_argument("--quick", action="store_true",
                    help="smoke test: every row, seed 0, synthetic data, 1 epoch of 2 batches")
+    w.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                   help="train N runs at once on this machine (the grid run here, not with "
+                        "W&B online): N sweep processes sharing the grid through the run "
+                        "locks, each with cores/N threads (OMP_NUM_THREADS, if set, wins); "
+                        "on a CPU these small networks train more per second as one "
+                        "single-thread worker per core (default 1)")
     args = p.parse_args(argv)
+    if args.workers > 1 and (args.join or str(args.devices) != "1"):
+        p.error("--workers > 1 runs the grid here with one device per run; it cannot be "
+                "combined with --join (start one agent per core instead) or --devices > 1")
     if args.join:
         given = [f for f, v in (("--rows", args.rows), ("--layers", args.layers),
                                 ("--seeds", args.seeds), ("--dry-run", args.dry_run),
@@ -199,7 +210,8 @@ def run_one(cfg: RunConfig) -> dict:
 
 def run_local(runs: list[RunConfig], args: SweepOptions) -> int:
     """Run the grid here, one run after the other; failures are recorded and skipped."""
-    print_plan(runs, args)
+    if WORKER_ENV not in os.environ:  # --workers: the first process prints the plan
+        print_plan(runs, args)
     outcome = Outcome()
     for i, cfg in enumerate(runs, 1):
         tag = f"run {i}/{len(runs)} {cfg.experiment.row} L{cfg.depth} seed {cfg.seed}"
@@ -241,6 +253,70 @@ def run_local(runs: list[RunConfig], args: SweepOptions) -> int:
         print("offline W&B runs can be uploaded later with: wandb sync "
               f"{os.path.join(args.results, args.name)}/*/wandb/offline-run-*")
     return 1 if outcome.failed else 0
+
+
+def threads_per_worker(workers: int) -> int:
+    """``OMP_NUM_THREADS`` when set, else this process's cores shared among the workers."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) >= 1:
+        return int(given)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // workers)
+
+
+def without_workers(argv: list[str]) -> list[str]:
+    """The command line minus ``--workers N`` / ``--workers=N``: what the extra processes run."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--workers":
+            skip = True
+        elif not token.startswith("--workers="):
+            out.append(token)
+    return out
+
+
+def run_workers(runs: list[RunConfig], args: SweepOptions, argv: list[str],
+                offline: bool) -> int:
+    """``--workers N``: this process and N - 1 more sweeps of the same grid and store, side by
+    side; the run locks give each run to one of them. The extra processes are started in
+    their own session, so a Ctrl-C or ``kill`` reaches this one, which passes the signal on
+    once and waits for them (every run is then interrupted and resumable). Exit status: an
+    interruption's if any, else 1 if any process had a failed run, else 0."""
+    import torch
+
+    from runner.safety import Interrupted
+
+    threads = threads_per_worker(args.workers)
+    torch.set_num_threads(threads)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    command = [sys.executable, str(Path(__file__).resolve()), *without_workers(argv),
+               *(["--offline"] if offline and "--offline" not in argv else [])]
+    children: list[subprocess.Popen] = []
+    try:
+        for k in range(2, args.workers + 1):
+            children.append(subprocess.Popen(command, env=dict(env, **{WORKER_ENV: str(k)}),
+                                             start_new_session=True))
+        print(f"sweep {args.name}: {args.workers} workers of {threads} thread(s): this process "
+              f"(pid {os.getpid()}) and pid {', '.join(str(c.pid) for c in children)}",
+              flush=True)
+        codes = [run_local(runs, args)] + [c.wait() for c in children]
+    except Interrupted as err:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(err.signum)
+        for child in children:
+            child.wait()
+        raise
+    except BaseException:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+            child.wait()
+        raise
+    interrupted = [c for c in codes if c > 128]
+    return interrupted[0] if interrupted else (1 if any(codes) else 0)
 
 
 # -- W&B: the sweep as W&B's agents run it ------------------------------------------------
@@ -325,6 +401,7 @@ def check_join(join: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     from runner.history import quiet_lightning
     from runner.safety import Interrupted, install_signal_handlers
@@ -353,12 +430,19 @@ def main(argv: list[str] | None = None) -> int:
         online = why is None
         if not online:
             print(f"sweep.py: {why}: the grid runs here with offline W&B runs", flush=True)
+    if online and args.workers > 1:
+        print("sweep.py: --workers runs the grid here, and W&B is online: add agents instead "
+              "(`python sweep.py --join ENTITY/PROJECT/SWEEP_ID`, one per core, with "
+              "OMP_NUM_THREADS=1), or use --offline for a local grid", file=sys.stderr)
+        return 2
     try:
         if online:
             return run_wandb(runs, args)  # the agent handles signals; retries install ours
         install_signal_handlers()
         if not args.no_wandb:
             os.environ["WANDB_MODE"] = "offline"  # never a login prompt, whatever the settings
+        if args.workers > 1:
+            return run_workers(runs, args, argv, offline=not args.no_wandb)
         return run_local(runs, args)
     except Interrupted as err:
         print(f"sweep {args.name}: {err}; start it again to resume", flush=True)

@@ -271,6 +271,7 @@ class SweepOptions:
     join: str | None = None
     count: int | None = None
     quick: bool = False
+    workers: int = 1
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> "SweepOptions":

@@ -154,6 +154,9 @@ def test_bad_flags_are_refused(capsys):
     (["--join", "e/p/s", "--rows", "HAM"], "--rows cannot be used with --join"),
     (["--join", "e/p/s", "--dry-run"], "--dry-run cannot be used with --join"),
     (["--count", "3"], "--count only applies with --join"),
+    (["--workers", "0"], "--workers: must be >= 1"),
+    (["--workers", "2", "--devices", "2"], "cannot be combined with --join .* or --devices > 1"),
+    (["--join", "e/p/s", "--workers", "2"], "cannot be combined with --join"),
 ])
 def test_bad_command_lines_are_refused_at_once(capsys, tmp_path, flags, message):
     import re
@@ -297,3 +300,48 @@ def test_two_sweeps_on_one_store_share_the_grid(tmp_path):
     # every run trained by exactly one of the two processes
     assert (log_a + b.stdout).count("seed 0: finished in") == 2
     check_every_epoch_once(tmp_path / "table2")
+
+
+def test_workers_command_line_and_threads(monkeypatch):
+    assert sweep.without_workers(["--rows", "HAM", "--workers", "3", "--seeds", "0"]) == \
+        ["--rows", "HAM", "--seeds", "0"]
+    assert sweep.without_workers(["--workers=4", "--fast"]) == ["--fast"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert sweep.threads_per_worker(8) == 3  # the user's setting wins
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert (sweep.threads_per_worker(4), sweep.threads_per_worker(32)) == (4, 1)
+
+
+@pytest.mark.slow
+def test_workers_share_the_grid_and_a_sigterm_interrupts_them_all(tmp_path):
+    """--workers 2: two processes train the two runs at once; SIGTERM to the one started
+    (as `kill PID` under nohup would) interrupts both runs, resumably, and ends both."""
+    cmd, env = sweep_cmd(tmp_path, "--epochs", "40", "--workers", "2"), quiet_env(tmp_path)
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    log = read_until(first, "workers of 1 thread(s)")
+    child = int(log.rsplit("pid ", 1)[1].split()[0])
+    for name in ("HAM-EO-L3-s0", "HAM-EO-DEQ-L3-s0"):  # both runs in training at once
+        if f"{name} epoch 1/40" not in log:
+            log += read_until(first, f"{name} epoch 1/40")
+    first.send_signal(signal.SIGTERM)
+    log += first.communicate(timeout=300)[0]
+    assert first.returncode == 143, log
+    assert "interrupted by SIGTERM; start it again to resume" in log
+    for name in ("HAM-EO-L3-s0", "HAM-EO-DEQ-L3-s0"):
+        summary = json.loads((tmp_path / "table2" / name / "summary.json").read_text())
+        assert summary["status"] == "interrupted", (name, summary)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # the second worker ended (and was reaped) with the first
+    assert log.count("sweep table2: 2 runs") == 1  # the plan once, from the first worker
+
+
+def test_workers_with_wandb_online_are_refused_with_what_to_do(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "has_wandb_key", lambda: True)
+    monkeypatch.setattr(sweep, "wandb_reachable", lambda: True)
+    code = sweep.main(["--rows", "HAM-EO", "--layers", "3", "--seeds", "0", *TINY,
+                       "--results", str(tmp_path), "--workers", "2"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--workers runs the grid here, and W&B is online" in err and "--join" in err
+    assert not (tmp_path / "table2" / "HAM-EO-L3-s0").exists()  # nothing was trained
