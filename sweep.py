@@ -154,7 +154,7 @@ def print_plan(runs: list[RunConfig], args: SweepOptions) -> None:
 def eta_line(runs: list[RunConfig], args: SweepOptions) -> str:
     """The time the unfinished runs will take, from the store's finished runs (runner.eta)."""
     pending = [r.name for r in runs if status_of(r.directory) not in (FINISHED, DIVERGED)]
-    return estimate(pending, measured_seconds(Path(args.results) / args.name)).line()
+    return estimate(pending, measured_seconds(Path(args.results) / args.name)).line(args.workers)
 
 
 def ensure_data(args: SweepOptions) -> None:

@@ -52,7 +52,9 @@ class Estimate:
     rough_s: float  # the others, at the mean of every finished run
     n_rough: int
 
-    def line(self) -> str:
+    def line(self, workers: int = 1) -> str:
+        """The estimate in words; with ``workers`` > 1 also the time if they share the runs
+        evenly (``sweep.py --workers``)."""
         n = self.n_measured + self.n_rough
         if n == 0:
             return "nothing left to train"
@@ -66,8 +68,11 @@ class Estimate:
         if self.n_rough:
             parts.append(f"roughly {duration_text(self.rough_s)} for {self.n_rough} runs of "
                          "rows not measured yet")
-        total = duration_text(self.measured_s + self.rough_s)
-        return f"{n} runs left, about {total} on one worker: " + " + ".join(parts)
+        total = self.measured_s + self.rough_s
+        shared = (f"; about {duration_text(total / workers)} with {workers} workers"
+                  if workers > 1 else "")
+        return (f"{n} runs left, about {duration_text(total)} on one worker: "
+                + " + ".join(parts) + shared)
 
 
 def estimate(pending_names: Iterable[str], measured: dict[str, list[float]]) -> Estimate:

@@ -38,6 +38,8 @@ def test_each_run_is_estimated_by_its_row_and_unmeasured_rows_roughly(sweep_dir)
     assert est.line() == ("4 runs left, about 32m27s on one worker: 18m40s for 2 runs at their "
                           "row's measured time + roughly 13m47s for 2 runs of rows not measured "
                           "yet")
+    # sweep.py --workers 3: the same runs shared by three processes
+    assert est.line(workers=3).endswith("not measured yet; about 10m49s with 3 workers")
 
 
 def test_without_any_finished_run_there_is_no_number(tmp_path):
