@@ -345,3 +345,12 @@ def test_workers_with_wandb_online_are_refused_with_what_to_do(capsys, tmp_path,
     err = capsys.readouterr().err
     assert "--workers runs the grid here, and W&B is online" in err and "--join" in err
     assert not (tmp_path / "table2" / "HAM-EO-L3-s0").exists()  # nothing was trained
+
+
+def test_eta_line_of_a_sweep_with_workers_gives_their_share(tmp_path, monkeypatch):
+    args = sweep.parse_args(["--rows", "HAM-EO", "--layers", "3", "--seeds", "0,1", *TINY,
+                             "--results", str(tmp_path), "--workers", "2"])
+    monkeypatch.setattr(sweep, "measured_seconds", lambda path: {"HAM-EO-L3": [600.0]})
+    line = sweep.eta_line(sweep.plan(args), args)
+    assert line.startswith("2 runs left, about 20m00s on one worker")
+    assert line.endswith("; about 10m00s with 2 workers")
