@@ -16,7 +16,8 @@ and its backward through the parameters.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +84,9 @@ def _in_state_dtype(fz: Tensor, z: Tensor) -> Tensor:
     return fz
 
 
-def _check_forward_kwargs(kind: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def check_forward_kwargs(kind: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` as a DEQ's forward options (``forward_kwargs`` and the like), checked; ``kind``
+    names them in the error."""
     kwargs = _check_kwargs(kind, kwargs, frozenset({"compact"}))
     compact = kwargs.get("compact", False)
     if not isinstance(compact, bool) or (compact and kwargs.get("tol") is None):
@@ -161,10 +164,11 @@ class DEQ(nn.Module):
         super().__init__()
         self.f_module = f_module
         self.logger = logger
-        self.forward_kwargs = _check_forward_kwargs(
+        self.forward_kwargs = check_forward_kwargs(
             "forward_kwargs", forward_kwargs or dict(solver="anderson", iter=40))
         self.train_forward_kwargs = None if train_forward_kwargs is None else \
-            _check_forward_kwargs("train_forward_kwargs", train_forward_kwargs)
+            check_forward_kwargs("train_forward_kwargs", train_forward_kwargs)
+        self._forward_override: dict[str, Any] | None = None  # set by forward_options()
         bkw = dict(backward_kwargs or dict(solver="picard", iter=8, method="backprop"))
         method = bkw.setdefault("method", "backprop")
         if method not in BACKWARD_METHODS:
@@ -238,8 +242,8 @@ class DEQ(nn.Module):
             # Compaction hands f a smaller batch at many iterations: one graph for every batch
             # size (dynamic) instead of a recompilation per size, which would soon hit
             # torch._dynamo's recompile limit and fall back to eager.
-            compacts = any(kw is not None and kw.get("compact")
-                           for kw in (self.forward_kwargs, self.train_forward_kwargs))
+            compacts = any(kw is not None and kw.get("compact") for kw in (
+                self.forward_kwargs, self.train_forward_kwargs, self._forward_override))
             self._compiled_forward = torch.compile(self.f_module.forward,
                                                    dynamic=True if compacts else None)
         return self._compiled_forward(Ux, z)
@@ -315,10 +319,30 @@ class DEQ(nn.Module):
 
     @property
     def active_forward_kwargs(self) -> dict[str, Any]:
-        """The forward options in use now (``train_forward_kwargs`` while training)."""
+        """The forward options in use now: those of :meth:`forward_options` inside its block,
+        else ``train_forward_kwargs`` while training, else ``forward_kwargs``."""
+        if self._forward_override is not None:
+            return self._forward_override
         if self.training and self.train_forward_kwargs is not None:
             return self.train_forward_kwargs
         return self.forward_kwargs
+
+    @contextmanager
+    def forward_options(self, forward_kwargs: Mapping[str, Any] | None) -> Iterator[None]:
+        """Inside the block, every forward solve uses ``forward_kwargs`` (checked like
+        ``forward_kwargs``), in training and in eval mode; ``None`` changes nothing. For
+        example, a tolerance-stopped validation pass of a module whose test keeps a fixed
+        iteration count. Blocks nest; the previous options come back on leaving, also on an
+        exception."""
+        if forward_kwargs is None:
+            yield
+            return
+        checked = check_forward_kwargs("forward_options", forward_kwargs)
+        saved, self._forward_override = self._forward_override, checked
+        try:
+            yield
+        finally:
+            self._forward_override = saved
 
     def _has_trainable_params(self) -> bool:
         return any(p.requires_grad for p in self.f_module.parameters())

@@ -108,3 +108,41 @@ def test_train_forward_kwargs_apply_in_training_mode_only():
     assert deq.last_forward_stats.n_iter == 50  # evaluation: the fixed count
     with pytest.raises(ValueError, match="train_forward_kwargs\\['compact'\\]"):
         DEQ(Tanh(), train_forward_kwargs=dict(solver="picard", iter=5, compact=True))
+
+
+def test_forward_options_override_the_mode_inside_their_block_only():
+    x = torch.randn(16, 5)
+    fast = dict(solver="anderson", iter=50, tol=1e-4, compact=True)
+    deq = DEQ(Tanh(), forward_kwargs=dict(solver="anderson", iter=50)).eval()
+    with torch.no_grad():
+        reference = deq(x)
+        with deq.forward_options(fast):
+            z = deq(x)
+            assert deq.last_forward_stats.n_iter < 50  # eval mode, yet the tolerance stop
+            assert deq.active_forward_kwargs == fast
+            with deq.forward_options(dict(solver="picard", iter=3)):  # blocks nest
+                deq(x)
+                assert deq.last_forward_stats.n_iter == 3
+            deq(x)
+            assert deq.last_forward_stats.n_iter < 50  # the outer block's options again
+        assert torch.allclose(z, reference, atol=1e-3)  # the same fixed point, to the tolerance
+        f_z = deq.step_map(deq.f_module.preprocess_inputs(x))(z)
+        assert (f_z - z).norm(dim=1).max() <= 1e-4 * f_z.norm(dim=1).max()
+        deq(x)
+        assert deq.last_forward_stats.n_iter == 50  # after the block: the fixed count
+        with deq.forward_options(None):  # None changes nothing
+            deq(x)
+        assert deq.last_forward_stats.n_iter == 50
+        with pytest.raises(RuntimeError, match="boom"), deq.forward_options(fast):
+            raise RuntimeError("boom")
+        assert deq.active_forward_kwargs == deq.forward_kwargs  # restored after an exception
+    deq.train()
+    with deq.forward_options(dict(solver="anderson", iter=7)):  # also in training mode
+        deq(x)
+    assert deq.last_forward_stats.n_iter == 7
+    with pytest.raises(ValueError, match=r"unknown solver 'newton'"):
+        with deq.forward_options(dict(solver="newton", iter=5)):
+            pass
+    with pytest.raises(ValueError, match=r"forward_options\['compact'\]"):
+        with deq.forward_options(dict(solver="picard", iter=5, compact=True)):
+            pass
