@@ -10,10 +10,11 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from deq_core import DEQ
+from deq_core.deq import check_forward_kwargs
 from deq_core.names import STAGES
 from madam import Madam
 
-from .experiments import FAST_MODE, Experiment, fast_backward, get_experiment
+from .experiments import FAST_MODE, Experiment, fast_backward, fast_validation, get_experiment
 from .functions import EvenOddFunction, OneMatrixFunction
 
 STRUCTURES = ("onematrix", "evenodd")
@@ -38,6 +39,8 @@ class LitHopfieldDEQ(L.LightningModule):
         inner_iter, inner_damping: local iterations of the even-odd CHN's half steps.
         train_forward_kwargs: forward solver options while training (``None``: those of
             evaluation); the fast mode's tolerance stop with compaction.
+        val_forward_kwargs: forward solver options of the validation passes (``None``: those
+            of evaluation, ``forward_kwargs``); the test always uses ``forward_kwargs``.
         train_precision: ``"bf16"`` runs the training forward pass under bfloat16 autocast
             (the DEQ state, residuals and loss stay float32); ``None``: float32.
         compile_f: evaluate the Hopfield map through ``torch.compile`` (see
@@ -67,6 +70,7 @@ class LitHopfieldDEQ(L.LightningModule):
         train_forward_kwargs: dict[str, Any] | None = None,
         train_precision: str | None = None,
         compile_f: bool = False,
+        val_forward_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if train_precision not in TRAIN_PRECISIONS:
@@ -77,6 +81,8 @@ class LitHopfieldDEQ(L.LightningModule):
         if schedule_epochs is not None and schedule_epochs < 1:
             raise ValueError(f"schedule_epochs must be >= 1 or None, got {schedule_epochs!r}")
         self.save_hyperparameters()
+        self.val_forward_kwargs = None if val_forward_kwargs is None else \
+            check_forward_kwargs("val_forward_kwargs", val_forward_kwargs)
         layers = list(layers)
         if structure == "onematrix":
             f = OneMatrixFunction(layers, ham=ham)
@@ -132,7 +138,8 @@ class LitHopfieldDEQ(L.LightningModule):
                      on_step=True, on_epoch=True, batch_size=batch[0].shape[0])
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
+        with self.deq.forward_options(self.val_forward_kwargs):
+            return self._step(batch, "val")
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "test")
@@ -181,8 +188,9 @@ def lit_module_for(exp: Experiment, input_size: int | None = None,
     """The LightningModule of a registry :class:`~deq_modules.experiments.Experiment`.
 
     ``input_size`` replaces the first layer size (e.g. 3072 for CIFAR-10). ``fast`` trains in
-    the fast mode (:data:`~deq_modules.experiments.FAST_MODE`); evaluation keeps the paper's
-    settings either way, so test metrics and trajectories mean the same. ``compile_f``
+    the fast mode (:data:`~deq_modules.experiments.FAST_MODE`), whose validation passes solve
+    like its training forward (``FAST_MODE["validation"] == "fast"``); the test keeps the
+    paper's settings either way, so test metrics and trajectories mean the same. ``compile_f``
     evaluates the map through ``torch.compile``.
     """
     layers = list(exp.layers)
@@ -197,6 +205,7 @@ def lit_module_for(exp: Experiment, input_size: int | None = None,
         inner_iter=exp.inner_iter, inner_damping=exp.inner_damping,
         train_forward_kwargs=exp.fast_forward_kwargs if fast else None,
         train_precision=FAST_MODE["precision"] if fast else None, compile_f=compile_f,
+        val_forward_kwargs=exp.fast_forward_kwargs if fast and fast_validation() else None,
     )
 
 
@@ -206,6 +215,9 @@ def apply_fast_mode(module: LitHopfieldDEQ) -> LitHopfieldDEQ:
     module.deq.train_forward_kwargs = DEQ(module.f, forward_kwargs=kwargs).forward_kwargs
     module.hparams["train_forward_kwargs"] = kwargs
     module.hparams["train_precision"] = FAST_MODE["precision"]
+    if fast_validation():
+        module.val_forward_kwargs = module.deq.train_forward_kwargs
+        module.hparams["val_forward_kwargs"] = kwargs
     backward = fast_backward(module.deq.backward_kwargs)
     module.deq.backward_kwargs = DEQ(module.f, backward_kwargs=backward).backward_kwargs
     module.hparams["backward_kwargs"] = backward

@@ -163,6 +163,50 @@ def test_fast_mode_trains_with_the_tolerance_stop_and_evaluates_with_paper_setti
     assert fast.deq.last_forward_stats.n_iter == exp.forward_iter
 
 
+def test_fast_mode_validates_with_its_training_forward_and_tests_with_paper_settings(monkeypatch):
+    """The per-epoch validation passes of a fast run stop at the tolerance (they only draw the
+    learning curves); the test, whose numbers fill the table, runs the paper's count."""
+    from deq_modules import experiments
+    from deq_modules.lit import apply_fast_mode
+
+    exp = get_experiment("HAM-EO-DEQ", 3)
+    x = torch.rand(32, 784)
+    y = torch.nn.functional.one_hot(torch.randint(0, 10, (32,)), 10).float()
+
+    def iterations(module, step):
+        module.eval()
+        with torch.no_grad():
+            getattr(module, step)((x, y), 0)
+        return module.deq.last_forward_stats.n_iter
+
+    fast = lit_module_for(exp, input_size=784, fast=True)
+    assert fast.val_forward_kwargs == exp.fast_forward_kwargs
+    assert iterations(fast, "validation_step") < exp.forward_iter
+    assert iterations(fast, "test_step") == exp.forward_iter
+    fast.eval()
+    with torch.no_grad():
+        fast(x)  # outside a validation step: the paper's count
+    assert fast.deq.last_forward_stats.n_iter == exp.forward_iter
+    rebuilt = LitHopfieldDEQ(**fast.hparams)  # what a checkpoint rebuilds
+    assert rebuilt.val_forward_kwargs == fast.val_forward_kwargs
+    assert apply_fast_mode(lit_module_for(exp, input_size=784)).val_forward_kwargs == \
+        fast.val_forward_kwargs
+    paper = lit_module_for(exp, input_size=784)
+    assert paper.val_forward_kwargs is None
+    assert iterations(paper, "validation_step") == exp.forward_iter
+
+    monkeypatch.setitem(experiments.FAST_MODE, "validation", "paper")
+    kept = lit_module_for(exp, input_size=784, fast=True)
+    assert kept.val_forward_kwargs is None
+    assert iterations(kept, "validation_step") == exp.forward_iter
+    monkeypatch.setitem(experiments.FAST_MODE, "validation", "sometimes")
+    with pytest.raises(ValueError, match=r"unknown FAST_MODE\['validation'\] 'sometimes'; "
+                                         r"valid: \['fast', 'paper'\]"):
+        lit_module_for(exp, input_size=784, fast=True)
+    with pytest.raises(ValueError, match=r"val_forward_kwargs\['compact'\]"):
+        LitHopfieldDEQ(val_forward_kwargs=dict(solver="picard", iter=5, compact=True))
+
+
 def test_compile_f_reaches_the_deq_and_the_checkpoint_hyperparameters():
     exp = get_experiment("CHN-EO", 3)
     model = lit_module_for(exp, input_size=784, compile_f=True)
