@@ -18,6 +18,7 @@ float64 (the mean over the samples whose solve reached that iteration), ``sum_en
 """
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any, Callable
 
@@ -35,7 +36,8 @@ class EnergyTracker(ObservingCallback):
 
     For every new iterate ``z`` of the forward solves of ``pl_module.deq`` it adds
     ``f_module.energy(x, z).sum()`` (``x`` the batch's inputs) to that iteration's total, on the
-    device, without host synchronisation. At the end of each epoch of ``stage`` (not during the
+    device, without host synchronisation. An ``energy`` with an ``Ux`` argument (the Hopfield
+    modules') gets ``f_module.preprocess_inputs(x)``, computed once per batch. At the end of each epoch of ``stage`` (not during the
     sanity check) it logs ``<stage>/energy_final`` (mean energy at the last iteration) and sets
     :attr:`result` (numpy arrays, see the module docstring; each epoch replaces the last).
     Samples of solves stopped early by a solver ``tol`` drop out of the later iterations' means.
@@ -60,13 +62,17 @@ class EnergyTracker(ObservingCallback):
         f_module = get_deq(pl_module, type(self).__name__).f_module
         if not callable(getattr(f_module, "energy", None)):
             raise AttributeError(f"EnergyTracker needs {type(f_module).__name__}.energy(x, z)")
+        given: dict[str, Tensor] = {}  # Ux, at the first iterate, for an energy that takes it
+        takes_ux = "Ux" in inspect.signature(f_module.energy).parameters
 
         def on_iterate(n: int, z: Tensor) -> None:
             if z.shape[0] != x.shape[0]:
                 raise ValueError(f"EnergyTracker: iterate batch {z.shape[0]} does not match the "
                                  f"input batch {x.shape[0]}")
             with torch.no_grad():
-                total = f_module.energy(x, z).sum().to(torch.float64)
+                if takes_ux and not given:
+                    given["Ux"] = f_module.preprocess_inputs(x)
+                total = f_module.energy(x, z, **given).sum().to(torch.float64)
             if n == len(self._sums):
                 self._sums.append(total)
                 self._counts.append(0)

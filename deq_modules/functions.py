@@ -107,13 +107,16 @@ class _LayeredHopfield(nn.Module, abc.ABC):
     def layer_states(self, z: Tensor, Ux: Tensor | None = None) -> list[Tensor]:
         """The per-layer states ``[s_1, ..., s_{L-1}]`` in natural order."""
 
-    def energy(self, x: Tensor, z: Tensor) -> Tensor:
+    def energy(self, x: Tensor, z: Tensor, Ux: Tensor | None = None) -> Tensor:
         """Per-sample Hopfield energy (PAPER.md "Models"; input term = bias of layer 1), shape (B,).
 
         CHN: ``1/2 |s|^2 - 1/2 rho^T W rho - b^T rho - (U rho(x))^T rho(s_1)``;
         HAM: ``s^T rho(s) - L(s) - 1/2 rho^T W rho - b^T rho - (U rho(x))^T rho(s_1)``.
+        ``Ux``: ``preprocess_inputs(x)`` if already computed (the energy of many states of one
+        batch then skips that product, the largest of a 3-layer network).
         """
-        Ux = self.preprocess_inputs(x)
+        if Ux is None:
+            Ux = self.preprocess_inputs(x)
         s = self.layer_states(z, Ux)
         r = [rho(sk) for sk in s]
         E = -(Ux * r[0]).sum(-1) - self._interaction(r)

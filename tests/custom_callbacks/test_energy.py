@@ -100,3 +100,32 @@ def test_no_iterate_gives_no_result(toy, tmp_path):
 def test_invalid_stage():
     with pytest.raises(ValueError, match="valid stages"):
         EnergyTracker(stage="validation")
+
+
+@pytest.mark.parametrize("structure", ["onematrix", "evenodd"])
+def test_hopfield_energy_takes_the_input_drive_once_per_batch(toy, tmp_path, structure):
+    """The Hopfield modules' energy accepts ``Ux``: the tracker computes ``U rho(x)`` once per
+    batch instead of at every iterate, with the same energies."""
+    from deq_modules.lit import LitHopfieldDEQ
+
+    torch.manual_seed(0)
+    module = LitHopfieldDEQ(layers=[20, 16, 8, 12, 3], ham=True, structure=structure,
+                            forward_kwargs=dict(solver="picard", iter=ITERS)).double()
+    f = module.deq.f_module
+    x = torch.rand(50, 20, dtype=torch.float64)
+    y = torch.nn.functional.one_hot(torch.arange(50) % 3, 3).double()
+    calls = []
+    preprocess = f.preprocess_inputs
+    f.preprocess_inputs = lambda inputs: calls.append(len(inputs)) or preprocess(inputs)
+    tracker = EnergyTracker(stage="test")
+    toy.make_trainer(tmp_path, [tracker]).test(module, toy.loader(x, y, 32))
+    assert calls == [32, 32, 18, 18]  # per batch: the DEQ's, the tracker's; not one per iterate
+    f.preprocess_inputs = preprocess
+    with torch.no_grad():  # the reference: energy(x, z) computing U rho(x) itself
+        Ux = f.preprocess_inputs(x)
+        z = torch.zeros(50, f.state_size, dtype=torch.float64)
+        want = []
+        for _ in range(ITERS):
+            z = f(Ux, z)
+            want.append(f.energy(x, z).mean().item())
+    np.testing.assert_allclose(tracker.result["mean_energy"], want, rtol=1e-10)
