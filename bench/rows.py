@@ -28,6 +28,7 @@ from .measure import Step, matmul_gflops, peak_memory, time_calls
 from .peer import torchdeq_available, torchdeq_step
 
 TRAIN_IMAGES = 60000  # EMNIST "mnist" training split: the sweep's epoch
+TEST_IMAGES = 10000  # its test split: every validation pass and the final test
 MEM_FACTOR = 10  # memory is measured again at this many times the forward iterations
 TINY_SHRINK = 16  # --tiny divides every layer size but the output by this
 FastMode = Callable[[LitHopfieldDEQ], Any]
@@ -112,6 +113,14 @@ def sample_iterations(module: LitHopfieldDEQ, x: Tensor) -> list[int] | None:
 def sweep_steps(exp: Experiment) -> int:
     """Training steps of the row in the whole sweep: batches per epoch x epochs x seeds."""
     return math.ceil(TRAIN_IMAGES / exp.batch_size) * exp.epochs * len(SEEDS)
+
+
+def sweep_eval_batches(exp: Experiment) -> tuple[int, int]:
+    """Evaluation batches of the row in the whole sweep, ``(validation, test)``: a validation
+    pass over the test split after every epoch but the last (the test follows it), and the
+    test, per seed."""
+    per_pass = math.ceil(TEST_IMAGES / exp.batch_size) * len(SEEDS)
+    return per_pass * (exp.epochs - 1), per_pass
 
 
 def count_flops(module: LitHopfieldDEQ, exp: Experiment, layers: Sequence[int],

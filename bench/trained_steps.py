@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python -m bench.trained_steps --results RESULTS --sweep NAME \\
         --runs HAM-EO-DEQ-L5-s0,CHN-DEQ-L3-s0 --data-dir /usr/share/datasets/fashion-mnist \\
-        [--dataset fashion-mnist] [--batches 10] [--json FILE]
+        [--dataset fashion-mnist] [--batches 10] [--eval-batches 5] [--json FILE]
 
 ``bench.speed`` times untrained networks on synthetic images, where few samples converge early;
 what the fast mode saves depends on how fast trained networks converge on real data. This
@@ -23,9 +23,13 @@ what the mode's algorithm allows; the ratio of the times is what the implementat
 Every timed step starts from the run's trained weights (restored outside the timed region) and
 the modes take turns batch by batch, so slow phases of a shared machine hit them alike. Prints a
 markdown table: median ms per step (interquartile range), the speedup over ``paper``, and the
-mean forward iterations per sample; then, per mode, the sweep's cost over the rows measured
-(``bench.speed``'s measure: ms per step x the row's training steps in the whole sweep, its
-epochs x 5 seeds), which is the whole sweep's when the runs cover all 17 rows.
+mean forward iterations per sample; then, per mode, the sweep's cost over the rows measured,
+which is the whole sweep's when the runs cover all 17 rows: its training steps (ms per step x
+the row's training steps in the whole sweep, its epochs x 5 seeds: ``bench.speed``'s measure)
+plus its evaluation passes. Those are timed on as many batches of real test images, as the
+runs do them: a validation pass over the test split after every epoch but the last (with the
+mode's validation forward: the paper's fixed count, or the fast mode's tolerance stop), and the
+test at the paper's settings with the per-iteration energy the test records for the figures.
 """
 from __future__ import annotations
 
@@ -33,18 +37,20 @@ import argparse
 import json
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from statistics import fmean, median, quantiles
 
 import torch
 
+from custom_callbacks import EnergyTracker
 from deq_modules.dataset_files import load_dataset
 from deq_modules.experiments import EXPERIMENTS, get_experiment, split_run_name
 from deq_modules.lit import LitHopfieldDEQ, lit_module_for
 from madam import Madam
 
 from .flops import step_flops
-from .rows import _NO_TRAINER_WARNING, sweep_steps
+from .rows import _NO_TRAINER_WARNING, sweep_eval_batches, sweep_steps
 
 MODES = ("paper", "fast-unrolled", "fast")
 
@@ -67,8 +73,8 @@ def load_state(results: Path, sweep: str, run: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
 
 
-def batches(dataset: str, data_dir: Path, n: int, size: int = 64) -> list:
-    images, labels = load_dataset(dataset, data_dir)["train"]
+def batches(dataset: str, data_dir: Path, n: int, size: int = 64, split: str = "train") -> list:
+    images, labels = load_dataset(dataset, data_dir)[split]
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[: n * size]
     x = images[order].float().div(255.0)
     y = torch.nn.functional.one_hot(labels[order].long(), 10).float()
@@ -95,7 +101,29 @@ def module_step_flops(module: LitHopfieldDEQ, exp, per_sample: list[int]) -> int
                       fkw.get("m", 4), sample_iters=per_sample, backward_method=bkw["method"])
 
 
-def measure(run: str, state: dict, data: list) -> dict:
+def eval_ms(module: LitHopfieldDEQ, data: list, stage: str) -> list[float]:
+    """ms per batch of one evaluation pass of ``stage``: ``val`` solves with the module's
+    validation forward and records the residual trace (the runs' convergence statistics);
+    ``test`` solves with the paper's forward and also records the energy of every iterate."""
+    module.eval()
+    step = module.validation_step if stage == "val" else module.test_step
+    times = []
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NO_TRAINER_WARNING)
+        for i, batch in enumerate([data[0]] + data):  # the first warms up, untimed
+            energy = EnergyTracker("test").observer_for("test", module, batch) \
+                if stage == "test" else {}
+            with module.deq.observe(on_solve=lambda stats: None, **energy):
+                start = time.perf_counter()
+                step(batch, 0)
+                elapsed = time.perf_counter() - start
+            if i:
+                times.append(elapsed * 1e3)
+    module.train()
+    return times
+
+
+def measure(run: str, state: dict, data: list, test_data: list | None = None) -> dict:
     row, depth, seed = split_run_name(run)
     exp = get_experiment(row, depth)
     modules = {m: build(row, depth, m, state) for m in MODES}
@@ -122,17 +150,38 @@ def measure(run: str, state: dict, data: list) -> dict:
             per_sample = sample_iterations(module, solves[-1].trace)
             iters[m].append(fmean(per_sample))
             flops[m].append(module_step_flops(module, exp, per_sample))
-    out = {"run": run, "key": f"{row}-L{depth}", "steps": sweep_steps(get_experiment(row, depth))}
+    val_batches, test_batches = sweep_eval_batches(exp)
+    out = {"run": run, "key": f"{row}-L{depth}", "steps": sweep_steps(exp),
+           "val_batches": val_batches, "test_batches": test_batches}
+    evals = {}
+    if test_data:  # each distinct evaluation once, on the same trained weights
+        for m in MODES:
+            modules[m].load_state_dict(state)
+        evals["test"] = median(eval_ms(modules["paper"], test_data, "test"))
+        evals["paper"] = median(eval_ms(modules["paper"], test_data, "val"))
+        evals["fast"] = median(eval_ms(modules["fast"], test_data, "val")) \
+            if modules["fast"].val_forward_kwargs is not None else evals["paper"]
     for m in MODES:
         q = quantiles(times[m], n=4) if len(times[m]) > 1 else [times[m][0]] * 3
         out[m] = dict(ms=median(times[m]), q25=q[0], q75=q[2], iters=fmean(iters[m]),
                       gflop=fmean(flops[m]) / 1e9, samples=times[m])
+        if evals:
+            val = evals["paper"] if modules[m].val_forward_kwargs is None else evals["fast"]
+            out[m].update(val_ms=val, test_ms=evals["test"],
+                          eval_h=(val * val_batches + evals["test"] * test_batches) / 3.6e6)
     return out
 
 
+def _has_eval(records: list[dict]) -> bool:
+    return all("eval_h" in r[m] for r in records for m in MODES)
+
+
 def table(records: list[dict]) -> str:
+    evals = _has_eval(records)
+    extra = " eval ms/batch: val paper / val fast / test |" if evals else ""
     lines = ["| run | " + " | ".join(f"{m} ms/step" for m in MODES) + " | iters/sample, "
-             "paper / fast | GFLOP/step, paper / fast |", "| --- |" + " ---: |" * (len(MODES) + 2)]
+             "paper / fast | GFLOP/step, paper / fast |" + extra,
+             "| --- |" + " ---: |" * (len(MODES) + 2 + evals)]
     for r in records:
         cells = []
         for m in MODES:
@@ -141,32 +190,45 @@ def table(records: list[dict]) -> str:
             cells.append(f"{c['ms']:.0f} [{c['q25']:.0f}-{c['q75']:.0f}]{speed}")
         lines.append(f"| {r['run']} | " + " | ".join(cells)
                      + f" | {r['paper']['iters']:.1f} / {r['fast']['iters']:.1f}"
-                     + f" | {r['paper']['gflop']:.1f} / {r['fast']['gflop']:.1f} |")
+                     + f" | {r['paper']['gflop']:.1f} / {r['fast']['gflop']:.1f} |"
+                     + (f" {r['paper']['val_ms']:.0f} / {r['fast']['val_ms']:.0f} / "
+                        f"{r['paper']['test_ms']:.0f} |" if evals else ""))
     return "\n".join(lines)
 
 
-def _sweep_sum(records: list[dict], per_step: str, scale: float) -> dict[str, float]:
-    """Per mode, ``per_step`` (a key of each mode's record) x the row's steps in the whole
-    sweep x ``scale``, summed over the rows measured (each row once: the median of its runs)."""
+def _sweep_sum(records: list[dict], value: Callable[[dict, dict], float]) -> dict[str, float]:
+    """Per mode, ``value(record, mode's record)`` summed over the rows measured (each row once:
+    the median of its runs)."""
     total = {}
     for m in MODES:
         by_row: dict[str, list[float]] = {}
         for r in records:
-            by_row.setdefault(r["key"], []).append(r[m][per_step] * r["steps"] * scale)
+            by_row.setdefault(r["key"], []).append(value(r, r[m]))
         total[m] = sum(median(v) for v in by_row.values())
     return total
 
 
-def sweep_hours(records: list[dict]) -> dict[str, float]:
+def sweep_training_hours(records: list[dict]) -> dict[str, float]:
     """Per mode, hours of training steps over the rows measured."""
-    return _sweep_sum(records, "ms", 1 / 3.6e6)
+    return _sweep_sum(records, lambda r, c: c["ms"] * r["steps"] / 3.6e6)
+
+
+def sweep_eval_hours(records: list[dict]) -> dict[str, float] | None:
+    """Per mode, hours of evaluation passes over the rows measured (None: not timed)."""
+    return _sweep_sum(records, lambda r, c: c["eval_h"]) if _has_eval(records) else None
+
+
+def sweep_hours(records: list[dict]) -> dict[str, float]:
+    """Per mode, hours of the rows' runs: training steps, plus evaluation passes if timed."""
+    train, evals = sweep_training_hours(records), sweep_eval_hours(records)
+    return {m: train[m] + (evals[m] if evals else 0.0) for m in MODES}
 
 
 def sweep_arithmetic(records: list[dict]) -> dict[str, float]:
     """Per mode, PFLOP of the same training steps: what the time would be proportional to if
     every matrix product ran at one rate, whatever its shape and batch. Its ratio between two
     modes bounds the speedup that removing overhead alone could give."""
-    return _sweep_sum(records, "gflop", 1e-6)
+    return _sweep_sum(records, lambda r, c: c["gflop"] * r["steps"] / 1e6)
 
 
 def totals(records: list[dict]) -> str:
@@ -175,10 +237,13 @@ def totals(records: list[dict]) -> str:
     what = (f"whole sweep ({len(rows)} rows" if whole
             else f"{len(rows)} of {len(EXPERIMENTS)} rows (not the whole sweep")
     hours, work = sweep_hours(records), sweep_arithmetic(records)
+    train, evals = sweep_training_hours(records), sweep_eval_hours(records)
+    parts = {m: f" = training steps {train[m]:.1f} h + evaluation {evals[m]:.1f} h"
+             if evals else " of training steps (evaluation not timed)" for m in MODES}
     lines = [f"{what}, 5 seeds, paper epochs), {m}: {h:.1f} h"
-             + ("" if m == "paper" else f" ({hours['paper'] / h:.2f}x less)")
+             + ("" if m == "paper" else f" ({hours['paper'] / h:.2f}x less)") + parts[m]
              for m, h in hours.items()]
-    lines += [f"arithmetic of the same steps (FLOP model), {m}: {w:.1f} PFLOP"
+    lines += [f"arithmetic of the training steps (FLOP model), {m}: {w:.1f} PFLOP"
               + ("" if m == "paper" else f" ({work['paper'] / w:.2f}x less)")
               for m, w in work.items()]
     return "\n".join(lines)
@@ -193,6 +258,8 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--batches", type=int, default=10)
+    p.add_argument("--eval-batches", type=int, default=5,
+                   help="test batches timed per evaluation pass (0: time training steps only)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
@@ -201,13 +268,18 @@ def main(argv=None) -> int:
         p.error(f"--runs: {bad} are not run names of the form ROW-Ld-sN (e.g. HAM-EO-DEQ-L5-s0)")
     if args.batches < 1:
         p.error(f"--batches must be >= 1, got {args.batches}")
+    if args.eval_batches < 0:
+        p.error(f"--eval-batches must be >= 0, got {args.eval_batches}")
     torch.manual_seed(0)
     data = batches(args.dataset, args.data_dir, args.batches)
+    test_data = batches(args.dataset, args.data_dir, args.eval_batches, split="test") \
+        if args.eval_batches else None
     print(f"threads {torch.get_num_threads()}, torch {torch.__version__}, "
-          f"{args.batches} batches of 64 real training images per mode", flush=True)
+          f"{args.batches} batches of 64 real training images per mode, "
+          f"{args.eval_batches} of test images per evaluation", flush=True)
     records = []
     for run in runs:
-        records.append(measure(run, load_state(args.results, args.sweep, run), data))
+        records.append(measure(run, load_state(args.results, args.sweep, run), data, test_data))
         print(f"{run}: " + ", ".join(f"{m} {records[-1][m]['ms']:.0f} ms" for m in MODES),
               flush=True)
     print(table(records))

@@ -20,7 +20,7 @@ def test_every_mode_is_timed_from_the_run_checkpoint(tmp_path, monkeypatch, caps
     torch.save({"state_dict": trained.state_dict()}, run / "last.ckpt")
     out = tmp_path / "times.json"
     args = ["--results", str(tmp_path), "--sweep", "sw", "--data-dir", str(tmp_path),
-            "--batches", "2", "--json", str(out)]
+            "--batches", "2", "--eval-batches", "2", "--json", str(out)]
     assert trained_steps.main(args + ["--runs", "HAM-EO-DEQ-L3-s0"]) == 0
     (record,) = json.loads(out.read_text())
     assert set(trained_steps.MODES) <= set(record)
@@ -37,12 +37,26 @@ def test_every_mode_is_timed_from_the_run_checkpoint(tmp_path, monkeypatch, caps
     assert "| HAM-EO-DEQ-L3-s0 |" in printed
     steps = 938 * 10 * 5  # batches per epoch x the row's epochs x seeds
     assert record["steps"] == steps
+    # evaluation: 157 batches of the 10000 test images per pass; validation after epochs 1-9,
+    # the test after the last; 5 seeds
+    assert (record["val_batches"], record["test_batches"]) == (157 * 9 * 5, 157 * 5)
+    paper, fast = record["paper"], record["fast"]
+    assert paper["val_ms"] > fast["val_ms"] > 0  # the fast mode validates with its tolerance stop
+    assert fast["test_ms"] == paper["test_ms"] > paper["val_ms"]  # the test: paper + energy
+    assert record["fast-unrolled"]["val_ms"] == fast["val_ms"]
+    for c in (paper, fast):
+        assert c["eval_h"] == pytest.approx(
+            (c["val_ms"] * 157 * 9 * 5 + c["test_ms"] * 157 * 5) / 3.6e6)
     hours = trained_steps.sweep_hours([record])
-    assert hours["paper"] == pytest.approx(record["paper"]["ms"] * steps / 3.6e6)
+    assert hours["paper"] == pytest.approx(paper["ms"] * steps / 3.6e6 + paper["eval_h"])
+    assert hours["fast"] == pytest.approx(fast["ms"] * steps / 3.6e6 + fast["eval_h"])
     assert "1 of 17 rows (not the whole sweep, 5 seeds, paper epochs), fast:" in printed
+    assert (f"fast: {hours['fast']:.1f} h ({hours['paper'] / hours['fast']:.2f}x less) = "
+            f"training steps {fast['ms'] * steps / 3.6e6:.1f} h + evaluation "
+            f"{fast['eval_h']:.1f} h") in printed
     work = trained_steps.sweep_arithmetic([record])
     assert work["fast"] == pytest.approx(record["fast"]["gflop"] * steps / 1e6)
-    assert f"arithmetic of the same steps (FLOP model), fast: {work['fast']:.1f} PFLOP" in printed
+    assert f"arithmetic of the training steps (FLOP model), fast: {work['fast']:.1f} PFLOP" in printed
     with pytest.raises(SystemExit):
         trained_steps.main(args + ["--runs", "HAM-EO-DEQ-L3"])
     assert "not run names of the form ROW-Ld-sN" in capsys.readouterr().err
