@@ -81,6 +81,12 @@ def check_nonnegative(label: str, value: Any) -> None:
         raise ValueError(f"{label} must be a non-negative finite number, got {value!r}")
 
 
+def check_bool(label: str, value: Any) -> None:
+    """``fused``: ``True`` or ``False`` (not 0/1)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{label} must be True or False, got {value!r}")
+
+
 def check_restrict(label: str, value: Any) -> None:
     """``restrict``: ``None`` or a callable (active indices -> the map on those samples)."""
     if value is not None and not callable(value):
@@ -171,6 +177,7 @@ def anderson(
     m: int = 4,
     lam: float = 1e-10,
     restrict: Restrict | None = None,
+    fused: bool = False,
 ) -> tuple[Tensor, SolverStats]:
     """Safeguarded Anderson acceleration (type II, mixing parameter 1), batched per sample.
 
@@ -191,12 +198,20 @@ def anderson(
 
     With ``restrict`` and ``tol``, converged samples leave the working batch with their
     ``f(z_best)`` (:mod:`deq_core.compaction`).
+
+    ``fused=True`` runs each iteration's bookkeeping as one C++ kernel (:mod:`deq_core.fused`:
+    CPU float32 states; built at first use, which needs a C++ compiler and ninja): the same
+    algorithm, to float rounding (its Gram matrix is updated a row at a time and solved in
+    float64), 5 to 10x cheaper per iteration than these ~65 tensor operations.
     """
     _check_start("anderson", z0, max_iter, tol)
     check_positive_int("anderson: m", m)
     check_nonnegative("anderson: lam", lam)
+    check_bool("anderson: fused", fused)
     active = ActiveSet(restrict, tol, z0)
     f = checked_map("anderson", f)
+    if fused:
+        return _anderson_fused(f, z0, max_iter, tol, trace, on_iterate, m, lam, active)
     batch, shape = z0.shape[0], z0.shape
     x = z0.reshape(batch, math.prod(shape[1:]))  # not (batch, -1): ambiguous for batch 0
     width = x.shape[1]
@@ -259,6 +274,52 @@ def anderson(
     return active.result(best_fx, shape), SolverStats("anderson", n + 1, final_res, stacked)
 
 
+def _anderson_fused(f: FixedPointMap, z0: Tensor, max_iter: int, tol: float | None, trace: bool,
+                    on_iterate: IterateCallback | None, m: int, lam: float,
+                    active: ActiveSet) -> tuple[Tensor, SolverStats]:
+    """:func:`anderson` with :mod:`deq_core.fused`'s kernel for each iteration's bookkeeping.
+    The kernel updates its buffers in place: what leaves this function is copied."""
+    from . import fused
+
+    fused.check_state(z0, m)
+    batch, shape = z0.shape[0], z0.shape
+    x = z0.reshape(batch, math.prod(shape[1:])).clone()
+    width = x.shape[1]
+    F, G = x.new_zeros(batch, m, width), x.new_zeros(batch, m, width)
+    gram = torch.zeros(batch, m, m, dtype=torch.float64)
+    res, best_fx, best_res, anchor_res = (x.new_zeros(batch), torch.zeros_like(x),
+                                          x.new_zeros(batch), x.new_zeros(batch))
+    anchor_slot = torch.zeros(batch, dtype=torch.long)
+    was_mixed = torch.zeros(batch, dtype=torch.bool)
+    tiny = torch.finfo(torch.float32).tiny ** 0.5
+    residuals = []
+    final_res = active.full("best", best_res.clone())
+    for n in range(max_iter):
+        fx = f(x.view(batch, *shape[1:])).reshape(batch, width)
+        fused.step(x, fx, F, G, gram, res, best_fx, best_res, anchor_slot, anchor_res, was_mixed,
+                   n, lam, tiny, _EPS)
+        if trace:
+            residuals.append(active.full("res", res.clone()))
+        if on_iterate is not None:
+            on_iterate(n, active.state(x.clone()).view(shape))
+        final_res = active.full("best", best_res.clone())
+        if active.enabled:
+            keep = active.leave(best_res < tol, best_fx)
+            if keep is not None:  # every per-sample buffer follows the samples that stay
+                x, F, G, gram, res, best_fx, best_res, anchor_slot, anchor_res, was_mixed = (
+                    t[keep] for t in (x, F, G, gram, res, best_fx, best_res, anchor_slot,
+                                      anchor_res, was_mixed))
+                batch = active.size
+                if batch == 0:
+                    break
+                f = checked_map("anderson", active.map())
+        elif _converged(best_res, tol):
+            break
+    stacked = torch.stack(residuals) if trace else None
+    return active.result(best_fx.clone(), shape), SolverStats("anderson", n + 1, final_res,
+                                                              stacked)
+
+
 @dataclass(frozen=True)
 class SolverSpec:
     """A registered solver and the extra keyword options it accepts."""
@@ -270,7 +331,7 @@ class SolverSpec:
 SOLVERS: dict[str, SolverSpec] = {
     "picard": SolverSpec(picard, {"restrict": check_restrict}),
     "anderson": SolverSpec(anderson, {"m": check_positive_int, "lam": check_nonnegative,
-                                      "restrict": check_restrict}),
+                                      "restrict": check_restrict, "fused": check_bool}),
 }
 COMMON_OPTIONS = frozenset({"tol", "trace"})
 

@@ -1,0 +1,117 @@
+"""deq_core/fused.py: Anderson's bookkeeping as one C++ kernel, against the eager solver."""
+import shutil
+
+import pytest
+import torch
+
+from deq_core import anderson
+from deq_core.solvers import get_solver
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                reason="no C++ compiler to build the fused kernel")
+
+
+def tanh_problem(batch=12, width=40, contraction=1.2, seed=0):
+    """``f(z) = tanh(z W + c)``; above 1 the plain iteration does not contract, so Anderson's
+    safeguard rejects some mixed points and some samples converge late or not at all."""
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.randn(width, width, generator=gen)
+    W *= contraction / torch.linalg.matrix_norm(W, 2)
+    c = torch.randn(batch, width, generator=gen)
+
+    def make(rows):
+        return lambda z: torch.tanh(z @ W + c[rows])
+
+    return make(slice(None)), make, torch.zeros(batch, width)
+
+
+@pytest.mark.parametrize("m", [1, 2, 4, 6])
+@pytest.mark.parametrize("contraction", [0.9, 1.2])
+def test_fused_iterates_are_the_eager_ones(m, contraction):
+    f, _, z0 = tanh_problem(contraction=contraction)
+    eager_its, fused_its = [], []
+    z_e, s_e = anderson(f, z0, max_iter=25, m=m, trace=True,
+                        on_iterate=lambda n, z: eager_its.append(z))
+    z_f, s_f = anderson(f, z0, max_iter=25, m=m, trace=True, fused=True,
+                        on_iterate=lambda n, z: fused_its.append(z))
+    assert s_f.n_iter == s_e.n_iter == 25
+    # every iterate, not only the end: the kernel takes the same steps (to float rounding)
+    for a, b in zip(eager_its, fused_its):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(z_f, z_e, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(s_f.trace, s_e.trace, rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(s_f.rel_residual, s_e.rel_residual, rtol=1e-3, atol=1e-6)
+    assert len({id(z) for z in fused_its}) == 25  # observers keep what they were given
+
+
+def test_fused_solve_reaches_the_fixed_point_with_compaction_and_tolerance():
+    f, make, z0 = tanh_problem(batch=16, width=30, contraction=0.95)
+    counted = []
+
+    def restrict(idx):
+        g = make(idx)
+        return lambda z: (counted.append(z.shape[0]), g(z))[1]
+
+    z, stats = anderson(f, z0, max_iter=200, tol=1e-5, trace=True, restrict=restrict, fused=True)
+    assert (stats.rel_residual < 1e-5).all()
+    assert ((f(z) - z).norm(dim=1) <= 1e-4 * f(z).norm(dim=1)).all()  # f(z*) = z*
+    assert min(counted) < 16  # samples left the batch
+    z_e, s_e = anderson(f, z0, max_iter=200, tol=1e-5, restrict=make, trace=True)
+    torch.testing.assert_close(z, z_e, rtol=1e-4, atol=1e-4)
+    z_nc, s_nc = anderson(f, z0, max_iter=200, tol=1e-5, fused=True)  # stop, no compaction
+    assert s_nc.n_iter == stats.n_iter and (s_nc.rel_residual < 1e-5).all()
+
+
+def test_fused_is_refused_where_the_kernel_does_not_run():
+    f, _, z0 = tanh_problem()
+    with pytest.raises(ValueError, match=r"fused Anderson runs on CPU float32 states, got "
+                                         r"torch.float64"):
+        anderson(lambda z: f(z.float()).double(), z0.double(), max_iter=3, fused=True)
+    with pytest.raises(ValueError, match=r"anderson: fused must be True or False, got 1"):
+        anderson(f, z0, max_iter=3, fused=1)
+    with pytest.raises(ValueError, match=r"supports m <= 16, got m=17"):
+        anderson(f, z0, max_iter=3, m=17, fused=True)
+    assert "fused" in get_solver("anderson").options
+
+
+def test_deq_fused_anderson_runs_the_kernel_on_cpu_float32_states_only(monkeypatch):
+    from torch import nn
+
+    from deq_core import DEQ, fused
+
+    class Tanh(nn.Module):
+        state_size = 20
+
+        def __init__(self):
+            super().__init__()
+            gen = torch.Generator().manual_seed(1)
+            self.W = nn.Parameter(0.15 * torch.randn(20, 20, generator=gen))
+            self.U = nn.Parameter(torch.randn(6, 20, generator=gen))
+
+        def preprocess_inputs(self, x):
+            return x @ self.U
+
+        def forward(self, Ux, z):
+            return torch.tanh(z @ self.W + Ux)
+
+    calls = []
+    step = fused.step
+    monkeypatch.setattr(fused, "step", lambda *a: (calls.append(a[0].shape[0]), step(*a))[1])
+    kwargs = dict(forward_kwargs=dict(solver="anderson", iter=30),
+                  backward_kwargs=dict(solver="anderson", iter=30, method="full_adjoint"))
+    eager, fast = DEQ(Tanh(), **kwargs), DEQ(Tanh(), fused_anderson=True, **kwargs)
+    x = torch.randn(9, 6)
+    z_e, z_f = eager(x), fast(x)
+    assert calls == [9] * 30  # the forward solve ran the kernel, every iteration
+    torch.testing.assert_close(z_f, z_e, rtol=1e-5, atol=1e-6)
+    z_e.square().sum().backward()
+    z_f.square().sum().backward()  # the adjoint's Anderson solve too
+    assert len(calls) == 60
+    for p_e, p_f in zip(eager.parameters(), fast.parameters()):
+        torch.testing.assert_close(p_f.grad, p_e.grad, rtol=1e-4, atol=1e-6)
+    calls.clear()
+    z64 = DEQ(Tanh().double(), fused_anderson=True, **kwargs)(x.double())  # float64: eager
+    assert calls == [] and z64.dtype == torch.float64
+    assert "fused_anderson=True" in repr(fast)
+    with pytest.raises(ValueError, match="fused_anderson must be True or False, got 'yes'"):
+        DEQ(Tanh(), fused_anderson="yes")
