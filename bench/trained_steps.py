@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=1 python -m bench.trained_steps --results RESULTS --sweep NAME \\
         --runs HAM-EO-DEQ-L5-s0,CHN-DEQ-L3-s0 --data-dir /usr/share/datasets/fashion-mnist \\
-        [--dataset fashion-mnist] [--batches 10] [--eval-batches 5] [--json FILE]
+        [--dataset fashion-mnist] [--batches 10] [--eval-batches 5] [--fused-anderson] \\
+        [--json FILE]
 
 ``bench.speed`` times untrained networks on synthetic images, where few samples converge early;
 what the fast mode saves depends on how fast trained networks converge on real data. This
@@ -55,10 +56,11 @@ from .rows import _NO_TRAINER_WARNING, sweep_eval_batches, sweep_steps
 MODES = ("paper", "fast-unrolled", "fast")
 
 
-def build(row: str, depth: int, mode: str, state: dict) -> LitHopfieldDEQ:
+def build(row: str, depth: int, mode: str, state: dict,
+          fused_anderson: bool = False) -> LitHopfieldDEQ:
     """The row's module in ``mode``, with the trained weights ``state``."""
     exp = get_experiment(row, depth)
-    module = lit_module_for(exp, fast=mode != "paper")
+    module = lit_module_for(exp, fast=mode != "paper", fused_anderson=fused_anderson)
     if mode == "fast-unrolled":
         hp = dict(module.hparams, backward_kwargs=exp.backward_kwargs)
         module = LitHopfieldDEQ(**hp)
@@ -123,10 +125,11 @@ def eval_ms(module: LitHopfieldDEQ, data: list, stage: str) -> list[float]:
     return times
 
 
-def measure(run: str, state: dict, data: list, test_data: list | None = None) -> dict:
+def measure(run: str, state: dict, data: list, test_data: list | None = None,
+            fused_anderson: bool = False) -> dict:
     row, depth, seed = split_run_name(run)
     exp = get_experiment(row, depth)
-    modules = {m: build(row, depth, m, state) for m in MODES}
+    modules = {m: build(row, depth, m, state, fused_anderson) for m in MODES}
     optimizers = {m: Madam(mod.parameters(), lr=mod.hparams.lr, p_scale=mod.hparams.p_scale,
                            g_bound=mod.hparams.g_bound) for m, mod in modules.items()}
     times = {m: [] for m in MODES}
@@ -260,6 +263,8 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, default=10)
     p.add_argument("--eval-batches", type=int, default=5,
                    help="test batches timed per evaluation pass (0: time training steps only)")
+    p.add_argument("--fused-anderson", action="store_true",
+                   help="every module with Anderson's bookkeeping as the C++ kernel")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
@@ -276,10 +281,12 @@ def main(argv=None) -> int:
         if args.eval_batches else None
     print(f"threads {torch.get_num_threads()}, torch {torch.__version__}, "
           f"{args.batches} batches of 64 real training images per mode, "
-          f"{args.eval_batches} of test images per evaluation", flush=True)
+          f"{args.eval_batches} of test images per evaluation"
+          + (", fused Anderson" if args.fused_anderson else ""), flush=True)
     records = []
     for run in runs:
-        records.append(measure(run, load_state(args.results, args.sweep, run), data, test_data))
+        records.append(measure(run, load_state(args.results, args.sweep, run), data, test_data,
+                               args.fused_anderson))
         print(f"{run}: " + ", ".join(f"{m} {records[-1][m]['ms']:.0f} ms" for m in MODES),
               flush=True)
     print(table(records))

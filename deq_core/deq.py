@@ -144,6 +144,10 @@ class DEQ(nn.Module):
             compiler on CPU, Triton on GPU). It fuses the many small elementwise operations of
             one evaluation, which is what bounds small models; the first calls pay the
             compilation (a minute or more), and results agree with eager to float rounding.
+        fused_anderson: run the bookkeeping of every Anderson solve whose state is float32 on
+            the CPU as one C++ kernel (``anderson(..., fused=True)``, :mod:`deq_core.fused`;
+            opt-in, built at first use with a C++ compiler and ninja); other solves, and
+            states on other devices or dtypes, stay eager. Results agree to float rounding.
 
     ``deq(x)`` returns the equilibrium state, differentiable w.r.t. ``x`` and the parameters of
     ``f_module``. Statistics of the latest solves are in ``last_forward_stats`` and
@@ -160,6 +164,7 @@ class DEQ(nn.Module):
         damping_factor: float = 0.0,
         train_forward_kwargs: Mapping[str, Any] | None = None,
         compile_f: bool = False,
+        fused_anderson: bool = False,
     ):
         super().__init__()
         self.f_module = f_module
@@ -187,6 +192,9 @@ class DEQ(nn.Module):
         if not isinstance(compile_f, bool):
             raise ValueError(f"compile_f must be True or False, got {compile_f!r}")
         self.compile_f = compile_f
+        if not isinstance(fused_anderson, bool):
+            raise ValueError(f"fused_anderson must be True or False, got {fused_anderson!r}")
+        self.fused_anderson = fused_anderson
         self._compiled_forward: Callable[..., Tensor] | None = None  # built at the first call
         if z_init is None and self._state_size() is None:
             raise ValueError("z_init=None needs f_module.state_size (an int) to build zeros")
@@ -288,6 +296,9 @@ class DEQ(nn.Module):
         if kwargs.get("compact") and Ux is not None:
             options["restrict"] = lambda idx: self.step_map(Ux[idx])
         options["trace"] = bool(options.get("trace", False)) or trace
+        if self.fused_anderson and kwargs["solver"] == "anderson" and "fused" not in options \
+                and z0.device.type == "cpu" and z0.dtype == torch.float32:
+            options["fused"] = True
         spec = get_solver(kwargs["solver"])
         return spec.fn(step, z0, max_iter=kwargs["iter"], on_iterate=on_iterate, **options)
 
@@ -387,6 +398,7 @@ class DEQ(nn.Module):
     def extra_repr(self) -> str:
         train = "" if self.train_forward_kwargs is None else \
             f"train_forward_kwargs={self.train_forward_kwargs}, "
-        compiled = ", compile_f=True" if self.compile_f else ""
+        compiled = (", compile_f=True" if self.compile_f else "") + \
+            (", fused_anderson=True" if self.fused_anderson else "")
         return (f"forward_kwargs={self.forward_kwargs}, {train}backward_kwargs={self.backward_kwargs}, "
                 f"damping_factor={self.damping_factor}{compiled}")

@@ -45,6 +45,8 @@ class LitHopfieldDEQ(L.LightningModule):
             (the DEQ state, residuals and loss stay float32); ``None``: float32.
         compile_f: evaluate the Hopfield map through ``torch.compile`` (see
             :class:`deq_core.DEQ`); an opt-in for speed, never needed.
+        fused_anderson: Anderson's per-iteration bookkeeping as one C++ kernel on CPU float32
+            states (see :class:`deq_core.DEQ`); an opt-in for speed, never needed.
 
     The defaults are the registry's HAM-EO-DEQ row at 3 layers
     (:func:`~deq_modules.experiments.get_experiment`), the paper's headline model.
@@ -71,6 +73,7 @@ class LitHopfieldDEQ(L.LightningModule):
         train_precision: str | None = None,
         compile_f: bool = False,
         val_forward_kwargs: dict[str, Any] | None = None,
+        fused_anderson: bool = False,
     ) -> None:
         super().__init__()
         if train_precision not in TRAIN_PRECISIONS:
@@ -93,7 +96,7 @@ class LitHopfieldDEQ(L.LightningModule):
             forward_kwargs=forward_kwargs or _DEFAULT.forward_kwargs,
             backward_kwargs=backward_kwargs or _DEFAULT.backward_kwargs,
             damping_factor=damping_factor, train_forward_kwargs=train_forward_kwargs,
-            compile_f=compile_f,
+            compile_f=compile_f, fused_anderson=fused_anderson,
         )
         n_classes = layers[-1]
         self.acc = torch.nn.ModuleDict(
@@ -184,14 +187,16 @@ class LitEvenOddDEQ(LitHopfieldDEQ):
 
 
 def lit_module_for(exp: Experiment, input_size: int | None = None,
-                   fast: bool = False, compile_f: bool = False) -> LitHopfieldDEQ:
+                   fast: bool = False, compile_f: bool = False,
+                   fused_anderson: bool = False) -> LitHopfieldDEQ:
     """The LightningModule of a registry :class:`~deq_modules.experiments.Experiment`.
 
     ``input_size`` replaces the first layer size (e.g. 3072 for CIFAR-10). ``fast`` trains in
     the fast mode (:data:`~deq_modules.experiments.FAST_MODE`), whose validation passes solve
     like its training forward (``FAST_MODE["validation"] == "fast"``); the test keeps the
     paper's settings either way, so test metrics and trajectories mean the same. ``compile_f``
-    evaluates the map through ``torch.compile``.
+    evaluates the map through ``torch.compile``; ``fused_anderson`` runs Anderson's bookkeeping
+    as one C++ kernel on CPU float32 states.
     """
     layers = list(exp.layers)
     if input_size is not None:
@@ -206,6 +211,7 @@ def lit_module_for(exp: Experiment, input_size: int | None = None,
         train_forward_kwargs=exp.fast_forward_kwargs if fast else None,
         train_precision=FAST_MODE["precision"] if fast else None, compile_f=compile_f,
         val_forward_kwargs=exp.fast_forward_kwargs if fast and fast_validation() else None,
+        fused_anderson=fused_anderson,
     )
 
 

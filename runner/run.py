@@ -189,7 +189,7 @@ def _train_and_test(cfg: RunConfig, out: Path, run: Any) -> dict[str, Any]:
                             download=cfg.download, seed=cfg.seed,
                             synthetic_kwargs=cfg.synthetic_kwargs)
     model = lit_module_for(exp, input_size=dm.input_size, fast=cfg.fast,
-                           compile_f=cfg.compile_f)
+                           compile_f=cfg.compile_f, fused_anderson=cfg.fused_anderson)
     last_ckpt = out / LAST_CHECKPOINT
     resume = str(last_ckpt) if last_ckpt.exists() else None
     if resume is None and (out / METRICS).exists():

@@ -21,7 +21,8 @@ def test_help_documents_every_option(capsys):
     text = capsys.readouterr().out
     for flag in ("--row", "--layers", "--seed", "--dataset", "--data-dir", "--no-download",
                  "--epochs", "--limit-train-batches", "--limit-test-batches", "--results",
-                 "--name", "--accelerator", "--devices", "--wandb", "--rerun"):
+                 "--name", "--accelerator", "--devices", "--wandb", "--rerun", "--fast",
+                 "--compile", "--fused-anderson"):
         assert flag in text
 
 
@@ -51,3 +52,23 @@ def test_two_process_ddp_run_on_cpu(tmp_path):
     assert done.stdout.count("test accuracy") == 1  # only rank 0 reports
     summary = json.loads((tmp_path / "single" / "HAM-EO-DEQ-L3-s0" / "summary.json").read_text())
     assert summary["status"] == "finished"
+
+
+def test_fused_anderson_run_uses_the_kernel_and_records_a_finished_run(capsys, tmp_path,
+                                                                         monkeypatch):
+    """``--fused-anderson``: the run's Anderson solves go through the C++ kernel (counted),
+    in training, validation and test; the run is stored like any other."""
+    from deq_core import fused
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    calls = []
+    step = fused.step
+    monkeypatch.setattr(fused, "step", lambda *a: (calls.append(1), step(*a))[1])
+    args = ["--row", "HAM-EO-DEQ", "--layers", "3", *TINY, "--results", str(tmp_path),
+            "--fused-anderson", "--fast", "--epochs", "2"]
+    assert train.main(args) == 0
+    assert "HAM-EO-DEQ-L3-s0: test accuracy " in capsys.readouterr().out
+    assert len(calls) > 0
+    run = tmp_path / "single" / "HAM-EO-DEQ-L3-s0"
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+    assert json.loads((run / "config.json").read_text())["fused_anderson"] is True

@@ -15,7 +15,7 @@ def test_to_argv_rebuilds_the_same_run_through_train_py():
                     results="out", sweep="quick", accelerator="cpu", devices=3,
                     wandb_mode="offline", wandb_project="p", wandb_entity="me",
                     synthetic_kwargs=dict(n_train=256, n_test=128), lr=0.02, fast=True,
-                    compile_f=True)
+                    compile_f=True, fused_anderson=True)
     args = train.parse_args(cfg.to_argv())
     again = RunConfig.from_args(args, row=args.row, depth=args.layers, seed=args.seed,
                                 wandb_mode=args.wandb)
@@ -34,7 +34,7 @@ def test_quick_sizes_survive_the_subprocess_path():
 def test_differences_name_the_defining_settings_only():
     cfg = RunConfig(row="HAM", depth=3, seed=0, dataset="synthetic", epochs=1)
     stored = {**cfg.to_dict(), "results": "elsewhere", "devices": 4, "wandb_run_id": "x",
-              "compile_f": True}
+              "compile_f": True, "fused_anderson": True}
     from runner.store import jsonable
     assert cfg.differences(jsonable(stored)) == []
     other = RunConfig(row="HAM", depth=3, seed=0, dataset="fashion-mnist", epochs=1)
