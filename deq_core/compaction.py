@@ -68,6 +68,13 @@ class ActiveSet:
         self.idx = self.idx[keep]
         return keep
 
+    def shrink(self, converged: Tensor, result: Tensor,
+               per_sample: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """:meth:`leave`, then the solver's per-sample tensors restricted to the samples that
+        stay (``per_sample`` itself when nobody left; :attr:`size` says how many stay)."""
+        keep = self.leave(converged, result)
+        return per_sample if keep is None else tuple(t[keep] for t in per_sample)
+
     def map(self) -> FixedPointMap:
         """``f`` on the samples that are still active."""
         assert self.restrict is not None

@@ -258,12 +258,11 @@ def anderson(
         if on_iterate is not None:
             on_iterate(n, active.state(x).view(shape))
         final_res = active.full("best", best_res)
-        if active.enabled:
-            keep = active.leave(best_res < tol, best_fx)
-            if keep is not None:  # every per-sample tensor follows the samples that stay
-                x, F, G, best_fx, best_res, anchor_fx, anchor_res, was_mixed = (
-                    t[keep] for t in (x, F, G, best_fx, best_res, anchor_fx, anchor_res,
-                                      was_mixed))
+        if active.enabled:  # every per-sample tensor follows the samples that stay
+            x, F, G, best_fx, best_res, anchor_fx, anchor_res, was_mixed = active.shrink(
+                best_res < tol, best_fx,
+                (x, F, G, best_fx, best_res, anchor_fx, anchor_res, was_mixed))
+            if active.size < batch:
                 batch = active.size
                 if batch == 0:
                     break
@@ -303,12 +302,11 @@ def _anderson_fused(f: FixedPointMap, z0: Tensor, max_iter: int, tol: float | No
         if on_iterate is not None:
             on_iterate(n, active.state(x.clone()).view(shape))
         final_res = active.full("best", best_res.clone())
-        if active.enabled:
-            keep = active.leave(best_res < tol, best_fx)
-            if keep is not None:  # every per-sample buffer follows the samples that stay
-                x, F, G, gram, res, best_fx, best_res, anchor_slot, anchor_res, was_mixed = (
-                    t[keep] for t in (x, F, G, gram, res, best_fx, best_res, anchor_slot,
-                                      anchor_res, was_mixed))
+        if active.enabled:  # every per-sample buffer follows the samples that stay
+            x, F, G, gram, res, best_fx, best_res, anchor_slot, anchor_res, was_mixed = \
+                active.shrink(best_res < tol, best_fx, (x, F, G, gram, res, best_fx, best_res,
+                                                        anchor_slot, anchor_res, was_mixed))
+            if active.size < batch:
                 batch = active.size
                 if batch == 0:
                     break
