@@ -37,9 +37,10 @@ class EnergyTracker(ObservingCallback):
     For every new iterate ``z`` of the forward solves of ``pl_module.deq`` it adds
     ``f_module.energy(x, z).sum()`` (``x`` the batch's inputs) to that iteration's total, on the
     device, without host synchronisation. An ``energy`` with an ``Ux`` argument (the Hopfield
-    modules') gets ``f_module.preprocess_inputs(x)``, computed once per batch. At the end of each epoch of ``stage`` (not during the
-    sanity check) it logs ``<stage>/energy_final`` (mean energy at the last iteration) and sets
-    :attr:`result` (numpy arrays, see the module docstring; each epoch replaces the last).
+    modules') gets ``f_module.preprocess_inputs(x)``, computed once per batch. At the end of
+    each epoch of ``stage`` (not during the sanity check) it logs ``<stage>/energy_final``
+    (mean energy at the last iteration) and sets :attr:`result` (numpy arrays, see the module
+    docstring; each epoch replaces the last).
     Samples of solves stopped early by a solver ``tol`` drop out of the later iterations' means.
 
     Args:

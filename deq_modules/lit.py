@@ -218,7 +218,7 @@ def lit_module_for(exp: Experiment, input_size: int | None = None,
 def apply_fast_mode(module: LitHopfieldDEQ) -> LitHopfieldDEQ:
     """Switch a module built with paper settings to the fast mode (for benchmarks)."""
     kwargs = {**module.deq.forward_kwargs, "tol": FAST_MODE["tol"], "compact": True}
-    module.deq.train_forward_kwargs = DEQ(module.f, forward_kwargs=kwargs).forward_kwargs
+    module.deq.train_forward_kwargs = check_forward_kwargs("train_forward_kwargs", kwargs)
     module.hparams["train_forward_kwargs"] = kwargs
     module.hparams["train_precision"] = FAST_MODE["precision"]
     if fast_validation():
