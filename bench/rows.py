@@ -46,6 +46,7 @@ class Settings:
     peer: bool
     peak_seconds: float
     compile_f: bool = False  # time the step with the map under torch.compile
+    fused_anderson: bool = False  # time the step with Anderson's bookkeeping as the C++ kernel
 
 
 def row_layers(exp: Experiment, tiny: bool) -> list[int]:
@@ -56,10 +57,12 @@ def row_layers(exp: Experiment, tiny: bool) -> list[int]:
 
 
 def build_module(exp: Experiment, layers: Sequence[int], forward_iter: int,
-                 fast_mode: FastMode | None, compile_f: bool = False) -> LitHopfieldDEQ:
+                 fast_mode: FastMode | None, compile_f: bool = False,
+                 fused_anderson: bool = False) -> LitHopfieldDEQ:
     """The row's LightningModule (``lit_module_for``'s settings), at the given layer sizes and
     forward iterations, with ``fast_mode`` applied to it when given."""
-    hp = dict(lit_module_for(exp, compile_f=compile_f).hparams)  # the registry's settings
+    hp = dict(lit_module_for(exp, compile_f=compile_f,
+                             fused_anderson=fused_anderson).hparams)  # the registry's settings
     hp["layers"] = list(layers)
     hp["forward_kwargs"] = {**hp["forward_kwargs"], "iter": forward_iter}
     module = LitHopfieldDEQ(**hp).train()
@@ -159,7 +162,7 @@ def time_row(exp: Experiment, layers: Sequence[int], fast_mode: FastMode | None,
     dev = settings.device
     torch.manual_seed(0)
     module = build_module(exp, layers, exp.forward_iter, fast_mode,
-                          settings.compile_f).to(dev)
+                          settings.compile_f, settings.fused_anderson).to(dev)
     step, deq = training_step(module, x, y), module.deq
     iters: list[int] = []
     timing = time_calls(step, dev, settings.warmup, settings.reps,
@@ -188,8 +191,10 @@ def measure_row(exp: Experiment, mode: str, fast_mode: FastMode | None, settings
     """Every column of one row in one mode (``peaks`` caches each product shape's peak)."""
     dev, layers = settings.device, row_layers(exp, settings.tiny)
     x, y = make_batch(layers[0], exp.batch_size, dev)
-    record = dict(key=exp.key, mode=mode + ("+compile" if settings.compile_f else ""),
-                  layers=layers, compiled=settings.compile_f)
+    suffix = ("+compile" if settings.compile_f else "") \
+        + ("+fused" if settings.fused_anderson and exp.solver == "anderson" else "")
+    record = dict(key=exp.key, mode=mode + suffix, layers=layers, compiled=settings.compile_f,
+                  fused_anderson=settings.fused_anderson and exp.solver == "anderson")
     record.update(time_row(exp, layers, fast_mode, settings, peaks, x, y))
     record["mem_kind"] = "cuda_max_allocated" if dev.type == "cuda" else "saved_for_backward"
     record["mem_bytes"] = step_memory(exp, layers, exp.forward_iter, fast_mode, x, y)

@@ -2,7 +2,7 @@
 
     python -m bench.speed [--rows HAM-EO-DEQ-L3,HAM-L5] [--mode paper|fast|both]
                           [--device cuda|cpu] [--warmup 3] [--reps 10] [--json PATH]
-                          [--no-peer] [--compile] [--tiny]
+                          [--no-peer] [--compile] [--fused-anderson] [--tiny]
 
 For each row (``Experiment.key``; default all 17) and mode, on ``--device`` (default cuda if
 available, else cpu), float32, batch 64:
@@ -27,6 +27,9 @@ available, else cpu), float32, batch 64:
   when torchdeq is installed (``pip install -r bench/requirements.txt``);
 - ``--compile``: the map under ``torch.compile`` (``mode`` reads ``paper+compile``); the
   compilation happens in the warm-up steps and is not timed, so use ``--warmup`` >= 2;
+- ``--fused-anderson``: the Anderson rows' per-iteration bookkeeping as the C++ kernel of
+  ``deq_core/csrc/anderson_step.cpp`` (CPU float32; ``mode`` reads ``paper+fused`` on those
+  rows; the others are measured unchanged); memory is measured eagerly;
 - ``sweep h``: median step time x ceil(60000 / 64) x epochs x 5 seeds, in hours; the line below
   the table sums the rows measured.
 
@@ -89,9 +92,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true",
                    help="time the steps with the Hopfield map under torch.compile (compiled "
                         "during the warm-up steps; memory is measured eagerly)")
+    p.add_argument("--fused-anderson", action="store_true",
+                   help="time the Anderson rows with their bookkeeping as the C++ kernel "
+                        "(built at first use; CPU float32 only)")
     p.add_argument("--tiny", action="store_true",
                    help="two rows, layers / 16, 1 warm-up, 2 repetitions: runs in seconds")
     args = p.parse_args(argv)
+    if args.fused_anderson and not args.device.startswith("cpu"):
+        p.error(f"--fused-anderson runs on the CPU only; got --device {args.device}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available here; use --device cpu")
     if args.reps is not None and args.reps < 1:
@@ -174,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     experiments = args.experiments
     device = torch.device(args.device)
     settings = Settings(device, args.warmup, args.reps, args.tiny, peer=not args.no_peer,
-                        peak_seconds=0.01 if args.tiny else 0.05, compile_f=args.compile)
+                        peak_seconds=0.01 if args.tiny else 0.05, compile_f=args.compile,
+                        fused_anderson=args.fused_anderson)
     header = header_line(device)
     print(header + (" | TINY (layers / 16)" if args.tiny else ""), flush=True)
     notes = []

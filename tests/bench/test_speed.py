@@ -197,3 +197,27 @@ def test_a_finished_run_says_complete(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.index("| --- ") < printed.index(f"| {speed.TINY_ROWS[-1]} ") \
         < printed.index("whole sweep")
+
+
+@pytest.mark.slow
+def test_fused_anderson_times_the_kernel_on_anderson_rows_only(tmp_path, monkeypatch):
+    from deq_core import fused
+    calls = []
+    step = fused.step
+    monkeypatch.setattr(fused, "step", lambda *a: (calls.append(a[0].shape[0]), step(*a))[1])
+    payload = run_tiny(tmp_path, "--no-peer", "--fused-anderson", "--rows", "HAM-EO-DEQ-L3,HAM-L3")
+    by_key = {r["key"]: r for r in payload["records"]}
+    for key, record in by_key.items():
+        check_record(record)
+        anderson = Experiment.from_key(key).solver == "anderson"
+        assert record["fused_anderson"] is anderson
+        assert record["mode"] == ("paper+fused" if anderson else "paper")
+    # every forward iteration of the warm-up and the two timed steps of the Anderson row (the
+    # FLOP count's traced solve and the memory steps may add more)
+    assert len(calls) >= 3 * Experiment.from_key("HAM-EO-DEQ-L3").forward_iter
+
+
+def test_fused_anderson_is_refused_off_the_cpu(capsys):
+    with pytest.raises(SystemExit):
+        speed.parse_args(["--fused-anderson", "--device", "cuda:0"])
+    assert "--fused-anderson runs on the CPU only; got --device cuda:0" in capsys.readouterr().err
