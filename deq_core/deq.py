@@ -17,7 +17,7 @@ and its backward through the parameters.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,10 @@ from .solvers import (COMMON_OPTIONS, SolverStats, check_positive_int, check_tol
                       get_solver, relative_residual)
 
 BACKWARD_METHODS = ("backprop", "full_adjoint")
+# ``adjoint_precision``: the full adjoint's vector-Jacobian products in float32 (None), in
+# bfloat16 ("bf16"), or in bfloat16 where the device multiplies bfloat16 matrices natively
+# ("auto": CPUs with AMX or AVX512-BF16, CUDA GPUs with bfloat16 tensor cores).
+ADJOINT_PRECISIONS = (None, "bf16", "auto")
 Logger = Callable[[str, float], Any]
 
 
@@ -52,6 +56,19 @@ class ObserverHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively (faster than float32): a CPU
+    with AMX or AVX512-BF16 (elsewhere torch emulates them, several times slower), a CUDA GPU
+    of compute capability 8.0 or more."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        checks = (getattr(torch.cpu, name, None) for name in
+                  ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+        return any(check is not None and check() for check in checks)
+    return False
 
 
 def _check_kwargs(kind: str, kwargs: Mapping[str, Any], extra: frozenset[str]) -> dict[str, Any]:
@@ -148,6 +165,13 @@ class DEQ(nn.Module):
             the CPU as one C++ kernel (``anderson(..., fused=True)``, :mod:`deq_core.fused`;
             opt-in, built at first use with a C++ compiler and ninja); other solves, and
             states on other devices or dtypes, stay eager. Results agree to float rounding.
+        adjoint_precision: the precision of the ``full_adjoint`` method's vector-Jacobian
+            products: ``None`` (the state's dtype), ``"bf16"`` (their graph built under
+            bfloat16 autocast), or ``"auto"`` (bfloat16 where :func:`fast_bf16` says the
+            device has native bfloat16 products, else the state's). The adjoint's iterate,
+            its residuals, the forward value and the final products into the parameters'
+            gradients keep the state's dtype; the gradient changes by bfloat16 rounding (about
+            0.5% relative on the Hopfield rows). ``backprop`` has no adjoint and refuses it.
 
     ``deq(x)`` returns the equilibrium state, differentiable w.r.t. ``x`` and the parameters of
     ``f_module``. Statistics of the latest solves are in ``last_forward_stats`` and
@@ -165,6 +189,7 @@ class DEQ(nn.Module):
         train_forward_kwargs: Mapping[str, Any] | None = None,
         compile_f: bool = False,
         fused_anderson: bool = False,
+        adjoint_precision: str | None = None,
     ):
         super().__init__()
         self.f_module = f_module
@@ -195,6 +220,14 @@ class DEQ(nn.Module):
         if not isinstance(fused_anderson, bool):
             raise ValueError(f"fused_anderson must be True or False, got {fused_anderson!r}")
         self.fused_anderson = fused_anderson
+        if adjoint_precision not in ADJOINT_PRECISIONS:
+            raise ValueError(f"unknown adjoint_precision {adjoint_precision!r}; valid: "
+                             f"{list(ADJOINT_PRECISIONS)}")
+        if adjoint_precision is not None and method != "full_adjoint":
+            raise ValueError(f"adjoint_precision={adjoint_precision!r} sets the precision of "
+                             "the full adjoint's products; backward method "
+                             f"{method!r} has none (use method='full_adjoint' or leave it None)")
+        self.adjoint_precision = adjoint_precision
         self._compiled_forward: Callable[..., Tensor] | None = None  # built at the first call
         if z_init is None and self._state_size() is None:
             raise ValueError("z_init=None needs f_module.state_size (an int) to build zeros")
@@ -358,7 +391,17 @@ class DEQ(nn.Module):
     def _has_trainable_params(self) -> bool:
         return any(p.requires_grad for p in self.f_module.parameters())
 
+    def adjoint_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The dtype of the full adjoint's products on ``device`` (``None``: the state's)."""
+        if self.adjoint_precision == "bf16" or (
+                self.adjoint_precision == "auto" and fast_bf16(device)):
+            return torch.bfloat16
+        return None
+
     def _backprop(self, Ux: Tensor, z_star: Tensor) -> Tensor:
+        if self.adjoint_precision is not None:  # backward_kwargs were changed after __init__
+            raise ValueError(f"adjoint_precision={self.adjoint_precision!r} needs backward "
+                             "method 'full_adjoint'; this DEQ's is 'backprop'")
         step = self.step_map(Ux)
         z = z_star
         for _ in range(self.backward_kwargs["iter"]):
@@ -372,9 +415,12 @@ class DEQ(nn.Module):
     def _full_adjoint(self, Ux: Tensor, z_star: Tensor) -> Tensor:
         z = self.step_map(Ux)(z_star)  # carries the gradient to Ux and the parameters
         z_leaf = z_star.clone().requires_grad_(True)
-        with torch.enable_grad():
+        low = self.adjoint_dtype(z_star.device)
+        autocast = nullcontext() if low is None else torch.autocast(z_star.device.type, dtype=low)
+        with torch.enable_grad(), autocast:
             # Its graph gives J^T g by autograd, once per adjoint iteration (retain_graph): built
-            # eagerly, since a compiled graph may donate its buffers to a single backward.
+            # eagerly, since a compiled graph may donate its buffers to a single backward. Built
+            # under autocast, its products (and their vector-Jacobian products) are in ``low``.
             fz_leaf = self.step_map(Ux.detach(), eager=True)(z_leaf)
 
         def adjoint(v: Tensor | None) -> Tensor | None:
@@ -399,6 +445,7 @@ class DEQ(nn.Module):
         train = "" if self.train_forward_kwargs is None else \
             f"train_forward_kwargs={self.train_forward_kwargs}, "
         compiled = (", compile_f=True" if self.compile_f else "") + \
-            (", fused_anderson=True" if self.fused_anderson else "")
+            (", fused_anderson=True" if self.fused_anderson else "") + \
+            (f", adjoint_precision={self.adjoint_precision!r}" if self.adjoint_precision else "")
         return (f"forward_kwargs={self.forward_kwargs}, {train}backward_kwargs={self.backward_kwargs}, "
                 f"damping_factor={self.damping_factor}{compiled}")

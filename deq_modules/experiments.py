@@ -23,12 +23,15 @@ CONVERGENCE_TOL = 1e-4  # footnote 3 of the paper: the Table 2 criterion
 # and drops it from the batch (compaction); ``precision`` "bf16" or None (float32); ``backward``
 # "unrolled" (the paper's differentiable steps) or "neumann" (their gradient computed at the
 # fixed point, Experiment.fast_backward_kwargs); ``validation`` "fast" (the per-epoch
-# validation passes solve like the training forward: tolerance stop, compaction) or "paper".
+# validation passes solve like the training forward: tolerance stop, compaction) or "paper";
+# ``adjoint_precision`` of the Neumann backward's vector-Jacobian products: "auto" (bfloat16
+# where the device has native bfloat16 products, deq_core.fast_bf16), "bf16" or None (float32).
 # The test (the table's numbers, the figures' trajectories) keeps the paper's fixed iteration
 # counts. Chosen from measurements: see the README.
 FAST_BACKWARDS = ("unrolled", "neumann")
 FAST_VALIDATIONS = ("fast", "paper")
-FAST_MODE = dict(tol=CONVERGENCE_TOL, precision=None, backward="neumann", validation="fast")
+FAST_MODE = dict(tol=CONVERGENCE_TOL, precision=None, backward="neumann", validation="fast",
+                 adjoint_precision="auto")
 
 
 def fast_backward(backward_kwargs: dict) -> dict:
@@ -41,6 +44,15 @@ def fast_backward(backward_kwargs: dict) -> dict:
     if mode == "unrolled" or backward_kwargs.get("method") != "backprop":
         return dict(backward_kwargs)
     return dict(solver="picard", iter=backward_kwargs["iter"], method="full_adjoint")
+
+
+def fast_adjoint_precision(backward_kwargs: dict) -> str | None:
+    """The precision of the fast mode's adjoint products for a fast backward
+    ``backward_kwargs`` (``FAST_MODE["adjoint_precision"]``; ``None`` for unrolled steps,
+    which have no adjoint)."""
+    if backward_kwargs.get("method") != "full_adjoint":
+        return None
+    return FAST_MODE["adjoint_precision"]
 
 
 def fast_validation() -> bool:

@@ -14,7 +14,8 @@ from deq_core.deq import check_forward_kwargs
 from deq_core.names import STAGES
 from madam import Madam
 
-from .experiments import FAST_MODE, Experiment, fast_backward, fast_validation, get_experiment
+from .experiments import (FAST_MODE, Experiment, fast_adjoint_precision, fast_backward,
+                          fast_validation, get_experiment)
 from .functions import EvenOddFunction, OneMatrixFunction
 
 STRUCTURES = ("onematrix", "evenodd")
@@ -47,6 +48,9 @@ class LitHopfieldDEQ(L.LightningModule):
             :class:`deq_core.DEQ`); an opt-in for speed, never needed.
         fused_anderson: Anderson's per-iteration bookkeeping as one C++ kernel on CPU float32
             states (see :class:`deq_core.DEQ`); an opt-in for speed, never needed.
+        adjoint_precision: ``None``, ``"bf16"`` or ``"auto"``: the precision of the full
+            adjoint's vector-Jacobian products (see :class:`deq_core.DEQ`); the fast mode's
+            ``FAST_MODE["adjoint_precision"]``.
 
     The defaults are the registry's HAM-EO-DEQ row at 3 layers
     (:func:`~deq_modules.experiments.get_experiment`), the paper's headline model.
@@ -74,6 +78,7 @@ class LitHopfieldDEQ(L.LightningModule):
         compile_f: bool = False,
         val_forward_kwargs: dict[str, Any] | None = None,
         fused_anderson: bool = False,
+        adjoint_precision: str | None = None,
     ) -> None:
         super().__init__()
         if train_precision not in TRAIN_PRECISIONS:
@@ -97,6 +102,7 @@ class LitHopfieldDEQ(L.LightningModule):
             backward_kwargs=backward_kwargs or _DEFAULT.backward_kwargs,
             damping_factor=damping_factor, train_forward_kwargs=train_forward_kwargs,
             compile_f=compile_f, fused_anderson=fused_anderson,
+            adjoint_precision=adjoint_precision,
         )
         n_classes = layers[-1]
         self.acc = torch.nn.ModuleDict(
@@ -212,6 +218,7 @@ def lit_module_for(exp: Experiment, input_size: int | None = None,
         train_precision=FAST_MODE["precision"] if fast else None, compile_f=compile_f,
         val_forward_kwargs=exp.fast_forward_kwargs if fast and fast_validation() else None,
         fused_anderson=fused_anderson,
+        adjoint_precision=fast_adjoint_precision(exp.fast_backward_kwargs) if fast else None,
     )
 
 
@@ -225,6 +232,10 @@ def apply_fast_mode(module: LitHopfieldDEQ) -> LitHopfieldDEQ:
         module.val_forward_kwargs = module.deq.train_forward_kwargs
         module.hparams["val_forward_kwargs"] = kwargs
     backward = fast_backward(module.deq.backward_kwargs)
-    module.deq.backward_kwargs = DEQ(module.f, backward_kwargs=backward).backward_kwargs
+    precision = fast_adjoint_precision(backward)
+    checked = DEQ(module.f, backward_kwargs=backward, adjoint_precision=precision)
+    module.deq.backward_kwargs, module.deq.adjoint_precision = \
+        checked.backward_kwargs, checked.adjoint_precision
     module.hparams["backward_kwargs"] = backward
+    module.hparams["adjoint_precision"] = precision
     return module

@@ -62,3 +62,25 @@ def test_every_mode_is_timed_from_the_run_checkpoint(tmp_path, monkeypatch, caps
     assert "not run names of the form ROW-Ld-sN" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="HAM-EO-DEQ-L3-s1: no checkpoint at"):
         trained_steps.main(args + ["--runs", "HAM-EO-DEQ-L3-s1"])
+
+
+def test_adjoint_precision_option_sets_the_fast_modes_and_restores_fast_mode(tmp_path, monkeypatch,
+                                                                            capsys):
+    from deq_modules.experiments import FAST_MODE
+    monkeypatch.setattr(trained_steps, "load_dataset", lambda name, data_dir: make_synthetic(200, 10))
+    run = tmp_path / "sw" / "HAM-EO-DEQ-L3-s0" / "checkpoints"
+    run.mkdir(parents=True)
+    torch.save({"state_dict": lit_module_for(Experiment.from_key("HAM-EO-DEQ-L3")).state_dict()},
+               run / "last.ckpt")
+    built, build = [], trained_steps.build
+    monkeypatch.setattr(trained_steps, "build", lambda row, depth, mode, *a: (
+        lambda module: (built.append((mode, module.deq.adjoint_precision)), module)[1])(
+        build(row, depth, mode, *a)))
+    args = ["--results", str(tmp_path), "--sweep", "sw", "--data-dir", str(tmp_path),
+            "--batches", "1", "--eval-batches", "0", "--runs", "HAM-EO-DEQ-L3-s0"]
+    for option, expected in [("none", None), ("bf16", "bf16")]:
+        built.clear()
+        assert trained_steps.main(args + ["--adjoint-precision", option]) == 0
+        assert dict(built) == {"paper": None, "fast-unrolled": None, "fast": expected}
+        assert f"fast adjoint precision {expected}" in capsys.readouterr().out
+        assert FAST_MODE["adjoint_precision"] == "auto"  # restored for whatever runs next
