@@ -178,10 +178,32 @@ class Outcome:
     failed: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)  # trained by another process
 
+    def settle(self, runs: list[RunConfig]) -> None:
+        """The runs another process was training when this one reached them may have finished
+        (or diverged) there since: count them as they are now."""
+        by_name, busy = {cfg.name: cfg for cfg in runs}, self.busy
+        self.busy = []
+        for name in busy:
+            directory = by_name[name].directory
+            status = status_of(directory)
+            if status == FINISHED and is_finished(directory):
+                self.finished.append(name)
+            elif status == DIVERGED:
+                self.diverged.append(name)
+            else:
+                self.busy.append(name)
+
+    @classmethod
+    def of_store(cls, runs: list[RunConfig]) -> Outcome:
+        """What the store holds for ``runs`` now (unfinished runs count as ``busy``)."""
+        outcome = cls(busy=[cfg.name for cfg in runs])
+        outcome.settle(runs)
+        return outcome
+
     def report(self, name: str, total: int) -> str:
         line = f"sweep {name}: {len(self.finished)} of {total} runs finished"
         for label, names in (("diverged", self.diverged), ("failed", self.failed),
-                             ("being trained by another process", self.busy)):
+                             ("still being trained by another process", self.busy)):
             if names:
                 line += f"; {label}: {', '.join(names)}"
         return line + (" (see their summary.json)" if self.failed or self.diverged else "")
@@ -248,6 +270,7 @@ def run_local(runs: list[RunConfig], args: SweepOptions) -> int:
               f"{summary.get('test/acc', float('nan')):.4f}, iters to converge "
               f"{summary.get('test/iters_to_converge', float('nan')):.2f}", flush=True)
         print(f"sweep ETA: {eta_line(runs, args)}", flush=True)
+    outcome.settle(runs)
     print(outcome.report(args.name, len(runs)), flush=True)
     if any(r.wandb_mode == "offline" for r in runs):
         print("offline W&B runs can be uploaded later with: wandb sync "
@@ -316,6 +339,15 @@ def run_workers(runs: list[RunConfig], args: SweepOptions, argv: list[str],
             child.wait()
         raise
     interrupted = [c for c in codes if c > 128]
+    if not interrupted:  # the workers' own lines each told only their part
+        outcome = Outcome.of_store(runs)
+        outcome.busy = []  # every worker is done: what is not finished now was not trained
+        unfinished = [cfg.name for cfg in runs
+                      if cfg.name not in outcome.finished + outcome.diverged]
+        line = outcome.report(args.name, len(runs)).replace(
+            f"sweep {args.name}:", f"sweep {args.name}, all {args.workers} workers done:", 1)
+        print(line + (f"; not finished: {', '.join(unfinished)}" if unfinished else ""),
+              flush=True)
     return interrupted[0] if interrupted else (1 if any(codes) else 0)
 
 

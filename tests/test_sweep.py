@@ -354,3 +354,25 @@ def test_eta_line_of_a_sweep_with_workers_gives_their_share(tmp_path, monkeypatc
     line = sweep.eta_line(sweep.plan(args), args)
     assert line.startswith("2 runs left, about 20m00s on one worker")
     assert line.endswith("; about 10m00s with 2 workers")
+
+
+def test_the_last_line_counts_runs_another_process_finished_meanwhile(tmp_path, monkeypatch):
+    """A run skipped because another process was training it is counted as it is when this
+    process ends: finished there, diverged there, or still in training; and ``--workers``
+    closes with the store's count over the whole grid, not one worker's part."""
+    args = sweep.parse_args(["--rows", "HAM", "--layers", "3", "--seeds", "0,1,2,3",
+                             "--results", str(tmp_path), "--no-wandb"])
+    runs = sweep.plan(args)
+    names = [cfg.name for cfg in runs]
+    now = {names[1]: "finished", names[2]: "diverged", names[3]: "running"}
+    monkeypatch.setattr(sweep, "status_of", lambda d: now.get(Path(d).name))
+    monkeypatch.setattr(sweep, "is_finished", lambda d: now.get(Path(d).name) == "finished")
+    outcome = sweep.Outcome(finished=[names[0]], busy=names[1:])
+    outcome.settle(runs)
+    assert (outcome.finished, outcome.diverged, outcome.busy) == (names[:2], [names[2]], [names[3]])
+    assert outcome.report("table2", 4) == (
+        f"sweep table2: 2 of 4 runs finished; diverged: {names[2]}; still being trained by "
+        f"another process: {names[3]} (see their summary.json)")
+    store = sweep.Outcome.of_store(runs)
+    assert (store.finished, store.diverged, store.busy) == ([names[1]], [names[2]],
+                                                            [names[0], names[3]])
