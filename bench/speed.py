@@ -145,10 +145,12 @@ def format_cell(record: dict[str, Any], key: str, fmt: str) -> str:
 
 
 def sweep_totals(records: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Whole-sweep hours per mode, summed over the rows measured."""
+    """Whole-sweep hours per mode, summed over the rows measured (``paper+fused`` counts as
+    ``paper``: ``--fused-anderson`` changes only the Anderson rows)."""
     totals: dict[str, float] = {}
     for r in records:
-        totals[r["mode"]] = totals.get(r["mode"], 0.0) + r["sweep_hours"]
+        mode = r["mode"].replace("+fused", "")
+        totals[mode] = totals.get(mode, 0.0) + r["sweep_hours"]
     return totals
 
 
@@ -165,9 +167,14 @@ def table_line(r: dict[str, Any]) -> str:
 
 def table_totals(records: Sequence[dict[str, Any]]) -> str:
     """The lines below the table: the whole-sweep cost of the rows measured, per mode."""
-    n_rows = len({r["key"] for r in records})
-    return "\n".join(f"whole sweep, {mode} mode ({n_rows} rows x 5 seeds): {hours:.2f} h"
-                     for mode, hours in sweep_totals(records).items())
+    lines = []
+    for mode, hours in sweep_totals(records).items():
+        mine = [r for r in records if r["mode"].replace("+fused", "") == mode]
+        fused = " (Anderson rows with --fused-anderson)" if any(
+            r.get("fused_anderson") for r in mine) else ""
+        lines.append(f"whole sweep, {mode} mode{fused} ({len({r['key'] for r in mine})} rows x "
+                     f"5 seeds): {hours:.2f} h")
+    return "\n".join(lines)
 
 
 def format_table(records: Sequence[dict[str, Any]]) -> str:

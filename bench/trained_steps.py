@@ -267,7 +267,7 @@ def main(argv=None) -> int:
     p.add_argument("--fused-anderson", action="store_true",
                    help="every module with Anderson's bookkeeping as the C++ kernel")
     p.add_argument("--adjoint-precision", choices=("auto", "bf16", "none"), default=None,
-                   help="the fast modes' adjoint products in this precision instead of "
+                   help="the fast mode's adjoint products in this precision instead of "
                         "FAST_MODE['adjoint_precision'] (none: float32), e.g. to measure "
                         "what bfloat16 saves")
     p.add_argument("--json", type=Path)

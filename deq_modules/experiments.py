@@ -24,14 +24,15 @@ CONVERGENCE_TOL = 1e-4  # footnote 3 of the paper: the Table 2 criterion
 # "unrolled" (the paper's differentiable steps) or "neumann" (their gradient computed at the
 # fixed point, Experiment.fast_backward_kwargs); ``validation`` "fast" (the per-epoch
 # validation passes solve like the training forward: tolerance stop, compaction) or "paper";
-# ``adjoint_precision`` of the Neumann backward's vector-Jacobian products: "auto" (bfloat16
-# where the device has native bfloat16 products, deq_core.fast_bf16), "bf16" or None (float32).
+# ``adjoint_precision`` of the Neumann backward's vector-Jacobian products: None (float32),
+# "bf16", or "auto" (bfloat16 where the device has native bfloat16 products,
+# deq_core.fast_bf16; measured on such a CPU, it saved little and is not the default).
 # The test (the table's numbers, the figures' trajectories) keeps the paper's fixed iteration
 # counts. Chosen from measurements: see the README.
 FAST_BACKWARDS = ("unrolled", "neumann")
 FAST_VALIDATIONS = ("fast", "paper")
 FAST_MODE = dict(tol=CONVERGENCE_TOL, precision=None, backward="neumann", validation="fast",
-                 adjoint_precision="auto")
+                 adjoint_precision=None)
 
 
 def fast_backward(backward_kwargs: dict) -> dict:

@@ -222,10 +222,9 @@ def add_run_args(parser: argparse.ArgumentParser, default_name: str | None) -> N
     g.add_argument("--fast", action="store_true",
                    help="train in the fast mode: each sample's forward solve stops at the "
                         "convergence tolerance and leaves the batch, and the backward computes "
-                        "the paper's unrolled-steps gradient at the fixed point, its products "
-                        "in bfloat16 where the hardware multiplies bfloat16 natively (AMX or "
-                        "AVX512-BF16 CPUs, Ampere+ GPUs); validation stops at the tolerance "
-                        "too; the test keeps the paper's settings; recorded in the run's config")
+                        "the paper's unrolled-steps gradient at the fixed point (validation "
+                        "stops at the tolerance too; the test keeps the paper's settings); "
+                        "recorded in the run's config")
     g.add_argument("--compile", action="store_true",
                    help="evaluate the Hopfield map through torch.compile (needs a C++ compiler "
                         "on CPU, Triton on GPU): faster for the 3-layer rows after a minute or "

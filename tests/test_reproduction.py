@@ -1,6 +1,7 @@
 """docs/reproduction/<sweep>/: the committed results of a real sweep. The table and the claims
 made from the committed store must equal the committed ones (results and scripts cannot drift
 apart), every figure must be there, and no file may hold a machine path."""
+import json
 import importlib.util
 import re
 from pathlib import Path
@@ -100,10 +101,14 @@ def test_the_readme_compares_fast_and_paper_runs_that_differ_only_in_the_mode():
         assert t.paper["status"] == t.neumann["status"] == "finished"
         assert (t.fast is None) == (t.seed > 2)  # seeds 3-5 came after the unrolled fast mode
         assert t.fast is None or t.fast["status"] == "finished"
+        assert t.bf16 is not None and t.bf16["status"] == "finished"
+        config = json.loads((REPO / DOCS / fvp.BF16 / f"{t.key}-s{t.seed}" / "config.json")
+                            .read_text())
+        assert config["fast_mode"]["adjoint_precision"] == "auto"  # bfloat16 on its machine
     text = README.read_text()
     spliced, n = fvp.splice(text, fvp.markdown(pairs))
     assert n == 1 and spliced == text, "README's fast-vs-paper table is out of date"
-    for sweep in (fvp.PAPER, fvp.NEUMANN):
+    for sweep in (fvp.PAPER, fvp.NEUMANN, fvp.BF16):
         root = REPO / DOCS / sweep
         assert (root / "README.md").is_file()  # the commands that made it
         for path in root.rglob("*"):
@@ -133,7 +138,11 @@ def test_fast_vs_paper_refuses_twins_that_differ_in_more_than_the_mode(tmp_path)
     (pair,) = fvp.twins(tmp_path)  # the unrolled twin is optional (later seeds have none)
     assert pair.fast is None and pair.neumann["test/acc"] == 0.5
     table = fvp.markdown([pair])
-    assert "| HAM-L3 | 0 | 50.00 | - | 50.00 | - | +0.00 | 9.00 / 9.00 |" in table
+    assert "| HAM-L3 | 0 | 50.00 | - | 50.00 | - | - | +0.00 | - | 9.00 / 9.00 |" in table
+    _run(tmp_path, fvp.BF16, "HAM-L3-s0", True)
+    assert fvp.twins(tmp_path)[0].bf16["test/acc"] == 0.5
+    assert "| HAM-L3 | 0 | 50.00 | - | 50.00 | 50.00 | - | +0.00 | +0.00 | 9.00 / 9.00 |" in \
+        fvp.markdown(fvp.twins(tmp_path))
     _run(tmp_path, fvp.FAST, "HAM-L3-s0", True, epochs=2)
     with pytest.raises(ValueError, match=r"HAM-L3-s0: the twins in fmnist-1ep-paper and "
                                          r"fmnist-1ep-fast differ in \['epochs'\]"):

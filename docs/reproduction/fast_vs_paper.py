@@ -1,4 +1,4 @@
-"""The fast mode against the paper's settings, run for run, from three committed sweeps:
+"""The fast mode against the paper's settings, run for run, from four committed sweeps:
 
     python docs/reproduction/fast_vs_paper.py [--readme]
 
@@ -6,8 +6,10 @@ For every run of ``docs/reproduction/fmnist-1ep-paper/`` (trained with the paper
 its twins of the same row and seed in ``docs/reproduction/fmnist-1ep-fast-neumann/``
 (``--fast`` as it is now: the gradient computed at the fixed point) and, where there is one, in
 ``docs/reproduction/fmnist-1ep-fast/`` (trained with ``--fast`` when the fast mode still
-backpropagated through the paper's unrolled steps; the seeds trained later have none);
-otherwise the same command: data, epochs, seed, hence the same batches; all are tested at the
+backpropagated through the paper's unrolled steps; the seeds trained later have none) and,
+where there is one, in ``docs/reproduction/fmnist-1ep-fast-bf16adj/`` (``--fast`` with the
+Neumann backward's products in bfloat16, ``FAST_MODE["adjoint_precision"]``, trained later on
+another machine); otherwise the same command: data, epochs, seed, hence the same batches; all are tested at the
 paper's settings. Prints a markdown table (test accuracy, test
 iterations) and, per row, the mean over seeds; ``--readme`` also writes it into the README's
 ``<!-- fast-vs-paper -->`` block (``tests/test_reproduction.py`` checks that the block is
@@ -26,10 +28,12 @@ from typing import NamedTuple
 REPO = Path(__file__).resolve().parents[2]
 DOCS = Path("docs") / "reproduction"
 PAPER, FAST, NEUMANN = "fmnist-1ep-paper", "fmnist-1ep-fast", "fmnist-1ep-fast-neumann"
+BF16 = "fmnist-1ep-fast-bf16adj"
+OPTIONAL = (FAST, BF16)
 # The config entries that may differ between twins: the mode itself and where it was stored.
 MODE_KEYS = frozenset({"fast", "fast_mode", "sweep", "results"})
 # Entries that runs of older commits lack, at the value they had then.
-DEFAULTS = {"compile_f": False}
+DEFAULTS = {"compile_f": False, "fused_anderson": False}
 
 
 class Twin(NamedTuple):
@@ -39,7 +43,8 @@ class Twin(NamedTuple):
     seed: int
     paper: dict
     fast: dict | None  # the fast mode with the unrolled backward (None: not trained)
-    neumann: dict  # the fast mode with the Neumann backward (the fast mode now)
+    neumann: dict  # the fast mode with the Neumann backward, float32 products
+    bf16: dict | None = None  # the same with the adjoint's products in bfloat16 (None: not trained)
 
 
 def _load(run: Path) -> tuple[dict, dict]:
@@ -70,7 +75,8 @@ def _twin(name: str, paper_config: dict, twin_dir: Path, sweep: str,
 def twins(root: Path = REPO / DOCS) -> list[Twin]:
     """Every finished paper-settings run with its fast twins, in row, seed order. A paper run
     without a finished twin in the Neumann sweep, or a twin whose command differs in more than
-    the mode, is a ValueError naming it; the unrolled twin may be missing (``fast=None``)."""
+    the mode, is a ValueError naming it; the unrolled and the bfloat16 twins may be missing
+    (``None``)."""
     found = []
     for run in sorted((root / PAPER).iterdir()):
         if not run.is_dir():
@@ -79,7 +85,7 @@ def twins(root: Path = REPO / DOCS) -> list[Twin]:
         if paper.get("status") != "finished":
             continue
         twins_of_run = [_twin(run.name, paper_config, root / sweep / run.name, sweep,
-                              optional=sweep == FAST) for sweep in (FAST, NEUMANN)]
+                              optional=sweep in OPTIONAL) for sweep in (FAST, NEUMANN, BF16)]
         key = f"{paper['row']}-L{paper['depth']}"
         found.append(Twin(key, int(paper["seed"]), paper, *twins_of_run))
     return sorted(found, key=lambda t: (t.paper["depth"], t.key, t.seed))
@@ -105,8 +111,9 @@ def markdown(pairs: list[Twin]) -> str:
     their seconds per epoch (in the summaries) do not compare; ``python -m bench.trained_steps`` does.
     """
     lines = ["| row | seed | test acc. (%), paper | fast, unrolled backward | fast | "
-             "unrolled - paper (points) | fast - paper (points) | test iters, paper / fast |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "fast, bf16 adjoint | unrolled - paper (points) | fast - paper (points) | "
+             "bf16 adjoint - paper (points) | test iters, paper / fast |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
     def line(label: str, seeds: str, rows: list[Twin]) -> str:
         paper, neumann = (_mean(rows, lambda t, k=k: _acc(getattr(t, k)))
@@ -114,13 +121,18 @@ def markdown(pairs: list[Twin]) -> str:
         unrolled = [t for t in rows if t.fast is not None]
         fast = _mean(unrolled, lambda t: _acc(t.fast)) if unrolled else None
         fast_gain = _mean(unrolled, lambda t: _acc(t.fast) - _acc(t.paper)) if unrolled else None
+        low = [t for t in rows if t.bf16 is not None]
+        bf16 = _mean(low, lambda t: _acc(t.bf16)) if low else None
+        bf16_gain = _mean(low, lambda t: _acc(t.bf16) - _acc(t.paper)) if low else None
         it_p = _mean(rows, lambda t: t.paper["test/iters_to_converge"])
         it_f = _mean(rows, lambda t: t.neumann["test/iters_to_converge"])
         if len(rows) > 1 and len(unrolled) != len(rows):
             seeds += f" (unrolled: {len(unrolled)})"
+        if len(rows) > 1 and len(low) != len(rows):
+            seeds += f" (bf16: {len(low)})"
         return (f"| {label} | {seeds} | {paper:.2f} | {_cell(fast, '.2f')} | {neumann:.2f} | "
-                f"{_cell(fast_gain, '+.2f')} | {neumann - paper:+.2f} | "
-                f"{it_p:.2f} / {it_f:.2f} |")
+                f"{_cell(bf16, '.2f')} | {_cell(fast_gain, '+.2f')} | {neumann - paper:+.2f} | "
+                f"{_cell(bf16_gain, '+.2f')} | {it_p:.2f} / {it_f:.2f} |")
 
     lines += [line(t.key, str(t.seed), [t]) for t in pairs]
     for key in dict.fromkeys(t.key for t in pairs):

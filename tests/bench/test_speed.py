@@ -212,6 +212,13 @@ def test_fused_anderson_times_the_kernel_on_anderson_rows_only(tmp_path, monkeyp
         anderson = Experiment.from_key(key).solver == "anderson"
         assert record["fused_anderson"] is anderson
         assert record["mode"] == ("paper+fused" if anderson else "paper")
+    totals = speed.sweep_totals(payload["records"])
+    assert list(totals) == ["paper"]  # one mode: --fused-anderson changes the Anderson rows only
+    assert totals["paper"] == pytest.approx(sum(r["sweep_hours"] for r in by_key.values()))
+    assert payload["sweep_hours"] == totals
+    assert speed.table_totals(payload["records"]) == (
+        "whole sweep, paper mode (Anderson rows with --fused-anderson) (2 rows x 5 seeds): "
+        f"{totals['paper']:.2f} h")
     # every forward iteration of the warm-up and the two timed steps of the Anderson row (the
     # FLOP count's traced solve and the memory steps may add more)
     assert len(calls) >= 3 * Experiment.from_key("HAM-EO-DEQ-L3").forward_iter

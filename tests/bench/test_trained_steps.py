@@ -83,4 +83,4 @@ def test_adjoint_precision_option_sets_the_fast_modes_and_restores_fast_mode(tmp
         assert trained_steps.main(args + ["--adjoint-precision", option]) == 0
         assert dict(built) == {"paper": None, "fast-unrolled": None, "fast": expected}
         assert f"fast adjoint precision {expected}" in capsys.readouterr().out
-        assert FAST_MODE["adjoint_precision"] == "auto"  # restored for whatever runs next
+        assert FAST_MODE["adjoint_precision"] is None  # restored for whatever runs next

@@ -299,7 +299,9 @@ def test_fast_mode_sets_the_adjoint_precision_and_checkpoints_keep_it(monkeypatc
     from deq_modules.lit import apply_fast_mode
 
     exp = experiments.Experiment.from_key("HAM-EO-DEQ-L5")
-    assert experiments.FAST_MODE["adjoint_precision"] == "auto"
+    assert experiments.FAST_MODE["adjoint_precision"] is None  # float32 unless asked
+    assert lit_module_for(exp, fast=True).deq.adjoint_precision is None
+    monkeypatch.setitem(experiments.FAST_MODE, "adjoint_precision", "auto")
     fast = lit_module_for(exp, fast=True)
     assert fast.deq.adjoint_precision == "auto" == fast.hparams["adjoint_precision"]
     assert LitHopfieldDEQ(**fast.hparams).deq.adjoint_precision == "auto"
