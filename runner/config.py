@@ -25,6 +25,10 @@ DEFINING_KEYS = ("row", "depth", "seed", "dataset", "epochs", "limit_train_batch
                  "limit_test_batches", "synthetic_kwargs", "lr", "fast", "fast_mode",
                  "experiment")
 Batches = int | float | None
+# Keys of FAST_MODE that fast runs stored before them lack, with the value that computes what
+# those runs computed (a run interrupted then resumes; "validation" is not here: before it
+# existed, fast runs validated with the paper's settings, which the default "fast" is not).
+FAST_MODE_BEFORE_KEYS = {"adjoint_precision": None}
 
 
 def check_batches(value: Any, flag: str) -> Batches:
@@ -157,6 +161,9 @@ class RunConfig:
     def differences(self, stored: dict[str, Any]) -> list[str]:
         """The defining settings in which a stored ``config.json`` differs from this run."""
         mine = jsonable(self.to_dict())  # the stored values went through the same conversion
+        stored = dict(stored)
+        if isinstance(stored.get("fast_mode"), dict):  # keys added later, at what they did then
+            stored["fast_mode"] = {**FAST_MODE_BEFORE_KEYS, **stored["fast_mode"]}
         return [f"{k}: stored {stored.get(k)!r}, now {mine.get(k)!r}"
                 for k in DEFINING_KEYS if stored.get(k) != mine.get(k)]
 
