@@ -376,3 +376,16 @@ def test_the_last_line_counts_runs_another_process_finished_meanwhile(tmp_path, 
     store = sweep.Outcome.of_store(runs)
     assert (store.finished, store.diverged, store.busy) == ([names[1]], [names[2]],
                                                             [names[0], names[3]])
+
+
+@pytest.mark.slow
+def test_workers_end_with_one_line_over_the_whole_grid(tmp_path):
+    """--workers 2 run to the end: each worker reports its part, and the process started
+    ends with the store's count over the whole grid (every run, whoever trained it)."""
+    cmd = sweep_cmd(tmp_path, "--epochs", "1", "--limit-train-batches", "2", "--workers", "2")
+    done = subprocess.run(cmd, cwd=tmp_path, env=quiet_env(tmp_path), stdout=subprocess.PIPE,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout
+    last = done.stdout.strip().splitlines()[-1]
+    assert last == "sweep table2, all 2 workers done: 2 of 2 runs finished", done.stdout
+    assert "still being trained by another process" not in last
