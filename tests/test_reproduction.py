@@ -108,7 +108,15 @@ def test_the_readme_compares_fast_and_paper_runs_that_differ_only_in_the_mode():
     text = README.read_text()
     spliced, n = fvp.splice(text, fvp.markdown(pairs))
     assert n == 1 and spliced == text, "README's fast-vs-paper table is out of date"
-    for sweep in (fvp.PAPER, fvp.NEUMANN, fvp.BF16):
+    same = fvp.same_machine()  # raises if a pair differs in more than the mode
+    assert [(k, seed) for k, seed, *_ in same] == [("HAM-EO-DEQ-L5", s) for s in range(6)]
+    spliced, n = fvp.splice(text, fvp.same_machine_markdown(same), "bf16-vs-float32")
+    assert n == 1 and spliced == text, "README's bf16-vs-float32 table is out of date"
+    neumann = {(t.key, t.seed): t.neumann for t in pairs}
+    for key, seed, float32, _ in same:  # the README: bitwise the runs of the other VM
+        for metric in ("test/acc", "test/loss"):
+            assert float32[metric] == neumann[key, seed][metric], (key, seed, metric)
+    for sweep in (fvp.PAPER, fvp.NEUMANN, fvp.BF16, fvp.FAST_BF16_VM):
         root = REPO / DOCS / sweep
         assert (root / "README.md").is_file()  # the commands that made it
         for path in root.rglob("*"):
@@ -150,6 +158,16 @@ def test_fast_vs_paper_refuses_twins_that_differ_in_more_than_the_mode(tmp_path)
     (tmp_path / fvp.FAST / "HAM-L3-s0").rename(tmp_path / "wrong")
     _run(tmp_path, fvp.FAST, "HAM-L3-s0", True)
     assert fvp.twins(tmp_path)[0].fast is not None
+    assert fvp.same_machine(tmp_path) == []  # no float32 twin on the bfloat16 VM yet
+    _run(tmp_path, fvp.FAST_BF16_VM, "HAM-L3-s0", True, fast_mode={"adjoint_precision": None})
+    (pair,) = fvp.same_machine(tmp_path)
+    assert pair[:2] == ("HAM-L3", 0)
+    assert "| **HAM-L3, mean** | 1 seeds | 50.00 | 50.00 | +0.00 |" in \
+        fvp.same_machine_markdown([pair])
+    (tmp_path / fvp.FAST_BF16_VM / "HAM-L3-s0").rename(tmp_path / "wrong-vm")
+    _run(tmp_path, fvp.FAST_BF16_VM, "HAM-L3-s0", True, fast_mode={"adjoint_precision": "bf16"})
+    with pytest.raises(ValueError, match=r"differ in \['adjoint_precision'\]"):
+        fvp.same_machine(tmp_path)
     (tmp_path / fvp.NEUMANN / "HAM-L3-s0").rename(tmp_path / "wrong-neumann")
     _run(tmp_path, fvp.NEUMANN, "HAM-L3-s0", False)
     with pytest.raises(ValueError, match=r"fmnist-1ep-fast-neumann differ in \['fast'\]"):

@@ -11,9 +11,10 @@ where there is one, in ``docs/reproduction/fmnist-1ep-fast-bf16adj/`` (``--fast`
 Neumann backward's products in bfloat16, ``FAST_MODE["adjoint_precision"]``, trained later on
 another machine); otherwise the same command: data, epochs, seed, hence the same batches; all are tested at the
 paper's settings. Prints a markdown table (test accuracy, test
-iterations) and, per row, the mean over seeds; ``--readme`` also writes it into the README's
-``<!-- fast-vs-paper -->`` block (``tests/test_reproduction.py`` checks that the block is
-current).
+iterations) and, per row, the mean over seeds; then the bfloat16-adjoint runs against float32
+fast runs trained on their VM (``docs/reproduction/fmnist-1ep-fast-bf16vm/``). ``--readme``
+also writes them into the README's ``<!-- fast-vs-paper -->`` and ``<!-- bf16-vs-float32 -->``
+blocks (``tests/test_reproduction.py`` checks that the blocks are current).
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ DOCS = Path("docs") / "reproduction"
 PAPER, FAST, NEUMANN = "fmnist-1ep-paper", "fmnist-1ep-fast", "fmnist-1ep-fast-neumann"
 BF16 = "fmnist-1ep-fast-bf16adj"
 OPTIONAL = (FAST, BF16)
+# The float32 fast mode again, on the VM of the bfloat16 runs: the same-machine comparison.
+FAST_BF16_VM = "fmnist-1ep-fast-bf16vm"
 # The config entries that may differ between twins: the mode itself and where it was stored.
 MODE_KEYS = frozenset({"fast", "fast_mode", "sweep", "results"})
 # Entries that runs of older commits lack, at the value they had then.
@@ -141,9 +144,43 @@ def markdown(pairs: list[Twin]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def splice(readme: str, table: str) -> tuple[str, int]:
-    """``readme`` with its ``<!-- fast-vs-paper -->`` block replaced by ``table``."""
-    pattern = re.compile(r"(<!-- fast-vs-paper -->\n).*?(<!-- /fast-vs-paper -->)", re.S)
+def same_machine(root: Path = REPO / DOCS) -> list[tuple[str, int, dict, dict]]:
+    """``(key, seed, float32 fast, bfloat16-adjoint fast)`` for every run of ``BF16`` with a
+    twin in ``FAST_BF16_VM`` (the float32 fast mode trained on the same VM), each pair checked
+    to differ only in the mode and its float32 twin to be a float32 fast run."""
+    pairs = []
+    for run in sorted((root / BF16).iterdir()) if (root / BF16).is_dir() else ():
+        twin = root / FAST_BF16_VM / run.name
+        if not run.is_dir() or not twin.is_dir():
+            continue
+        (low_config, low), (f32_config, f32) = _load(run), _load(twin)
+        differ = sorted(k for k in low_config.keys() | f32_config.keys()
+                        if k not in MODE_KEYS and low_config.get(k) != f32_config.get(k))
+        if differ or (f32_config.get("fast_mode") or {}).get("adjoint_precision") is not None:
+            raise ValueError(f"{run.name}: the twins in {BF16} and {FAST_BF16_VM} differ in "
+                             f"{differ or ['adjoint_precision']}")
+        if "finished" != low.get("status") or "finished" != f32.get("status"):
+            raise ValueError(f"{run.name}: a twin in {BF16} or {FAST_BF16_VM} is not finished")
+        pairs.append((f"{low['row']}-L{low['depth']}", int(low["seed"]), f32, low))
+    return sorted(pairs, key=lambda p: (p[0], p[1]))
+
+
+def same_machine_markdown(pairs: list[tuple[str, int, dict, dict]]) -> str:
+    """The same-machine table: float32 against bfloat16 adjoint, per run and per row mean."""
+    lines = ["| row | seed | fast (%), float32 | fast, bf16 adjoint | bf16 - float32 (points) |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {k} | {seed} | {_acc(a):.2f} | {_acc(b):.2f} | {_acc(b) - _acc(a):+.2f} |"
+              for k, seed, a, b in pairs]
+    for key in dict.fromkeys(k for k, *_ in pairs):
+        row = [(a, b) for k, _, a, b in pairs if k == key]
+        a, b = fmean(_acc(a) for a, _ in row), fmean(_acc(b) for _, b in row)
+        lines.append(f"| **{key}, mean** | {len(row)} seeds | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def splice(readme: str, table: str, block: str = "fast-vs-paper") -> tuple[str, int]:
+    """``readme`` with its ``<!-- block -->`` block replaced by ``table``."""
+    pattern = re.compile(rf"(<!-- {block} -->\n).*?(<!-- /{block} -->)", re.S)
     return pattern.subn(lambda m: m[1] + table + m[2], readme)
 
 
@@ -153,13 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", action="store_true",
                         help="also write the table into the README's fast-vs-paper block")
     args = parser.parse_args(argv)
-    table = markdown(twins())
-    print(table, end="")
+    tables = {"fast-vs-paper": markdown(twins()),
+              "bf16-vs-float32": same_machine_markdown(same_machine())}
+    print("\n".join(tables.values()), end="")
     if args.readme:
         readme = REPO / "README.md"
-        text, n = splice(readme.read_text(), table)
-        if n != 1:
-            raise SystemExit(f"README.md has {n} <!-- fast-vs-paper --> blocks; expected 1")
+        text = readme.read_text()
+        for block, table in tables.items():
+            text, n = splice(text, table, block)
+            if n != 1:
+                raise SystemExit(f"README.md has {n} <!-- {block} --> blocks; expected 1")
         readme.write_text(text)
     return 0
 
