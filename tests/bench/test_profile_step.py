@@ -1,0 +1,92 @@
+"""bench.profile_step: where a training step's time goes, for fresh rows and trained runs."""
+import json
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench import profile_step, trained_steps
+from deq_modules.experiments import Experiment
+from deq_modules.lit import lit_module_for
+from deq_modules.synthetic import make_synthetic
+
+
+def test_a_fresh_row_splits_its_profiled_step(tmp_path, capsys):
+    out = tmp_path / "p.json"
+    assert profile_step.main(["--rows", "HAM-EO-DEQ-L3", "--tiny", "--steps", "1", "--mode",
+                              "paper", "--map-batches", "1,4", "--json", str(out)]) == 0
+    (record,) = json.loads(out.read_text())
+    assert (record["name"], record["mode"], record["steps"]) == ("HAM-EO-DEQ-L3", "paper", 1)
+    assert record["products_ms"] > 0 and record["other_ms"] > 0 and record["other_calls"] > 0
+    parts = record["products_ms"] + record["other_ms"] + record["outside_ms"]
+    assert parts == pytest.approx(record["profiled_ms"]) or record["outside_ms"] == 0
+    assert "aten::addmm" in {t["op"] for t in record["top"]}
+    # the map: the tiny row's only weight block is (1990 // 16) x 10 float32
+    scaling = record["map"]
+    assert scaling["weight_bytes"] == 124 * 10 * 4
+    assert [q["batch"] for q in scaling["points"]] == [1, 4]
+    for q in scaling["points"]:
+        assert q["ms"] > 0 and q["ms_per_sample"] == pytest.approx(q["ms"] / q["batch"])
+        assert q["weight_gbs"] == pytest.approx(2 * 124 * 10 * 4 / (q["ms"] / 1e3) / 1e9)
+    printed = capsys.readouterr().out
+    assert "HAM-EO-DEQ-L3, paper:" in printed and "matrix products" in printed
+    assert "batch   4:" in printed
+
+
+def test_a_trained_run_is_profiled_in_both_modes(tmp_path, monkeypatch):
+    monkeypatch.setattr(trained_steps, "load_dataset", lambda name, data_dir: make_synthetic(200, 10))
+    ckpt = tmp_path / "sw" / "HAM-EO-DEQ-L3-s0" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    torch.manual_seed(0)
+    trained = lit_module_for(Experiment.from_key("HAM-EO-DEQ-L3"))
+    torch.save({"state_dict": trained.state_dict()}, ckpt / "last.ckpt")
+    out = tmp_path / "p.json"
+    assert profile_step.main(["--runs", "HAM-EO-DEQ-L3-s0", "--results", str(tmp_path),
+                              "--sweep", "sw", "--data-dir", str(tmp_path), "--steps", "1",
+                              "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert [r["mode"] for r in records] == ["paper", "fast"]
+    for r in records:
+        assert r["name"] == "HAM-EO-DEQ-L3-s0" and r["ms"] > 0 and r["products_ms"] > 0
+        assert "map" not in r
+
+
+def test_operations_are_counted_once_with_their_inner_calls():
+    x = torch.ones(4)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        x.to(torch.float64)  # aten::to -> aten::_to_copy -> aten::copy_
+    ops = [e for e in prof.events() if e.name.startswith("aten::")]
+    assert {e.name for e in ops} >= {"aten::to", "aten::_to_copy", "aten::copy_"}
+    assert [e.name for e in ops if profile_step._outermost_op(e)] == ["aten::to"]
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give either --runs"),
+    (["--rows", "HAM-L5", "--runs", "HAM-L5-s0"], "give either --runs"),
+    (["--runs", "HAM-L5-s0"], "--runs needs --results, --sweep, --data-dir"),
+    (["--runs", "HAM-L5", "--results", "r", "--sweep", "s", "--data-dir", "d"],
+     "are not run names"),
+    (["--rows", "HAM-L4"], "unknown ['HAM-L4']; valid: ["),
+    (["--rows", "HAM-L5", "--steps", "0"], "--steps must be >= 1"),
+    (["--rows", "HAM-L5", "--map-batches", "1,x"], "comma-separated whole numbers"),
+    (["--rows", "HAM-L5", "--map-batches", "0,4"], "--map-batches must be >= 1"),
+])
+def test_bad_arguments_are_refused_by_name(args, message, capsys):
+    with pytest.raises(SystemExit):
+        profile_step.main(args)
+    assert message in capsys.readouterr().err
+
+
+def test_the_table_has_a_line_per_run_and_mode():
+    record = {"name": "HAM-L5-s0", "mode": "fast", "steps": 2, "ms": 190.0, "profiled_ms": 200.0,
+              "products_ms": 110.0, "other_ms": 60.0, "other_calls": 2400.0, "outside_ms": 30.0,
+              "top": []}
+    with_map = dict(record, mode="paper", map={"weight_bytes": 8, "read_gbs": 28.0, "points": [
+        {"batch": 1, "ms": 0.5, "ms_per_sample": 0.5, "weight_gbs": 12.0},
+        {"batch": 8, "ms": 0.75, "ms_per_sample": 0.09, "weight_gbs": 8.0},
+        {"batch": 64, "ms": 2.0, "ms_per_sample": 0.03, "weight_gbs": 3.0}]})
+    lines = profile_step.table([with_map, record]).splitlines()
+    assert len(lines) == 4
+    assert lines[2] == ("| HAM-L5-s0 | paper | 190 | 55% | 30% (2400, 25) | 15% | 0.25 / 0.38 | "
+                        "12.0 (28.0) |")
+    assert lines[3] == "| HAM-L5-s0 | fast | 190 | 55% | 30% (2400, 25) | 15% |  |  |"
