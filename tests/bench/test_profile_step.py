@@ -5,10 +5,7 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench import profile_step, trained_steps
-from deq_modules.experiments import Experiment
-from deq_modules.lit import lit_module_for
-from deq_modules.synthetic import make_synthetic
+from bench import profile_step
 
 
 def test_a_fresh_row_splits_its_profiled_step(tmp_path, capsys):
@@ -33,13 +30,7 @@ def test_a_fresh_row_splits_its_profiled_step(tmp_path, capsys):
     assert "batch   4:" in printed
 
 
-def test_a_trained_run_is_profiled_in_both_modes(tmp_path, monkeypatch):
-    monkeypatch.setattr(trained_steps, "load_dataset", lambda name, data_dir: make_synthetic(200, 10))
-    ckpt = tmp_path / "sw" / "HAM-EO-DEQ-L3-s0" / "checkpoints"
-    ckpt.mkdir(parents=True)
-    torch.manual_seed(0)
-    trained = lit_module_for(Experiment.from_key("HAM-EO-DEQ-L3"))
-    torch.save({"state_dict": trained.state_dict()}, ckpt / "last.ckpt")
+def test_a_trained_run_is_profiled_in_both_modes(tmp_path, trained_run):
     out = tmp_path / "p.json"
     assert profile_step.main(["--runs", "HAM-EO-DEQ-L3-s0", "--results", str(tmp_path),
                               "--sweep", "sw", "--data-dir", str(tmp_path), "--steps", "1",

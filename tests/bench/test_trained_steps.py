@@ -2,22 +2,14 @@
 import json
 
 import pytest
-import torch
 
 from bench import trained_steps
 from bench.flops import step_flops
 from deq_modules.experiments import Experiment
-from deq_modules.lit import lit_module_for
-from deq_modules.synthetic import make_synthetic
 
 
-def test_every_mode_is_timed_from_the_run_checkpoint(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(trained_steps, "load_dataset", lambda name, data_dir: make_synthetic(200, 10))
-    run = tmp_path / "sw" / "HAM-EO-DEQ-L3-s0" / "checkpoints"
-    run.mkdir(parents=True)
-    torch.manual_seed(0)
-    trained = lit_module_for(Experiment.from_key("HAM-EO-DEQ-L3"))
-    torch.save({"state_dict": trained.state_dict()}, run / "last.ckpt")
+def test_every_mode_is_timed_from_the_run_checkpoint(tmp_path, trained_run, capsys):
+    trained = trained_run
     out = tmp_path / "times.json"
     args = ["--results", str(tmp_path), "--sweep", "sw", "--data-dir", str(tmp_path),
             "--batches", "2", "--eval-batches", "2", "--json", str(out)]
@@ -64,14 +56,9 @@ def test_every_mode_is_timed_from_the_run_checkpoint(tmp_path, monkeypatch, caps
         trained_steps.main(args + ["--runs", "HAM-EO-DEQ-L3-s1"])
 
 
-def test_adjoint_precision_option_sets_the_fast_modes_and_restores_fast_mode(tmp_path, monkeypatch,
-                                                                            capsys):
+def test_adjoint_precision_option_sets_the_fast_modes_and_restores_fast_mode(
+        tmp_path, monkeypatch, trained_run, capsys):
     from deq_modules.experiments import FAST_MODE
-    monkeypatch.setattr(trained_steps, "load_dataset", lambda name, data_dir: make_synthetic(200, 10))
-    run = tmp_path / "sw" / "HAM-EO-DEQ-L3-s0" / "checkpoints"
-    run.mkdir(parents=True)
-    torch.save({"state_dict": lit_module_for(Experiment.from_key("HAM-EO-DEQ-L3")).state_dict()},
-               run / "last.ckpt")
     built, build = [], trained_steps.build
     monkeypatch.setattr(trained_steps, "build", lambda row, depth, mode, *a: (
         lambda module: (built.append((mode, module.deq.adjoint_precision)), module)[1])(
