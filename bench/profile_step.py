@@ -10,7 +10,7 @@
 run (its trained weights, real training images, as ``bench.trained_steps`` loads them) or row
 (fresh weights and synthetic images, as ``bench.speed`` builds them) and each mode, it times
 ``--steps`` training steps (forward solve, loss, backward, Madam step; the weights restored
-before each, outside the timed region), then the same steps under torch's profiler, and splits
+before each, outside the timed and the profiled region), then the same steps under torch's profiler, and splits
 the profiled time into
 
 - ``matrix products``: the self time of torch's product kernels (``addmm``, ``mm``, ``bmm``,
@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from statistics import median
@@ -48,9 +47,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from deq_modules.experiments import EXPERIMENTS, Experiment, get_experiment, split_run_name
 from deq_modules.lit import LitHopfieldDEQ, apply_fast_mode
-from madam import Madam
 
-from .rows import _NO_TRAINER_WARNING, TINY_SHRINK, build_module, make_batch, row_layers
+from .rows import TINY_SHRINK, build_module, make_batch, row_layers, training_step
 from .trained_steps import batches, build, load_state
 
 PRODUCTS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmv", "aten::mv")
@@ -58,23 +56,15 @@ PROFILE_MODES = ("paper", "fast")
 MAP_REPS = 20  # evaluations of the map timed per batch size (median)
 
 
-def _step(module: LitHopfieldDEQ, state: dict, batch: tuple) -> Callable[[], float]:
-    """One training step from ``state``: returns its wall time in seconds (the restore of the
-    weights and of Madam's state happens before the clock starts)."""
-    hp = module.hparams
-
-    def run() -> float:
-        module.load_state_dict(state)
-        opt = Madam(module.parameters(), lr=hp.lr, p_scale=hp.p_scale, g_bound=hp.g_bound)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_NO_TRAINER_WARNING)
-            start = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            module.training_step(batch, 0).backward()
-            opt.step()
-            return time.perf_counter() - start
-
-    return run
+def _timed(module: LitHopfieldDEQ, state: dict, batch: tuple) -> Callable[[], float]:
+    """One training step (``bench.rows.training_step``, a fresh Madam) from the weights
+    ``state``, restored first; returns the step's wall time in seconds, the restore not
+    included."""
+    module.load_state_dict(state)
+    step = training_step(module, *batch)
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
 
 
 def _outermost_op(event: Any) -> bool:
@@ -89,15 +79,18 @@ def profile_steps(module: LitHopfieldDEQ, state: dict, data: Sequence[tuple],
                   top: int) -> dict[str, Any]:
     """Unprofiled, then profiled, training steps of ``module`` on each batch of ``data`` (the
     first batch once more before, untimed, to warm up): the split of :mod:`bench.profile_step`."""
-    _step(module, state, data[0])()
-    wall = [_step(module, state, b)() for b in data]
+    _timed(module, state, data[0])
+    wall = [_timed(module, state, b) for b in data]
     self_us: dict[str, float] = {}
     calls: dict[str, int] = {}
     profiled, outer = 0.0, 0
     for b in data:
-        step = _step(module, state, b)
+        module.load_state_dict(state)  # outside the profile: only the step is in it
+        step = training_step(module, *b)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            profiled += step()
+            start = time.perf_counter()
+            step()
+            profiled += time.perf_counter() - start
         for e in prof.key_averages():
             self_us[e.key] = self_us.get(e.key, 0.0) + e.self_cpu_time_total
             calls[e.key] = calls.get(e.key, 0) + e.count

@@ -81,3 +81,23 @@ def test_the_table_has_a_line_per_run_and_mode():
     assert lines[2] == ("| HAM-L5-s0 | paper | 190 | 55% | 30% (2400, 25) | 15% | 0.25 / 0.38 | "
                         "12.0 (28.0) |")
     assert lines[3] == "| HAM-L5-s0 | fast | 190 | 55% | 30% (2400, 25) | 15% |  |  |"
+
+
+def test_restoring_the_weights_is_neither_timed_nor_profiled():
+    from bench.rows import build_module, make_batch, row_layers
+    from deq_modules.experiments import Experiment
+    exp = Experiment.from_key("HAM-EO-DEQ-L3")
+    module = build_module(exp, row_layers(exp, tiny=True), exp.forward_iter, None)
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    restore, restored = module.load_state_dict, []
+
+    def marked_restore(sd):  # an operation the training step never makes
+        restored.append(torch.ones(3).cumsum(0))
+        return restore(sd)
+
+    module.load_state_dict = marked_restore
+    batch = make_batch(row_layers(exp, tiny=True)[0], exp.batch_size, torch.device("cpu"))
+    record = profile_step.profile_steps(module, state, [batch, batch], top=1000)
+    assert len(restored) == 5  # warm-up, two timed, two profiled steps, each from the weights
+    assert "aten::cumsum" not in {t["op"] for t in record["top"]}
+    assert "aten::addmm" in {t["op"] for t in record["top"]}
