@@ -84,11 +84,14 @@ def batches(dataset: str, data_dir: Path, n: int, size: int = 64, split: str = "
     return list(zip(x.split(size), y.split(size)))
 
 
-def sample_iterations(module: LitHopfieldDEQ, trace: torch.Tensor) -> list[int]:
+def sample_iterations(module: LitHopfieldDEQ, trace: torch.Tensor,
+                      tol: float | None = ...) -> list[int]:
     """Forward iterations each sample of a solve got: the solve's count without a tolerance;
     with one, the first iteration below it (a sample that left the batch keeps its last
-    residual in the trace; one that never got below it ran the whole solve)."""
-    tol = module.deq.active_forward_kwargs.get("tol")
+    residual in the trace; one that never got below it ran the whole solve). ``tol``: the
+    solve's tolerance, by default that of the module's forward options in use now."""
+    if tol is ...:
+        tol = module.deq.active_forward_kwargs.get("tol")
     if tol is None:
         return [trace.shape[0]] * trace.shape[1]
     below = trace < tol
@@ -104,26 +107,31 @@ def module_step_flops(module: LitHopfieldDEQ, exp, per_sample: list[int]) -> int
                       fkw.get("m", 4), sample_iters=per_sample, backward_method=bkw["method"])
 
 
-def eval_ms(module: LitHopfieldDEQ, data: list, stage: str) -> list[float]:
-    """ms per batch of one evaluation pass of ``stage``: ``val`` solves with the module's
-    validation forward and records the residual trace (the runs' convergence statistics);
-    ``test`` solves with the paper's forward and also records the energy of every iterate."""
+def eval_ms(module: LitHopfieldDEQ, data: list, stage: str) -> tuple[list[float], float]:
+    """ms per batch of one evaluation pass of ``stage``, and the mean forward iterations per
+    sample: ``val`` solves with the module's validation forward and records the residual trace
+    (the runs' convergence statistics); ``test`` solves with the paper's forward and also
+    records the energy of every iterate."""
     module.eval()
     step = module.validation_step if stage == "val" else module.test_step
-    times = []
+    times, solves = [], []
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_NO_TRAINER_WARNING)
         for i, batch in enumerate([data[0]] + data):  # the first warms up, untimed
             energy = EnergyTracker("test").observer_for("test", module, batch) \
                 if stage == "test" else {}
-            with module.deq.observe(on_solve=lambda stats: None, **energy):
+            solved = []  # the solve's statistics and the tolerance it ran with
+            with module.deq.observe(on_solve=lambda stats: solved.append(
+                    (stats, module.deq.active_forward_kwargs.get("tol"))), **energy):
                 start = time.perf_counter()
                 step(batch, 0)
                 elapsed = time.perf_counter() - start
             if i:
                 times.append(elapsed * 1e3)
+                solves += solved
     module.train()
-    return times
+    iters = fmean(n for stats, tol in solves for n in sample_iterations(module, stats.trace, tol))
+    return times, iters
 
 
 def measure(run: str, state: dict, data: list, test_data: list | None = None,
@@ -161,18 +169,21 @@ def measure(run: str, state: dict, data: list, test_data: list | None = None,
     if test_data:  # each distinct evaluation once, on the same trained weights
         for m in MODES:
             modules[m].load_state_dict(state)
-        evals["test"] = median(eval_ms(modules["paper"], test_data, "test"))
-        evals["paper"] = median(eval_ms(modules["paper"], test_data, "val"))
-        evals["fast"] = median(eval_ms(modules["fast"], test_data, "val")) \
+        evals["test"] = eval_ms(modules["paper"], test_data, "test")
+        evals["paper"] = eval_ms(modules["paper"], test_data, "val")
+        evals["fast"] = eval_ms(modules["fast"], test_data, "val") \
             if modules["fast"].val_forward_kwargs is not None else evals["paper"]
+        evals = {k: (median(times), iters) for k, (times, iters) in evals.items()}
     for m in MODES:
         q = quantiles(times[m], n=4) if len(times[m]) > 1 else [times[m][0]] * 3
         out[m] = dict(ms=median(times[m]), q25=q[0], q75=q[2], iters=fmean(iters[m]),
                       gflop=fmean(flops[m]) / 1e9, samples=times[m])
         if evals:
-            val = evals["paper"] if modules[m].val_forward_kwargs is None else evals["fast"]
-            out[m].update(val_ms=val, test_ms=evals["test"],
-                          eval_h=(val * val_batches + evals["test"] * test_batches) / 3.6e6)
+            val, val_iters = evals["paper"] if modules[m].val_forward_kwargs is None \
+                else evals["fast"]
+            test, test_iters = evals["test"]
+            out[m].update(val_ms=val, test_ms=test, val_iters=val_iters, test_iters=test_iters,
+                          eval_h=(val * val_batches + test * test_batches) / 3.6e6)
     return out
 
 

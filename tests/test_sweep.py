@@ -124,7 +124,7 @@ def test_join_without_key_fails_at_once_with_a_clear_message(capsys, offline_env
         sweep.main(["--join", "someone/hopfield-deq/abc123"])
     with pytest.raises(SystemExit, match="expects ENTITY/PROJECT/SWEEP_ID, got 'abc123'"):
         sweep.main(["--join", "abc123"])
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 30  # no login prompt or network wait (generous: a loaded CI)
 
 
 def test_join_without_network_fails_at_once(monkeypatch, offline_env):
