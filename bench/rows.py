@@ -107,10 +107,18 @@ def sample_iterations(module: LitHopfieldDEQ, x: Tensor) -> list[int] | None:
     solves = []
     with module.deq.observe(on_solve=solves.append), torch.no_grad():
         module.deq(x)
-    trace = solves[-1].trace  # (n_iter, B); a sample that left keeps its last residual
-    below = trace < kwargs["tol"]
-    first = torch.where(below.any(dim=0), below.int().argmax(dim=0) + 1, trace.shape[0])
-    return first.tolist()
+    return trace_iterations(solves[-1].trace, kwargs["tol"])
+
+
+def trace_iterations(trace: Tensor, tol: float | None) -> list[int]:
+    """Forward iterations each sample of a solve got, from its residual ``trace``
+    (n_iter, B): the solve's count without a tolerance; with one, the first iteration below it
+    (a sample that left the batch keeps its last residual in the trace; one that never got
+    below it ran the whole solve)."""
+    if tol is None:
+        return [trace.shape[0]] * trace.shape[1]
+    below = trace < tol
+    return torch.where(below.any(0), below.int().argmax(0) + 1, trace.shape[0]).tolist()
 
 
 def sweep_steps(exp: Experiment) -> int:

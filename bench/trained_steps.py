@@ -52,7 +52,7 @@ from deq_modules.lit import LitHopfieldDEQ, lit_module_for
 from madam import Madam
 
 from .flops import step_flops
-from .rows import _NO_TRAINER_WARNING, sweep_eval_batches, sweep_steps
+from .rows import _NO_TRAINER_WARNING, sweep_eval_batches, sweep_steps, trace_iterations
 
 MODES = ("paper", "fast-unrolled", "fast")
 
@@ -82,20 +82,6 @@ def batches(dataset: str, data_dir: Path, n: int, size: int = 64, split: str = "
     x = images[order].float().div(255.0)
     y = torch.nn.functional.one_hot(labels[order].long(), 10).float()
     return list(zip(x.split(size), y.split(size)))
-
-
-def sample_iterations(module: LitHopfieldDEQ, trace: torch.Tensor,
-                      tol: float | None = ...) -> list[int]:
-    """Forward iterations each sample of a solve got: the solve's count without a tolerance;
-    with one, the first iteration below it (a sample that left the batch keeps its last
-    residual in the trace; one that never got below it ran the whole solve). ``tol``: the
-    solve's tolerance, by default that of the module's forward options in use now."""
-    if tol is ...:
-        tol = module.deq.active_forward_kwargs.get("tol")
-    if tol is None:
-        return [trace.shape[0]] * trace.shape[1]
-    below = trace < tol
-    return torch.where(below.any(0), below.int().argmax(0) + 1, trace.shape[0]).tolist()
 
 
 def module_step_flops(module: LitHopfieldDEQ, exp, per_sample: list[int]) -> int:
@@ -130,7 +116,7 @@ def eval_ms(module: LitHopfieldDEQ, data: list, stage: str) -> tuple[list[float]
                 times.append(elapsed * 1e3)
                 solves += solved
     module.train()
-    iters = fmean(n for stats, tol in solves for n in sample_iterations(module, stats.trace, tol))
+    iters = fmean(n for stats, tol in solves for n in trace_iterations(stats.trace, tol))
     return times, iters
 
 
@@ -159,7 +145,8 @@ def measure(run: str, state: dict, data: list, test_data: list | None = None,
             if i == 0:
                 continue
             times[m].append(elapsed * 1e3)
-            per_sample = sample_iterations(module, solves[-1].trace)
+            tol = module.deq.active_forward_kwargs.get("tol")  # training mode, as in the step
+            per_sample = trace_iterations(solves[-1].trace, tol)
             iters[m].append(fmean(per_sample))
             flops[m].append(module_step_flops(module, exp, per_sample))
     val_batches, test_batches = sweep_eval_batches(exp)
