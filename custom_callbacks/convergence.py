@@ -1,4 +1,5 @@
-"""Iterations to converge (PAPER.md, footnote 3) and the callback that logs them."""
+"""Iterations to converge as the papers count them (docs/papers.md) and the callback that logs
+them."""
 from __future__ import annotations
 
 import numbers
@@ -16,41 +17,54 @@ from ._base import ObservingCallback
 Tolerance = float | Sequence[float] | Tensor
 
 
-def iterations_to_converge(trace: Tensor, tol: Tolerance) -> tuple[Tensor, Tensor]:
-    """Per sample, the number of solver iterations needed to reach a relative residual ``< tol``.
+def iterations_to_converge(step_trace: Tensor, tol: Tolerance) -> tuple[Tensor, Tensor]:
+    """Per sample, the papers' iterations to converge (Table 2's "#iters to conv.").
+
+    A solve of ``T`` iterations computes the map's outputs ``s_1 .. s_T``; ``step_trace`` holds
+    ``r_n = |s_{n+1} - s_n| / |s_{n+1}|`` for ``n = 1 .. T-1``
+    (:attr:`deq_core.SolverStats.step_trace`). A sample's count is the 0-based position, in
+    ``r_1 .. r_{T-1}``, of the first ``r_n < tol``, and ``T - 1`` (the trace's length) when
+    there is none. A sample already below ``tol`` at the first position counts 0 and has
+    converged (the published code counted it as never converged, a defect not copied here).
 
     Args:
-        trace: ``(n_iter, B)`` relative residual of each sample at each iteration
-            (:attr:`deq_core.SolverStats.trace`).
-        tol: a tolerance, or a 1-D sequence/tensor of ``T`` tolerances (vectorised).
+        step_trace: ``(T - 1, B)`` changes between consecutive outputs.
+        tol: a tolerance, or a 1-D sequence/tensor of ``K`` tolerances (vectorised).
 
     Returns:
-        ``(iters, converged)``, each ``(B,)`` (or ``(T, B)`` for ``T`` tolerances):
-        ``iters`` (long) is ``n + 1`` for the first 0-based iteration ``n`` with
-        ``trace[n] < tol``; a sample that never gets there counts as ``n_iter`` (the length of
-        *this* solve, shorter than the solver's ``iter`` when its own ``tol`` stopped it early)
-        and has ``converged`` (bool) ``False``. A NaN residual never counts as converged.
+        ``(iters, converged)``, each ``(B,)`` (or ``(K, B)`` for ``K`` tolerances): ``iters``
+        (long) as above; ``converged`` (bool) whether some ``r_n < tol``. A NaN residual never
+        counts as converged.
 
     Everything stays on the trace's device: no host synchronisation (pass a tolerance grid as
     a tensor already on the device to avoid even a host-to-device copy).
     """
-    if trace is None or trace.dim() != 2:
-        raise ValueError(f"trace must be a (n_iter, batch) tensor, got {trace!r:.80}")
-    n_iter = trace.shape[0]
+    if step_trace is None or step_trace.dim() != 2:
+        raise ValueError(f"step_trace must be a (T - 1, batch) tensor, got {step_trace!r:.80}")
+    n_rows = step_trace.shape[0]
     if isinstance(tol, numbers.Real):
         # A Python number is compared in the trace's dtype and needs no copy to the device.
-        below = trace < float(tol)
+        below = step_trace < float(tol)
     else:
         # Rounded to the trace's dtype too, so a grid and a single tolerance agree.
-        tols = torch.as_tensor(tol, dtype=trace.dtype, device=trace.device)
+        tols = torch.as_tensor(tol, dtype=step_trace.dtype, device=step_trace.device)
         if tols.dim() > 1:
             raise ValueError(f"tol must be a number or a 1-D sequence, got shape "
                              f"{tuple(tols.shape)}")
-        below = trace < tols[..., None, None]  # (n_iter, B) or (T, n_iter, B)
+        below = step_trace < tols[..., None, None]  # (T-1, B) or (K, T-1, B)
     converged = below.any(dim=-2)
+    if n_rows == 0:  # a solve of one iteration: no r_n, nothing converged, count T - 1 = 0
+        return torch.zeros_like(converged, dtype=torch.long), converged
     first = below.to(torch.uint8).argmax(dim=-2)  # argmax returns the first maximal index
-    iters = torch.where(converged, first + 1, torch.full_like(first, n_iter))
+    iters = torch.where(converged, first, torch.full_like(first, n_rows))
     return iters, converged
+
+
+def step_trace_of(stats: SolverStats) -> Tensor:
+    """The solve's :attr:`~deq_core.SolverStats.step_trace`, or an error saying it is missing."""
+    if stats.step_trace is None:
+        raise RuntimeError("the DEQ gave no residual trace to an observer")
+    return stats.step_trace
 
 
 class IterationsToConverge(ObservingCallback):
@@ -75,7 +89,8 @@ class IterationsToConverge(ObservingCallback):
     would cost a collective per step).
 
     Args:
-        tol: convergence criterion on the relative residual ``|s_{n+1} - s_n| / |s_{n+1}|``.
+        tol: convergence criterion on the change between consecutive outputs of the map,
+            ``|s_{n+1} - s_n| / |s_{n+1}|`` (:func:`iterations_to_converge`).
         stages: which stages to measure.
         suffix: appended to the logged names.
     """
@@ -94,9 +109,7 @@ class IterationsToConverge(ObservingCallback):
         return dict(on_solve=self._on_solve)
 
     def _on_solve(self, stats: SolverStats) -> None:
-        if stats.trace is None:
-            raise RuntimeError("the DEQ gave no residual trace to an observer")
-        self._traces.append(stats.trace)
+        self._traces.append(step_trace_of(stats))
 
     def batch_done(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule,
                    batch: Any) -> None:

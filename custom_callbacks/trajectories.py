@@ -19,10 +19,10 @@ from torch import Tensor
 from deq_core import SolverStats
 
 from ._base import ObservingCallback, reduce_max_int, reduce_sum
-from .convergence import iterations_to_converge
+from .convergence import iterations_to_converge, step_trace_of
 
 DEFAULT_TOLERANCES = 10.0 ** np.arange(-8, -1.5, 0.5)  # 1e-8 .. 1e-2 in half decades
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: rows are the papers' r_1 .. r_{T-1}; 1 counted |f(z) - z| from z_0
 
 
 class ResidualTrajectories(ObservingCallback):
@@ -80,9 +80,7 @@ class ResidualTrajectories(ObservingCallback):
         return pos.floor().clamp_(0, self.n_bins - 1).long()
 
     def _add(self, stats: SolverStats) -> None:
-        trace = stats.trace
-        if trace is None:
-            raise RuntimeError("the DEQ gave no residual trace to an observer")
+        trace = step_trace_of(stats)
         n_iter, batch = trace.shape
         device = trace.device
         if self._counts is None:

@@ -51,6 +51,14 @@ class ActiveSet:
         self._rows[name] = row
         return row
 
+    def spread(self, active: Tensor, fill: float) -> Tensor:
+        """A per-sample quantity of the active samples as a whole-batch tensor, ``fill`` for
+        the samples that left (a quantity that is fixed once a sample has left)."""
+        if not self.enabled:
+            return active
+        return active.new_full((self.out.shape[0], *active.shape[1:]), fill).index_copy(
+            0, self.idx, active)
+
     def state(self, active: Tensor) -> Tensor:
         """The whole batch's state: the active samples' current one, the others' results."""
         if not self.enabled:

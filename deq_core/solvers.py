@@ -11,6 +11,12 @@ notation. Without ``tol`` a solver runs exactly ``max_iter`` iterations and neve
 with the host; with ``tol`` it stops once every sample of the batch is below it (one ``.item()``
 per iteration, the price of deciding on the host). Options are checked once, before the first
 evaluation; every image ``f(z)`` must have the shape and dtype of ``z`` (no broadcasting).
+
+With ``trace=True`` a solve also records the papers' convergence measure, ``step_trace``: the
+relative change between consecutive *outputs of the map*, ``r_n = |s_{n+1} - s_n| / |s_{n+1}|``
+with ``s_{n+1} = f(z_n)``, for ``n = 1 .. n_iter - 1``. For Picard ``z_n = s_n``, so ``r_n`` is
+``trace[n]``; for Anderson the outputs are the images of the mixed points and ``r_n`` differs
+from the fixed-point residual of the point that was evaluated.
 """
 from __future__ import annotations
 
@@ -43,18 +49,28 @@ class SolverStats:
         rel_residual: ``(B,)`` final relative residual of each sample.
         trace: ``(n_iter, B)`` relative residual of each sample at every iteration, or ``None``
             when not requested.
+        step_trace: ``(n_iter - 1, B)`` relative change between consecutive outputs of the
+            map, ``r_1 .. r_{n_iter - 1}`` (module docstring), or ``None`` when not requested.
+            A sample that left the batch (compaction) has ``0`` from then on: its output no
+            longer changes.
     """
 
     solver: str
     n_iter: int
     rel_residual: Tensor
     trace: Tensor | None = field(default=None, repr=False)
+    step_trace: Tensor | None = field(default=None, repr=False)
 
 
 def relative_residual(fz: Tensor, z: Tensor) -> Tensor:
     """``|f(z) - z| / |f(z)|`` per sample (all dimensions but the first are flattened)."""
     diff = (fz - z).flatten(1).norm(dim=1)
     return diff / (fz.flatten(1).norm(dim=1) + _EPS)
+
+
+def _stack(rows: list[Tensor], batch: int, like: Tensor) -> Tensor:
+    """``rows`` as an ``(n, batch)`` tensor (``(0, batch)`` when there are none)."""
+    return torch.stack(rows) if rows else like.new_zeros(0, batch)
 
 
 def _is_real(value: Any) -> bool:
@@ -143,13 +159,15 @@ def picard(
     active = ActiveSet(restrict, tol, z0)
     f = checked_map("picard", f)
     z, shape = z0, z0.shape
-    residuals = []
+    residuals, steps = [], []
     for n in range(max_iter):
         fz = f(z)
         res = relative_residual(fz, z)
         row = active.full("res", res)
         if trace:
             residuals.append(row)
+            if n > 0:  # z is the previous output here: the residual is the output's change
+                steps.append(active.spread(res, 0.0))
         z = fz
         if on_iterate is not None:
             on_iterate(n, active.state(z).view(shape))
@@ -163,7 +181,8 @@ def picard(
         elif _converged(res, tol):
             break
     stacked = torch.stack(residuals) if trace else None
-    return active.result(z, shape), SolverStats("picard", n + 1, row, stacked)
+    step_trace = _stack(steps, shape[0], row) if trace else None
+    return active.result(z, shape), SolverStats("picard", n + 1, row, stacked, step_trace)
 
 
 def anderson(
@@ -223,7 +242,7 @@ def anderson(
     tiny = torch.finfo(work).tiny ** 0.5
     best_fx = best_res = anchor_fx = anchor_res = None
     was_mixed = torch.zeros(batch, dtype=torch.bool, device=x.device)
-    residuals = []
+    residuals, steps, prev_fx = [], [], x
     for n in range(max_iter):
         fx = f(x.view(batch, *shape[1:])).reshape(batch, width)
         slot = n % m
@@ -232,6 +251,9 @@ def anderson(
         res = g.norm(dim=1) / (fx.norm(dim=1) + _EPS)
         if trace:
             residuals.append(active.full("res", res))
+            if n > 0:
+                steps.append(active.spread(relative_residual(fx, prev_fx), 0.0))
+        prev_fx = fx
         if best_res is None:
             best_fx, best_res, anchor_fx, anchor_res = fx, res, fx, res
             accepted = torch.ones_like(was_mixed)
@@ -259,9 +281,9 @@ def anderson(
             on_iterate(n, active.state(x).view(shape))
         final_res = active.full("best", best_res)
         if active.enabled:  # every per-sample tensor follows the samples that stay
-            x, F, G, best_fx, best_res, anchor_fx, anchor_res, was_mixed = active.shrink(
-                best_res < tol, best_fx,
-                (x, F, G, best_fx, best_res, anchor_fx, anchor_res, was_mixed))
+            x, F, G, best_fx, best_res, anchor_fx, anchor_res, was_mixed, prev_fx = \
+                active.shrink(best_res < tol, best_fx, (x, F, G, best_fx, best_res, anchor_fx,
+                                                        anchor_res, was_mixed, prev_fx))
             if active.size < batch:
                 batch = active.size
                 if batch == 0:
@@ -270,7 +292,9 @@ def anderson(
         elif _converged(best_res, tol):
             break
     stacked = torch.stack(residuals) if trace else None
-    return active.result(best_fx, shape), SolverStats("anderson", n + 1, final_res, stacked)
+    step_trace = _stack(steps, shape[0], final_res) if trace else None
+    return active.result(best_fx, shape), SolverStats("anderson", n + 1, final_res, stacked,
+                                                      step_trace)
 
 
 def _anderson_fused(f: FixedPointMap, z0: Tensor, max_iter: int, tol: float | None, trace: bool,
@@ -291,10 +315,13 @@ def _anderson_fused(f: FixedPointMap, z0: Tensor, max_iter: int, tol: float | No
     anchor_slot = torch.zeros(batch, dtype=torch.long)
     was_mixed = torch.zeros(batch, dtype=torch.bool)
     tiny = torch.finfo(torch.float32).tiny ** 0.5
-    residuals = []
+    residuals, steps, prev_fx = [], [], x
     final_res = active.full("best", best_res.clone())
     for n in range(max_iter):
         fx = f(x.view(batch, *shape[1:])).reshape(batch, width)
+        if trace and n > 0:  # before the kernel, which updates buffers in place
+            steps.append(active.spread(relative_residual(fx, prev_fx), 0.0))
+        prev_fx = fx
         fused.step(x, fx, F, G, gram, res, best_fx, best_res, anchor_slot, anchor_res, was_mixed,
                    n, lam, tiny, _EPS)
         if trace:
@@ -303,9 +330,10 @@ def _anderson_fused(f: FixedPointMap, z0: Tensor, max_iter: int, tol: float | No
             on_iterate(n, active.state(x.clone()).view(shape))
         final_res = active.full("best", best_res.clone())
         if active.enabled:  # every per-sample buffer follows the samples that stay
-            x, F, G, gram, res, best_fx, best_res, anchor_slot, anchor_res, was_mixed = \
+            x, F, G, gram, res, best_fx, best_res, anchor_slot, anchor_res, was_mixed, prev_fx = \
                 active.shrink(best_res < tol, best_fx, (x, F, G, gram, res, best_fx, best_res,
-                                                        anchor_slot, anchor_res, was_mixed))
+                                                        anchor_slot, anchor_res, was_mixed,
+                                                        prev_fx))
             if active.size < batch:
                 batch = active.size
                 if batch == 0:
@@ -314,8 +342,9 @@ def _anderson_fused(f: FixedPointMap, z0: Tensor, max_iter: int, tol: float | No
         elif _converged(best_res, tol):
             break
     stacked = torch.stack(residuals) if trace else None
+    step_trace = _stack(steps, shape[0], final_res) if trace else None
     return active.result(best_fx.clone(), shape), SolverStats("anderson", n + 1, final_res,
-                                                              stacked)
+                                                              stacked, step_trace)
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from deq_modules.experiments import Experiment, get_experiment, split_key, split_run_name
-from runner.store import (CONFIG, FAILED, FINISHED, INTERRUPTED, RUNNING, STATUSES, SUMMARY,
-                          TEST_ACC, TEST_ITERS, TEST_METRICS, TEST_NOT_CONVERGED, TRAJECTORIES,
-                          atomic_write_json, finished_problems, iter_runs, read_json)
+from runner.store import (CONFIG, FAILED, FINISHED, INTERRUPTED, ITERS_RULE, ITERS_RULE_KEY,
+                          RUNNING, STATUSES, SUMMARY, TEST_ACC, TEST_ITERS, TEST_METRICS,
+                          TEST_NOT_CONVERGED, TRAJECTORIES, atomic_write_json, finished_problems,
+                          iter_runs, read_json)
 
 # Logged names (DESIGN.md, "Logged names"): one name per quantity, from the store's format.
 ACC_KEY, ITERS_KEY, NOT_CONVERGED_KEY = TEST_ACC, TEST_ITERS, TEST_NOT_CONVERGED
@@ -24,6 +25,10 @@ ACC_KEY, ITERS_KEY, NOT_CONVERGED_KEY = TEST_ACC, TEST_ITERS, TEST_NOT_CONVERGED
 # not hold up (runner.store.finished_problems, or test metrics missing) is DAMAGED; a run
 # directory with no readable summary, or an unknown status, is INCOMPLETE. Neither is counted.
 DAMAGED, INCOMPLETE = "damaged", "incomplete"
+# A finished run whose iterations were counted by an older rule than the papers' (no
+# ``iters_rule: papers`` in its summary): never mixed into the table; ``runner.recount``
+# converts the Picard runs, the others must be trained again.
+OLD_COUNT = "old-count"
 # W&B run states (public API ``run.state``) and what they mean for the table.
 _WANDB_STATES = {"finished": FINISHED, "running": RUNNING, "pending": RUNNING,
                  "preempting": RUNNING, "preempted": INTERRUPTED, "failed": FAILED,
@@ -142,6 +147,8 @@ def record_from(name: str, config: Mapping[str, Any], summary: Mapping[str, Any]
         problems.append(f"summary lacks {', '.join(lacking)}")
     if status == FINISHED and problems:
         status = DAMAGED
+    if status == FINISHED and summary.get(ITERS_RULE_KEY) != ITERS_RULE:
+        status = OLD_COUNT
     not_converged = _number(summary.get(NOT_CONVERGED_KEY))
     if status != FINISHED:
         acc = iters = not_converged = None
@@ -228,7 +235,8 @@ def download_wandb_results(sweep_path: str, results: str | Path, api: Any = None
             atomic_write_json(directory / CONFIG, identity)
         summary = _wandb_summary(run)
         atomic_write_json(directory / SUMMARY, {**identity, "status": FINISHED,
-                                                **{k: summary[k] for k in TEST_METRICS
+                                                **{k: summary[k] for k in
+                                                   (*TEST_METRICS, ITERS_RULE_KEY)
                                                    if k in summary}})
     return name
 

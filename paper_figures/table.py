@@ -27,12 +27,12 @@ from deq_modules.experiments import EXPERIMENTS, Experiment, get_experiment, spe
 from runner.store import DIVERGED, FAILED, FINISHED, INTERRUPTED, RUNNING, atomic_write_text
 
 from .cli import add_source_args, run_script, source_label, tol_label
-from .runs import DAMAGED, INCOMPLETE, RunRecord
+from .runs import DAMAGED, INCOMPLETE, OLD_COUNT, RunRecord
 
 MISSING = "—"  # an em dash: no result of ours for this cell
 NO_STD = "-"  # the standard deviation of a single seed
 # Statuses that are never averaged, in the order the notes list them (damaged: one line each).
-NOT_COUNTED = (FAILED, DIVERGED, INTERRUPTED, RUNNING, INCOMPLETE)
+NOT_COUNTED = (FAILED, DIVERGED, INTERRUPTED, RUNNING, INCOMPLETE, OLD_COUNT)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -111,6 +111,10 @@ def status_lines(records: Sequence[RunRecord]) -> list[str]:
         names = [r.name for r in records if r.status == status]
         if names:
             lines.append(f"Not counted, {status}: {len(names)} ({', '.join(sorted(names))}).")
+    if any(r.status == OLD_COUNT for r in records):
+        lines.append(f"The {OLD_COUNT} runs counted their iterations by an older rule than the "
+                     "papers' and are not mixed in: `python -m runner.recount` converts those "
+                     "of Picard rows; the others must be trained again.")
     for r in sorted((r for r in records if r.status == DAMAGED), key=lambda r: r.name):
         lines.append(f"Not counted, {DAMAGED}: {r.name} ({'; '.join(r.problems)}).")
     seen: dict[tuple, int] = {}

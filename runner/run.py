@@ -43,8 +43,8 @@ from .history import EpochHistory, ProgressLog, SkipFinalValidation, mean_epoch_
 from .result_files import plot_trajectory_heatmap, save_npz
 from .safety import DivergenceGuard, Diverged, EpochCheckpoint, Interrupted
 from .store import (CONFIG, DIVERGED, ENERGY, FAILED, FINISHED, INTERRUPTED, LAST_CHECKPOINT,
-                    LOCK, METRICS, RUNNING, SUMMARY, TEST_ACC, TEST_LOSS, TEST_METRICS,
-                    TRAJECTORIES, RunLock,
+                    ITERS_RULE, ITERS_RULE_KEY, LOCK, METRICS, RUNNING, SUMMARY, TEST_ACC,
+                    TEST_LOSS, TEST_METRICS, TRAJECTORIES, RunLock,
                     atomic_write_json, finished_problems, read_json, summary_of)
 
 SUMMARY_KEYS = (*TEST_METRICS, "test/rel_residual")
@@ -220,7 +220,7 @@ def _train_and_test(cfg: RunConfig, out: Path, run: Any) -> dict[str, Any]:
         seconds_per_epoch=mean_epoch_seconds(out / METRICS),
         device=str(trainer.strategy.root_device), resumed=resume is not None,
         published_iters=exp.published_iters, published_acc=exp.published_acc,
-        torch=torch.__version__,
+        torch=torch.__version__, **{ITERS_RULE_KEY: ITERS_RULE},
     )
     return summary
 

@@ -32,6 +32,12 @@ STATUSES = (FINISHED, FAILED, RUNNING, DIVERGED, INTERRUPTED)
 TEST_ACC, TEST_LOSS, TEST_ITERS, TEST_NOT_CONVERGED = (
     "test/acc", "test/loss", "test/iters_to_converge", "test/not_converged")
 TEST_METRICS = (TEST_ACC, TEST_LOSS, TEST_ITERS, TEST_NOT_CONVERGED)
+# How ``test/iters_to_converge`` was counted: summary.json's ``iters_rule`` is ``papers`` for
+# the papers' rule (custom_callbacks.iterations_to_converge: the first position below 1e-4 in
+# the changes between consecutive map outputs). Runs without it were counted by this project's
+# first rule (map evaluations until |f(z) - z| / |f(z)| < 1e-4, from the zero start) and are
+# not comparable: the readers refuse them, ``python -m runner.recount`` converts what it can.
+ITERS_RULE_KEY, ITERS_RULE = "iters_rule", "papers"
 CONFIG, SUMMARY, METRICS = "config.json", "summary.json", "metrics.csv"
 TRAJECTORIES, ENERGY = "trajectories.npz", "energy.npz"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"

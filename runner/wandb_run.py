@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 # Registry settings that do not describe how the run trains (published numbers, prose).
 _NOT_SETTINGS = ("row", "depth", "epochs", "published_iters", "published_acc", "note")
 # Summary entries other than the metrics (``test/acc``, ...) that go to the W&B summary.
-_SUMMARY_KEYS = ("status", "error", "epochs_trained", "seconds_per_epoch", "wall_time_s",
-                 "device", "resumed")
+_SUMMARY_KEYS = ("status", "iters_rule", "error", "epochs_trained", "seconds_per_epoch",
+                 "wall_time_s", "device", "resumed")
 STEP = "trainer/global_step"  # Lightning's x axis for every logged metric
 
 

@@ -2,7 +2,8 @@
 
     python docs/reproduction/refresh.py --results results --sweep fmnist-1ep-fast
 
-1. ``python -m runner.export``: the store's finished runs -> docs/reproduction/<sweep>/;
+1. ``python -m runner.export``: the store's finished runs -> docs/reproduction/<sweep>/
+   (skipped without ``--results``: the committed run folders are used as they are);
 2. ``python -m paper_figures``: table2.*, claims.md and the figures, from the committed copy;
 3. the README's ``<!-- results-table <sweep> -->`` block <- the new table2.md, and its
    ``<!-- claims-in-short <sweep> -->`` block <- claims.md's verdicts and numbers.
@@ -55,14 +56,15 @@ def splice_claims(readme: str, sweep: str, claims_md: str) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", required=True, help="the results store of the sweep")
+    parser.add_argument("--results", help="the results store of the sweep (leave it out to "
+                        "rebuild the outputs from the committed run folders alone)")
     parser.add_argument("--sweep", required=True, help="sweep name (also the folder's name)")
     args = parser.parse_args(argv)
     out = DOCS / args.sweep
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    results = str(Path(args.results).resolve())  # the commands run from the repository
-    for command in (["-m", "runner.export", "--results", results, "--sweep", args.sweep,
-                     "--out", str(out)],
+    export = [["-m", "runner.export", "--results", str(Path(args.results).resolve()),
+                "--sweep", args.sweep, "--out", str(out)]] if args.results else []
+    for command in (*export,
                     ["-m", "paper_figures", "--results", str(DOCS), "--sweep", args.sweep,
                      "--out", str(out)]):
         subprocess.run([sys.executable, *command], cwd=REPO, env=env, check=True)

@@ -147,11 +147,18 @@ def closed_form_residuals(a: np.ndarray, n_iter: int) -> np.ndarray:
     return a**n * (1 - a) / (1 - a ** (n + 1))
 
 
+def closed_form_steps(a: np.ndarray, n_iter: int) -> np.ndarray:
+    """``(n_iter - 1, B)``: the papers' ``r_1 .. r_{T-1}``. Picard's iterates are its outputs,
+    so ``r_n`` is the residual of iteration ``n``: the rows after the zero start's."""
+    return closed_form_residuals(a, n_iter)[1:]
+
+
 def closed_form_iters(a: np.ndarray, tol: float, n_iter: int) -> tuple[np.ndarray, np.ndarray]:
-    """Expected (iterations to converge, converged) per sample for the rate map."""
-    below = closed_form_residuals(a, n_iter) < tol
+    """Expected (iterations to converge, converged) per sample for the rate map, by the papers'
+    rule: the 0-based position of the first ``r_n < tol``, ``n_iter - 1`` if none."""
+    below = closed_form_steps(a, n_iter) < tol
     converged = below.any(axis=0)
-    first = np.array([np.flatnonzero(col)[0] + 1 if col.any() else n_iter for col in below.T])
+    first = np.array([np.flatnonzero(col)[0] if col.any() else n_iter - 1 for col in below.T])
     return first, converged
 
 
@@ -185,5 +192,5 @@ def toy() -> SimpleNamespace:
         RateMap=RateMap, QuadraticDescent=QuadraticDescent, ToyLit=ToyLit,
         RecordingLogger=RecordingLogger, make_data=make_data, loader=loader,
         make_trainer=make_trainer, closed_form_iters=closed_form_iters,
-        closed_form_residuals=closed_form_residuals,
+        closed_form_residuals=closed_form_residuals, closed_form_steps=closed_form_steps,
     )

@@ -15,38 +15,57 @@ def rates_of(toy_module, x):
 
 def test_function_matches_closed_form(toy):
     a = np.array([0.0, 0.1, 0.5, 0.7, 0.8, 0.9, 0.97, 0.995])
-    trace = torch.from_numpy(toy.closed_form_residuals(a, ITERS))
+    steps = torch.from_numpy(toy.closed_form_steps(a, ITERS))  # r_1 .. r_39
     for tol in (1e-2, TOL, 1e-8):
-        iters, converged = iterations_to_converge(trace, tol)
+        iters, converged = iterations_to_converge(steps, tol)
         want_iters, want_conv = toy.closed_form_iters(a, tol, ITERS)
         assert iters.dtype == torch.long and converged.dtype == torch.bool
         np.testing.assert_array_equal(iters.numpy(), want_iters)
         np.testing.assert_array_equal(converged.numpy(), want_conv)
-    assert not converged[-1] and iters[-1] == ITERS  # never converged: counts as the maximum
+    assert not converged[-1] and iters[-1] == ITERS - 1  # never converged: T - 1
+    assert converged[0] and iters[0] == 0  # rate 0: r_1 = 0 already
     # A grid of tolerances gives one row per tolerance.
     grid = [1e-2, TOL, 1e-8]
-    iters_grid, conv_grid = iterations_to_converge(trace, grid)
+    iters_grid, conv_grid = iterations_to_converge(steps, grid)
     assert iters_grid.shape == (3, a.size)
     for row, tol in enumerate(grid):
         np.testing.assert_array_equal(iters_grid[row].numpy(), toy.closed_form_iters(a, tol, ITERS)[0])
 
 
+def test_the_papers_rule_on_hand_made_traces():
+    """T = 5 outputs, so r_1 .. r_4: the count is the 0-based position of the first r_n < tol,
+    and T - 1 = 4 when there is none."""
+    steps = torch.tensor([[5e-5, 1e-1, 1e-1, 1e-1, float("nan")],  # r_1
+                          [1e-1, 1e-1, 1e-1, 1e-1, float("nan")],  # r_2
+                          [1e-1, 1e-1, 1e-5, 1e-1, float("nan")],  # r_3
+                          [1e-1, 1e-1, 1e-1, 9e-5, float("nan")]])  # r_4
+    iters, converged = iterations_to_converge(steps, TOL)
+    # first residual / never / late / at the last one / NaN never converges
+    assert iters.tolist() == [0, 4, 2, 3, 4]
+    assert converged.tolist() == [True, False, True, True, False]
+    # Converged at position 0 is converged (the published code counted it as never: a defect).
+    assert iterations_to_converge(steps[:, :1], TOL)[1].item() is True
+    # A solve of one iteration has no r_n: nothing converged, count 0 = T - 1.
+    iters, converged = iterations_to_converge(torch.zeros(0, 3), TOL)
+    assert iters.tolist() == [0, 0, 0] and not converged.any()
+
+
 def test_function_edge_cases():
-    trace = torch.tensor([[1.0, 1.0, float("nan")], [0.0, 1e-5, float("nan")]])
-    iters, converged = iterations_to_converge(trace, TOL)
-    assert iters.tolist() == [2, 2, 2]  # the solve had 2 iterations: the unconverged count 2
+    steps = torch.tensor([[1.0, 1.0, float("nan")], [0.0, 1e-5, float("nan")]])
+    iters, converged = iterations_to_converge(steps, TOL)
+    assert iters.tolist() == [1, 1, 2]  # converged at position 1; never: T - 1 = 2
     assert converged.tolist() == [True, True, False]  # NaN never converges
     # float32 residuals right at the float32 rounding of 1e-4: a single tolerance and a grid
     # compare the same rounded value, so Table 2 and the figure's curve agree.
     f = np.float32(TOL)
     edge = [float(f), float(np.nextafter(f, np.float32(0))), float(np.nextafter(f, np.float32(1)))]
-    trace32 = torch.tensor([[1.0] * 3, edge], dtype=torch.float32)
-    assert iterations_to_converge(trace32, TOL)[1].tolist() == [False, True, False]
-    assert iterations_to_converge(trace32, np.array([TOL, 1e-8]))[1][0].tolist() == [False, True, False]
+    steps32 = torch.tensor([[1.0] * 3, edge], dtype=torch.float32)
+    assert iterations_to_converge(steps32, TOL)[1].tolist() == [False, True, False]
+    assert iterations_to_converge(steps32, np.array([TOL, 1e-8]))[1][0].tolist() == [False, True, False]
     with pytest.raises(ValueError, match="tol must be"):
-        iterations_to_converge(trace, [[1e-4]])
-    with pytest.raises(ValueError, match="trace"):
-        iterations_to_converge(trace[0], TOL)
+        iterations_to_converge(steps, [[1e-4]])
+    with pytest.raises(ValueError, match="step_trace"):
+        iterations_to_converge(steps[0], TOL)
 
 
 def test_test_stage_logs_closed_form(toy, tmp_path):

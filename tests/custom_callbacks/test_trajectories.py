@@ -26,19 +26,19 @@ def test_result_histogram_and_means_match_closed_form(toy, tmp_path):
     data, metrics, module = run(toy, tmp_path, x, y, callbacks=[IterationsToConverge(tol=TOL)])
     assert not os.listdir(tmp_path)  # the callback writes no file
     a = module.deq.f_module.rates(x).numpy()
-    residuals = toy.closed_form_residuals(a, ITERS)  # (ITERS, 70), exact zeros where a = 0
+    residuals = toy.closed_form_steps(a, ITERS)  # r_1 .. r_39 (70 columns), zeros where a = 0
     assert (residuals == 0).any() and (residuals > 1e-2).any()
-    # Every sample at every iteration, once; below the range (and zero) in the lowest bin.
+    # Every sample at every r_n, once; below the range (and zero) in the lowest bin.
     assert isinstance(data["counts"], np.ndarray)
-    assert data["counts"].shape == (ITERS, 400) and data["counts"].dtype == np.int64
-    assert data["counts"].sum() == 70 * ITERS
+    assert data["counts"].shape == (ITERS - 1, 400) and data["counts"].dtype == np.int64
+    assert data["counts"].sum() == 70 * (ITERS - 1)
     edges = data["log10_edges"]
     np.testing.assert_allclose(edges, np.linspace(-8, 0, 401))
     clipped = np.log10(np.clip(residuals, 1e-8, 1.0))
-    for n in range(ITERS):
+    for n in range(ITERS - 1):
         want, _ = np.histogram(clipped[n], bins=edges)
         np.testing.assert_array_equal(data["counts"][n], want)
-    assert data["counts"][1:, 0].sum() >= 2 * (ITERS - 1)  # the exact zeros of rate 0
+    assert data["counts"][:, 0].sum() >= 2 * (ITERS - 1)  # the exact zeros of rate 0
     # Iterations to converge, per tolerance and per sample.
     np.testing.assert_allclose(data["tolerances"], DEFAULT_TOLERANCES)
     for tol, mean, total, not_conv in zip(data["tolerances"], data["mean_iters"],
@@ -49,22 +49,22 @@ def test_result_histogram_and_means_match_closed_form(toy, tmp_path):
         assert not_conv == (~conv).sum()
     np.testing.assert_array_equal(data["iters_at_tol"], toy.closed_form_iters(a, TOL, ITERS)[0])
     assert (data["n_samples"], data["max_iter"], data["tol"], data["stage"]) == \
-        (70, ITERS, TOL, "test")
+        (70, ITERS - 1, TOL, "test")
     # The Table 2 number agrees with IterationsToConverge over batches of 32, 32 and 6.
     at_tol = data["mean_iters"][np.isclose(data["tolerances"], TOL)][0]
     assert metrics["test/iters_to_converge"] == pytest.approx(at_tol, rel=1e-6)
 
 
 def test_known_residual_lands_in_its_bin(toy, tmp_path):
-    # Rate a = 0.5: residuals 1, 1/3, 1/7, ... = 2^-n / (2 - 2^-n); check a few by hand.
+    # Rate a = 0.5: r_n = 1/3, 1/7, ... = 2^-n / (2 - 2^-n) at row n - 1; a few by hand.
     x, y = toy.make_data(4)
     x[:, 0] = 0.5 / 0.995
     data, _, _ = run(toy, tmp_path, x, y, iters=30)
-    for n in (0, 1, 5, 20, 29):
+    for n in (1, 2, 6, 21, 29):
         r = 0.5**n * 0.5 / (1 - 0.5 ** (n + 1))
         b = int(np.floor((np.log10(r) + 8) / 8 * 400)) if r >= 1e-8 else 0
         b = min(b, 399)
-        assert data["counts"][n, b] == 4, (n, r, b)
+        assert data["counts"][n - 1, b] == 4, (n, r, b)
 
 
 def test_solves_of_different_lengths_are_padded(toy, tmp_path):
@@ -74,8 +74,12 @@ def test_solves_of_different_lengths_are_padded(toy, tmp_path):
     x[:3, 0] = 0.99
     data, _, module = run(toy, tmp_path, x, y, tol=1e-3)
     a = module.deq.f_module.rates(x).numpy()
-    lengths = [toy.closed_form_iters(a[s], 1e-3, ITERS)[0].max()
-               for s in (slice(0, 32), slice(32, 64), slice(64, 70))]
+    below = toy.closed_form_residuals(a, ITERS) < 1e-3  # the solver's own stopping test
+    # A batch's solve ends at the first iteration where all its samples are below 1e-3; it
+    # has T outputs, so T - 1 rows.
+    ends = [np.flatnonzero(below[:, s].all(axis=1)) for s in (slice(0, 32), slice(32, 64),
+                                                               slice(64, 70))]
+    lengths = [int(end[0]) if end.size else ITERS - 1 for end in ends]
     assert lengths[0] > max(lengths[1:])
     assert data["max_iter"] == lengths[0] == data["counts"].shape[0]
     per_row = data["counts"].sum(axis=1)
@@ -95,7 +99,7 @@ def test_results_of_two_runs_pool_into_the_run_over_both(toy, tmp_path):
     np.testing.assert_allclose(merged["mean_iters"], both["mean_iters"], rtol=1e-12)
     weighted = (40 * first["mean_iters"] + 30 * second["mean_iters"]) / 70
     np.testing.assert_allclose(merged["mean_iters"], weighted, rtol=1e-12)
-    assert (merged["n_samples"], merged["max_iter"], merged["stage"]) == (70, ITERS, "test")
+    assert (merged["n_samples"], merged["max_iter"], merged["stage"]) == (70, ITERS - 1, "test")
 
 
 def test_result_is_what_the_run_layer_saves(toy, tmp_path):

@@ -61,3 +61,8 @@ def make_tanh_map():
 @pytest.fixture
 def make_linear_map():
     return LinearMap
+
+
+@pytest.fixture
+def make_linear_map():
+    return LinearMap

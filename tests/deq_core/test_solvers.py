@@ -231,3 +231,61 @@ def test_anderson_in_low_precision_reaches_the_float64_fixed_point(dtype, make_t
     bound = {torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]
     err = (z.double() - exact).norm(dim=1) / exact.norm(dim=1)
     assert (err < bound).all()
+
+
+def recording(f):
+    """``f`` that keeps every output it returns, in order: the papers' ``s_1, s_2, ...``."""
+    outputs = []
+
+    def g(z):
+        outputs.append(f(z).clone())
+        return outputs[-1]
+
+    return g, outputs
+
+
+def change_between_outputs(outputs):
+    """``r_n = |s_{n+1} - s_n| / |s_{n+1}|`` for ``n = 1 .. T-1``, computed directly."""
+    return torch.stack([(b - a).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1)
+                        for a, b in zip(outputs[:-1], outputs[1:])])
+
+
+@pytest.mark.parametrize("solver,kwargs", [(picard, {}), (anderson, {}),
+                                           (anderson, {"fused": True})])
+def test_step_trace_is_the_change_between_consecutive_map_outputs(solver, kwargs,
+                                                                  make_linear_map):
+    dtype = torch.float32 if kwargs.get("fused") else torch.float64
+    module = make_linear_map(dtype=dtype)
+    f, outputs = recording(fixed_map(module, torch.randn(6, 4, dtype=dtype)))
+    with torch.no_grad():
+        _, stats = solver(f, torch.zeros(6, 30, dtype=dtype), max_iter=25, trace=True, **kwargs)
+    assert len(outputs) == 25 and stats.step_trace.shape == (24, 6)
+    expected = change_between_outputs(outputs)
+    torch.testing.assert_close(stats.step_trace, expected, rtol=1e-5 if dtype == torch.float32
+                               else 1e-12, atol=0)
+    if solver is picard:  # its iterates are its outputs: the trace without the zero start's row
+        assert torch.equal(stats.step_trace, stats.trace[1:])
+    else:  # the mixed points are not the outputs: a different measure
+        assert not torch.allclose(stats.step_trace, stats.trace[1:])
+
+
+@pytest.mark.parametrize("solver", ["picard", "anderson"])
+def test_step_trace_of_a_sample_that_left_the_batch_is_zero(solver, make_linear_map):
+    """Compaction: a sample's outputs stop changing when it leaves; before, they are the
+    uncompacted solve's."""
+    from deq_core import DEQ
+
+    module = make_linear_map(rate=0.9)
+    x = torch.randn(7, 4, dtype=torch.float64) * torch.logspace(-3, 1, 7, dtype=torch.float64)[:, None]
+    traces = {}
+    for compact in (False, True):
+        deq = DEQ(module, None, forward_kwargs=dict(solver=solver, iter=400, tol=1e-8,
+                                                    compact=compact))
+        with torch.no_grad(), deq.observe(on_solve=lambda st, c=compact: traces.update({c: st})):
+            deq(x)
+    plain, compacted = traces[False].step_trace, traces[True].step_trace
+    assert compacted.shape == plain.shape
+    left = compacted == 0
+    assert left[-1].any() and not left[0].any()  # some samples left, none at the start
+    assert (left[:-1] <= left[1:]).all()  # once zero, zero for good
+    torch.testing.assert_close(compacted[~left], plain[~left], rtol=1e-9, atol=1e-15)

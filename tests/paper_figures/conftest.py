@@ -108,7 +108,8 @@ def energy_files(result_files):
 def finished_summary(iters, acc, not_converged=0, **extra):
     """A summary as the run layer writes it for a finished run (every test metric)."""
     return {"status": FINISHED, "test/acc": acc, "test/iters_to_converge": iters,
-            "test/loss": 0.05, "test/not_converged": not_converged, **extra}
+            "test/loss": 0.05, "test/not_converged": not_converged, "iters_rule": "papers",
+            **extra}
 
 
 def write_run(root, row, depth, seed, summary, config_extra=None, trajectories=None,

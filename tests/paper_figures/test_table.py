@@ -151,7 +151,8 @@ class FakeRun(SimpleNamespace):
 
 def test_wandb_records_feed_the_same_statistics():
     def summary(iters, acc):
-        return {"test/iters_to_converge": iters, "test/acc": acc, "_step": 9}
+        return {"test/iters_to_converge": iters, "test/acc": acc, "_step": 9,
+                "iters_rule": "papers"}
 
     runs = [
         FakeRun(name="HAM-L3-s0", state="finished", config={"experiment": "HAM-L3", "seed": 0},

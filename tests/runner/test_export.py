@@ -19,7 +19,7 @@ METRICS_CSV = "epoch,step,train/loss,val/acc\n0,10,0.5,0.8\n"
 
 def _finished(iters, acc):
     return {"status": "finished", "test/acc": acc, "test/iters_to_converge": iters,
-            "test/loss": 0.1, "test/not_converged": 0.0, "device": "cpu"}
+            "test/loss": 0.1, "test/not_converged": 0.0, "device": "cpu", "iters_rule": "papers"}
 
 
 def _write_run(sweep_dir, name, summary, machine, arrays=True):
