@@ -1,10 +1,14 @@
 """The DEQ layer: solve ``z* = f(x, z*)`` without a graph, then attach gradients.
 
-Gradients, selected by ``backward_kwargs["method"]``:
+The value of ``deq(x)`` is always the forward solve's ``z*``, in training too, so that the
+loss and the prediction are taken where the solver stopped (as the papers do), whichever
+gradient is attached. Gradients, selected by ``backward_kwargs["method"]``:
 
 - ``backprop`` (recurrent backpropagation): from the detached fixed point, ``iter`` more
-  differentiable (damped) Picard steps; autograd differentiates through those only.
-- ``full_adjoint`` (implicit function theorem): one differentiable step ``z = f(z*)`` whose
+  differentiable (damped) Picard steps; the incoming gradient ``dL/dz*`` is back-propagated
+  through those steps only (their end state is not the value: a sample that has not
+  converged would otherwise be scored ``iter`` steps further on).
+- ``full_adjoint`` (implicit function theorem): one differentiable step ``f(z*)`` whose
   incoming gradient ``v`` is replaced by the solution of the adjoint fixed point
   ``g = J^T g + v`` (``J = df/dz`` at ``z*``), solved with vector-Jacobian products.
 
@@ -121,6 +125,12 @@ def _check_z_init(z_init: Tensor, state_size: int | None) -> None:
         f"z_init of shape {tuple(z_init.shape)} does not fit f_module.state_size {state_size}; "
         f"expected ({state_size},), (1, {state_size}) or (B, {state_size})"
     )
+
+
+def _valued_at(value: Tensor, graph: Tensor) -> Tensor:
+    """``value``'s numbers with ``graph``'s gradient: the incoming gradient (taken at
+    ``value``) flows into ``graph`` unchanged."""
+    return value + (graph - graph.detach())
 
 
 def _check_input(x: Tensor, z_init: Tensor | None) -> None:
@@ -410,7 +420,7 @@ class DEQ(nn.Module):
                             relative_residual(z.detach(), z_prev.detach()))
         self.last_backward_stats = stats
         self._log("rel_residual_backward", stats)
-        return z
+        return _valued_at(z_star, z)
 
     def _full_adjoint(self, Ux: Tensor, z_star: Tensor) -> Tensor:
         z = self.step_map(Ux)(z_star)  # carries the gradient to Ux and the parameters
@@ -439,7 +449,7 @@ class DEQ(nn.Module):
 
         if z.requires_grad:
             z.register_hook(adjoint)
-        return z
+        return _valued_at(z_star, z)
 
     def extra_repr(self) -> str:
         train = "" if self.train_forward_kwargs is None else \

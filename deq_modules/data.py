@@ -38,6 +38,8 @@ class HopfieldDataModule(L.LightningDataModule):
             or flat in ``data_dir`` (e.g. Debian's /usr/share/datasets/fashion-mnist), plain or
             ``.gz``; CIFAR-10 in ``data_dir/cifar-10-batches-py``.
         batch_size / eval_batch_size: training / evaluation batch (the latter defaults to the former).
+        drop_last: the training loader leaves out the last incomplete batch, as the papers'
+            did (937 steps of 64 on 60,000 images); evaluation always scores every image.
         download: fetch missing files with torchvision in ``prepare_data()``.
         val_size: 0 (the paper's setting) trains on the full train set and the val loader serves
             the TEST set: the paper reports test numbers only and selects no model on them.
@@ -51,7 +53,8 @@ class HopfieldDataModule(L.LightningDataModule):
 
     def __init__(self, dataset: str = "emnist-mnist", data_dir: str | os.PathLike | None = None,
                  batch_size: int = 64, eval_batch_size: int | None = None, download: bool = True,
-                 val_size: int = 0, seed: int = 0, synthetic_kwargs: dict[str, Any] | None = None) -> None:
+                 val_size: int = 0, seed: int = 0, synthetic_kwargs: dict[str, Any] | None = None,
+                 drop_last: bool = True) -> None:
         super().__init__()
         check_dataset_name(dataset)
         self.synthetic = synthetic_options(synthetic_kwargs)
@@ -107,7 +110,8 @@ class HopfieldDataModule(L.LightningDataModule):
             images, labels, self.batch_size if train else self.eval_batch_size, train=train,
             seed=self.hparams.seed, rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
-            epoch_fn=(lambda: trainer.current_epoch) if trainer and train else None)
+            epoch_fn=(lambda: trainer.current_epoch) if trainer and train else None,
+            drop_last=train and self.hparams.drop_last)  # evaluation scores every image
 
     @property
     def validates_on_test_set(self) -> bool:

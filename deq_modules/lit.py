@@ -33,7 +33,10 @@ class LitHopfieldDEQ(L.LightningModule):
         structure: ``"onematrix"`` (synchronous updates) or ``"evenodd"``.
         forward_kwargs, backward_kwargs, damping_factor: passed to :class:`deq_core.DEQ`;
             ``None`` (or empty) takes the default row's solvers and iteration counts.
-        lr: Madam learning rate, decayed linearly to ``lr / 10`` over ``schedule_epochs``.
+        lr: Madam learning rate, decayed linearly to ``lr / 10`` over ``schedule_epochs``,
+            once per epoch as the papers did: epoch ``e`` (0-based) runs at
+            ``lr * (1 - 0.9 e / (schedule_epochs - 1))``, so the first at ``lr`` and the last
+            planned one at ``lr / 10``.
         schedule_epochs: length of the planned decay (the paper's 10, also for runs that stop
             earlier); ``None`` uses the trainer's ``max_epochs``.
         p_scale, g_bound: Madam's bounds.
@@ -156,15 +159,21 @@ class LitHopfieldDEQ(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer = Madam(self.parameters(), lr=hp.lr, p_scale=hp.p_scale, g_bound=hp.g_bound)
-        max_epochs = max(self.trainer.max_epochs or 1, 1)
-        steps_per_epoch = max(self.trainer.estimated_stepping_batches // max_epochs, 1)
-        total = steps_per_epoch * (hp.schedule_epochs or max_epochs)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, epoch_decay(hp.schedule_epochs or max(self.trainer.max_epochs or 1, 1)))
+        return dict(optimizer=optimizer, lr_scheduler=dict(scheduler=scheduler, interval="epoch"))
 
-        def linear_decay(step: int) -> float:  # lr -> lr / 10 over the planned schedule
-            return 1.0 - 0.9 * min(step / total, 1.0)
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay)
-        return dict(optimizer=optimizer, lr_scheduler=dict(scheduler=scheduler, interval="step"))
+def epoch_decay(schedule_epochs: int):
+    """The factor of the learning rate in epoch ``e``: linear from 1 to 0.1 over the planned
+    epochs, then 0.1 (torch's ``LinearLR(start_factor=1, end_factor=0.1,
+    total_iters=schedule_epochs - 1)`` stepped per epoch, as published)."""
+    last = max(schedule_epochs - 1, 1)
+
+    def factor(epoch: int) -> float:
+        return 1.0 - 0.9 * min(epoch / last, 1.0)
+
+    return factor
 
 
 def _own_structure(cls: type, structure: str, kwargs: dict[str, Any]) -> str:

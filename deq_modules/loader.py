@@ -13,7 +13,9 @@ from .dataset_names import NUM_CLASSES
 class DeviceBatchLoader:
     """Batches ``(x, y_onehot)`` from uint8 tensors already on the device; no worker processes.
 
-    Every sample is served once per epoch, the last partial batch included. Training order is a
+    Every sample is served once per epoch, the last partial batch included unless
+    ``drop_last`` (the papers' training loader drops it: 937 steps of 64 on 60,000 images, so
+    every step has the same batch size). Training order is a
     permutation from a generator seeded with ``seed + epoch`` (epoch from ``epoch_fn``, else
     counted per ``iter()``); evaluation order is fixed. Under DDP, rank r takes indices
     r::world_size; training shards are padded to equal length (as DistributedSampler does),
@@ -22,10 +24,11 @@ class DeviceBatchLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  train: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 epoch_fn: Callable[[], int] | None = None) -> None:
+                 epoch_fn: Callable[[], int] | None = None, drop_last: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.drop_last = drop_last
         self.train, self.seed, self.rank, self.world_size = train, seed, rank, world_size
         self.epoch_fn, self.epoch = epoch_fn, 0
 
@@ -36,6 +39,8 @@ class DeviceBatchLoader:
         return len(range(self.rank, n, self.world_size))
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return self._num_local() // self.batch_size
         return -(-self._num_local() // self.batch_size)
 
     def _indices(self) -> torch.Tensor:
@@ -58,7 +63,7 @@ class DeviceBatchLoader:
 
     def _batches(self, indices: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         indices = (self._indices() if indices is None else indices).to(self.images.device)
-        for start in range(0, len(indices), self.batch_size):
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = indices[start: start + self.batch_size]
             x = self.images[idx].float().div_(255)
             yield x, F.one_hot(self.labels[idx], NUM_CLASSES).float()

@@ -31,14 +31,17 @@ def test_reads_torchvision_layout_exactly(tmp_path, tiny, dataset, gz):
     torch.testing.assert_close(x, images.reshape(n_test, 784).double().div(255).float(), rtol=0, atol=1e-7)
     assert x[3, 28] == pytest.approx(float(images[3, 1, 0]) / 255) and images[3, 1, 0] != images[3, 0, 1]
     assert torch.equal(y.argmax(1), labels) and torch.equal(y.sum(1), torch.ones(n_test))
-    train_x, _, _ = tiny.collect(dm.train_dataloader())
-    assert sorted(tiny.served_indices(train_x)) == list(range(tiny.N_TRAIN))
+    train_x, _, sizes = tiny.collect(dm.train_dataloader())
+    served = tiny.served_indices(train_x)  # full batches only, as the papers trained
+    assert sizes == [8] * (tiny.N_TRAIN // 8) and len(set(served)) == len(served)
+    assert set(served) <= set(range(tiny.N_TRAIN))
 
 
 def test_batches_serve_every_sample_once_and_shuffle_by_epoch(tmp_path, tiny):
     tiny.write_dataset(tmp_path, "mnist")
     collect, served_indices, n_train = tiny.collect, tiny.served_indices, tiny.N_TRAIN
-    dm = HopfieldDataModule("mnist", data_dir=tmp_path, batch_size=16, eval_batch_size=64, seed=3)
+    dm = HopfieldDataModule("mnist", data_dir=tmp_path, batch_size=16, eval_batch_size=64, seed=3,
+                            drop_last=False)
     dm.setup()
     train = dm.train_dataloader()
     assert len(train) == 4 and len(dm.test_dataloader()) == 1 and len(dm.val_dataloader()) == 1
@@ -50,9 +53,10 @@ def test_batches_serve_every_sample_once_and_shuffle_by_epoch(tmp_path, tiny):
         assert sorted(orders[-1]) == list(range(n_train))
         assert torch.equal(y.argmax(1), tiny.known_labels(n_train)[orders[-1]])  # pairs stay together
     assert orders[0] != orders[1]
-    again = HopfieldDataModule("mnist", data_dir=tmp_path, batch_size=16, seed=3)
+    again = HopfieldDataModule("mnist", data_dir=tmp_path, batch_size=16, seed=3)  # drop_last
     again.setup()
-    assert served_indices(collect(again.train_dataloader())[0]) == orders[0]
+    x, _, sizes = collect(again.train_dataloader())
+    assert sizes == [16, 16, 16] and served_indices(x) == orders[0][:48]  # same order, no tail
     other = HopfieldDataModule("mnist", data_dir=tmp_path, batch_size=16, seed=4)
     other.setup()
     assert served_indices(collect(other.train_dataloader())[0]) != orders[0]
@@ -67,7 +71,7 @@ def fake_trainer(device: str, rank: int = 0, world_size: int = 1, epoch: int = 0
 
 
 def test_follows_trainer_device_ranks_and_epoch(tmp_path, tiny):
-    dm = HopfieldDataModule("synthetic", synthetic_kwargs=dict(n_train=30, n_test=7))
+    dm = HopfieldDataModule("synthetic", synthetic_kwargs=dict(n_train=30, n_test=7), drop_last=False)
     dm.trainer = fake_trainer("meta")  # a device other than the CPU, without needing a GPU
     dm.setup()
     assert all(t.device.type == "meta" and t.dtype in (torch.uint8, torch.long)
@@ -77,7 +81,7 @@ def test_follows_trainer_device_ranks_and_epoch(tmp_path, tiny):
     tiny.write_dataset(tmp_path, "mnist")
     shards = []
     for rank in range(2):
-        dm = HopfieldDataModule("mnist", data_dir=tmp_path, batch_size=16, seed=2)
+        dm = HopfieldDataModule("mnist", data_dir=tmp_path, batch_size=16, seed=2, drop_last=False)
         dm.trainer = fake_trainer("cpu", rank=rank, world_size=2, epoch=5)
         dm.setup()
         shards.append(tiny.served_indices(tiny.collect(dm.test_dataloader())[0]))
@@ -88,7 +92,7 @@ def test_follows_trainer_device_ranks_and_epoch(tmp_path, tiny):
 
 def test_val_size_holds_out_train_samples(tmp_path, tiny):
     tiny.write_dataset(tmp_path, "mnist")
-    dm = HopfieldDataModule("mnist", data_dir=tmp_path, val_size=10, seed=5)
+    dm = HopfieldDataModule("mnist", data_dir=tmp_path, val_size=10, seed=5, drop_last=False)
     dm.setup()
     train = tiny.served_indices(tiny.collect(dm.train_dataloader())[0])
     val = tiny.served_indices(tiny.collect(dm.val_dataloader())[0])
@@ -110,7 +114,7 @@ def test_flat_directory_layout(tmp_path, tiny):
 def test_environment_variable_sets_data_dir(tmp_path, tiny, monkeypatch):
     tiny.write_dataset(tmp_path, "emnist-mnist")
     monkeypatch.setenv("HOPFIELD_DATA_DIR", str(tmp_path))
-    dm = HopfieldDataModule("emnist-mnist", download=False)
+    dm = HopfieldDataModule("emnist-mnist", download=False, drop_last=False)
     assert dm.data_dir == tmp_path
     dm.setup()
     assert len(tiny.collect(dm.train_dataloader())[0]) == tiny.N_TRAIN
@@ -122,7 +126,7 @@ def test_cifar10_is_flattened_hwc(tmp_path, tiny, monkeypatch):
     # torchvision checks md5 sums of the real files; these fake batches cannot pass that check.
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args: True)
     chw = tiny.write_cifar(tmp_path)
-    dm = HopfieldDataModule("cifar10", data_dir=tmp_path, download=False)
+    dm = HopfieldDataModule("cifar10", data_dir=tmp_path, download=False, drop_last=False)
     assert dm.input_size == 3072
     dm.setup()
     x, y, _ = tiny.collect(dm.test_dataloader())

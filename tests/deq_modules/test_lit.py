@@ -6,6 +6,7 @@ from deq_modules import (
     EXPERIMENTS, EvenOddFunction, HopfieldDataModule, LitEvenOddDEQ, LitHopfieldDEQ,
     LitOneMatrixDEQ, OneMatrixFunction, get_experiment, lit_module_for,
 )
+from deq_modules.lit import epoch_decay
 
 SMALL = [784, 64, 10]
 
@@ -68,9 +69,17 @@ def test_learning_rate_decays_linearly_to_a_tenth(tmp_path, synthetic):
     t = trainer(tmp_path, max_epochs=2, limit_train_batches=5, limit_val_batches=0,
                 callbacks=[Record()])
     t.fit(model, synthetic)
-    # Stopped at 2 of 4 planned epochs: 10 of 20 steps, lr = 0.02 * (1 - 0.9 * step / 20).
-    assert lrs == pytest.approx([0.02 * (1 - 0.9 * s / 20) for s in range(10)])
-    assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.02 * (1 - 0.9 * 10 / 20))
+    # Once per epoch, as published: epoch e of 4 planned runs at 0.02 * (1 - 0.9 e / 3); stopped
+    # after 2, the scheduler has stepped twice.
+    assert lrs == pytest.approx([0.02] * 5 + [0.02 * (1 - 0.9 / 3)] * 5)
+    assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.02 * (1 - 0.9 * 2 / 3))
+
+
+def test_the_papers_schedule_runs_epoch_one_at_lr_and_epoch_ten_at_a_tenth():
+    factor = epoch_decay(10)  # LinearLR(start_factor=1, end_factor=0.1, total_iters=9)
+    assert [factor(e) for e in range(12)] == pytest.approx(
+        [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.1, 0.1])
+    assert epoch_decay(1)(0) == 1.0  # a one-epoch schedule runs at lr
 
 
 @pytest.mark.parametrize("cls", [LitOneMatrixDEQ, LitEvenOddDEQ])

@@ -1,6 +1,7 @@
 """Paper settings compute what they computed before the fast mode and the refactors.
 
-The reference file holds the state, the residual trace and the parameter gradients of four
+The reference file holds the forward solve's state, its residual trace and the parameter
+gradients of ``z.sum()`` (through the backward's steps) of four
 small Hopfield DEQs (HAM/CHN, OneMatrix/EvenOdd, Picard/Anderson, damped and not) at fixed
 iteration counts, in float64, computed by commit 0c2d9ce (before that work) with the
 construction below. To make it again, run this file with that commit's packages first on the
@@ -78,12 +79,14 @@ def solve(name: str, perturbation_seed: int | None = None) -> dict[str, torch.Te
     x = torch.from_numpy(np.random.Generator(np.random.PCG64(1)).uniform(0, 1, (8, 784)))
     deq = DEQ(f, None, forward_kwargs=dict(solver=solver, iter=30), damping_factor=damping,
               backward_kwargs=dict(solver="picard", iter=6, method="backprop"))
+    with torch.no_grad():
+        z_star = deq(x)  # the forward solve's result (also the value in training now)
     traces = []
     with deq.observe(on_solve=lambda stats: traces.append(stats.trace)):
         z = deq(x)
     z.sum().backward()
     grads = [p.grad for p in f.parameters()]
-    return {"z": z.detach(), "trace": traces[0],
+    return {"z": z_star, "trace": traces[0],
             "grad_sums": torch.stack([g.sum() for g in grads]),
             "grad_norms": torch.stack([g.norm() for g in grads])}
 
