@@ -255,6 +255,10 @@ def test_sweep_killed_mid_training_resumes_from_its_last_epoch(tmp_path):
     log1 += first.communicate()[0]
     victim = tmp_path / "table2" / "HAM-EO-DEQ-L3-s0"
     assert json.loads((victim / "summary.json").read_text())["status"] == "running"
+    from paper_figures.runs import local_records
+    from runner.store import live_status
+    assert live_status(victim) == "killed"  # shown as killed: no process holds its lock
+    assert {r.name: r.status for r in local_records(tmp_path)}["HAM-EO-DEQ-L3-s0"] == "killed"
 
     second = subprocess.run(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True,
                             timeout=600)
@@ -365,7 +369,7 @@ def test_the_last_line_counts_runs_another_process_finished_meanwhile(tmp_path, 
     runs = sweep.plan(args)
     names = [cfg.name for cfg in runs]
     now = {names[1]: "finished", names[2]: "diverged", names[3]: "running"}
-    monkeypatch.setattr(sweep, "status_of", lambda d: now.get(Path(d).name))
+    monkeypatch.setattr(sweep, "live_status", lambda d: now.get(Path(d).name))
     monkeypatch.setattr(sweep, "is_finished", lambda d: now.get(Path(d).name) == "finished")
     outcome = sweep.Outcome(finished=[names[0]], busy=names[1:])
     outcome.settle(runs)
@@ -376,6 +380,24 @@ def test_the_last_line_counts_runs_another_process_finished_meanwhile(tmp_path, 
     store = sweep.Outcome.of_store(runs)
     assert (store.finished, store.diverged, store.busy) == ([names[1]], [names[2]],
                                                             [names[0], names[3]])
+
+
+def test_a_run_whose_trainer_was_killed_is_reported_killed_not_in_training(tmp_path):
+    """A run skipped because another process held it, whose process was then killed with
+    kill -9: "running" in its summary, no live lock. The last line says killed."""
+    args = sweep.parse_args(["--rows", "HAM", "--layers", "3", "--seeds", "0,1",
+                             "--results", str(tmp_path), "--no-wandb"])
+    runs = sweep.plan(args)
+    for cfg in runs:
+        atomic_write_json(cfg.directory / "summary.json", {"status": "running"})
+    from runner.store import RunLock
+    with RunLock(runs[1].directory):  # its trainer is alive
+        outcome = sweep.Outcome(busy=[cfg.name for cfg in runs])
+        outcome.settle(runs)
+    assert (outcome.killed, outcome.busy) == (["HAM-L3-s0"], ["HAM-L3-s1"])
+    line = outcome.report("table2", 2)
+    assert "killed: HAM-L3-s0" in line and "another process: HAM-L3-s1" in line
+    assert "still being trained by another process: HAM-L3-s0" not in line
 
 
 @pytest.mark.slow
