@@ -118,7 +118,9 @@ def unreadable_panels(records: Sequence[RunRecord], prefer: Sequence[str]) -> li
     for model, depth in (family for families in FIGURES.values() for family in families):
         for structure, solver in ((s, v) for s in STRUCTURES for v in SOLVERS):
             exp = choose(panel_rows(model, depth, structure, solver), prefer)
-            claimed = [r for r in records if exp is not None and r.status in (FINISHED, DAMAGED)
+            if exp is None:
+                continue
+            claimed = [r for r in records if r.status in (FINISHED, DAMAGED)
                        and (r.row, r.depth) == (exp.row, exp.depth)]
             if claimed and not any(map(_readable, claimed)):
                 found.append(f"{exp.key} ({', '.join(sorted(r.name for r in claimed))})")
