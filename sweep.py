@@ -38,8 +38,9 @@ from runner.eta import estimate, measured_seconds
 from runner.wandb_sweep import (ENDED_STATES, SWEEP_RECORD, existing_sweep,
                                  has_wandb_key, prepare_agents, run_agent, sweep_config,
                                  sweep_path, wandb_reachable)
-from runner.store import (DIVERGED, FAILED, FINISHED, INTERRUPTED, RUNNING, RunLocked,
-                          atomic_write_json, is_finished, is_locked, read_json, status_of)
+from runner.store import (DIVERGED, FAILED, FINISHED, INTERRUPTED, KILLED, RUNNING, RunLocked,
+                          atomic_write_json, is_finished, is_locked, live_status, read_json,
+                          status_of)
 
 QUICK = dict(dataset="synthetic", epochs=1, limit_train_batches=2, limit_test_batches=2,
              synthetic_sizes=synthetic_sizes("256,128"), name="quick")
@@ -177,19 +178,22 @@ class Outcome:
     diverged: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)  # trained by another process
+    killed: list[str] = field(default_factory=list)  # that process died (kill -9) meanwhile
 
     def settle(self, runs: list[RunConfig]) -> None:
         """The runs another process was training when this one reached them may have finished
-        (or diverged) there since: count them as they are now."""
+        (or diverged) there since, or that process was killed: count them as they are now."""
         by_name, busy = {cfg.name: cfg for cfg in runs}, self.busy
         self.busy = []
         for name in busy:
             directory = by_name[name].directory
-            status = status_of(directory)
+            status = live_status(directory)
             if status == FINISHED and is_finished(directory):
                 self.finished.append(name)
             elif status == DIVERGED:
                 self.diverged.append(name)
+            elif status == KILLED:
+                self.killed.append(name)
             else:
                 self.busy.append(name)
 
@@ -203,6 +207,7 @@ class Outcome:
     def report(self, name: str, total: int) -> str:
         line = f"sweep {name}: {len(self.finished)} of {total} runs finished"
         for label, names in (("diverged", self.diverged), ("failed", self.failed),
+                             ("killed", self.killed),
                              ("still being trained by another process", self.busy)):
             if names:
                 line += f"; {label}: {', '.join(names)}"
@@ -343,7 +348,7 @@ def run_workers(runs: list[RunConfig], args: SweepOptions, argv: list[str],
         outcome = Outcome.of_store(runs)
         outcome.busy = []  # every worker is done: what is not finished now was not trained
         unfinished = [cfg.name for cfg in runs
-                      if cfg.name not in outcome.finished + outcome.diverged]
+                      if cfg.name not in outcome.finished + outcome.diverged + outcome.killed]
         line = outcome.report(args.name, len(runs)).replace(
             f"sweep {args.name}:", f"sweep {args.name}, all {args.workers} workers done:", 1)
         print(line + (f"; not finished: {', '.join(unfinished)}" if unfinished else ""),

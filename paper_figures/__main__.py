@@ -50,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         records = records_for(args)
         # From W&B the figures read the runs' mirrored files; a local store serves both.
         figure_records = records_for(args, files=True) if args.wandb else records
+        trajectories.check_panels(figure_records, trajectories.preferred(args))
     except SourceError as err:
         return error(parser.prog, err)
     warn_damaged(records)

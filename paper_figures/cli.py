@@ -48,7 +48,8 @@ def tol_label(tol: float = CONVERGENCE_TOL) -> str:
 
 class SourceError(Exception):
     """The runs cannot make a table or a figure: a missing results directory, a sweep that is
-    not there, or no finished run. The message is one line and names the directory."""
+    not there, no finished run, or a figure panel none of whose runs can be read. The
+    message is one line and names the directory or the runs."""
 
 
 def check_store(results: str | Path, sweep: str) -> None:
@@ -123,8 +124,8 @@ def run_script(parser: argparse.ArgumentParser, argv: Sequence[str] | None, repo
     args = parser.parse_args(argv)
     try:
         records = records_for(args, files=files)
+        warn_damaged(records)
+        report(records, args)  # may refuse too, before it writes (the figures' panels)
     except SourceError as err:
         return error(parser.prog, err)
-    warn_damaged(records)
-    report(records, args)
     return 0

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from deq_modules.experiments import Experiment, get_experiment, split_key, split_run_name
+from runner.config import device_count
 from runner.store import (CONFIG, FAILED, FINISHED, INTERRUPTED, ITERS_RULE, ITERS_RULE_KEY,
                           RUNNING, STATUSES, SUMMARY, TEST_ACC, TEST_ITERS, TEST_METRICS,
                           TEST_NOT_CONVERGED, TRAJECTORIES, atomic_write_json, finished_problems,
-                          iter_runs, read_json)
+                          is_finite_number, iter_runs, live_status, read_json)
 
 # Logged names (DESIGN.md, "Logged names"): one name per quantity, from the store's format.
 ACC_KEY, ITERS_KEY, NOT_CONVERGED_KEY = TEST_ACC, TEST_ITERS, TEST_NOT_CONVERGED
@@ -129,6 +130,9 @@ def settings_of(config: Mapping[str, Any]) -> str | None:
         if config.get(key) is not None:
             parts.append(f"{what} limited to {config[key]}")
     parts.append("fast mode in training" if config.get("fast") else "paper settings")
+    ranks = device_count(config.get("devices", 1))
+    if ranks != 1:  # DDP: N x the batch per step, another run than the paper's
+        parts.append(f"devices {ranks} (DDP)")
     return ", ".join(parts)
 
 
@@ -142,9 +146,9 @@ def record_from(name: str, config: Mapping[str, Any], summary: Mapping[str, Any]
     """
     problems = list(problems)
     acc, iters = _number(summary.get(ACC_KEY)), _number(summary.get(ITERS_KEY))
-    if status == FINISHED and not problems and (acc is None or iters is None):
-        lacking = [k for k in (ACC_KEY, ITERS_KEY) if _number(summary.get(k)) is None]
-        problems.append(f"summary lacks {', '.join(lacking)}")
+    if status == FINISHED and not problems and not all(map(is_finite_number, (acc, iters))):
+        lacking = [k for k in (ACC_KEY, ITERS_KEY) if not is_finite_number(_number(summary.get(k)))]
+        problems.append(f"summary lacks a finite {', '.join(lacking)}")
     if status == FINISHED and problems:
         status = DAMAGED
     if status == FINISHED and summary.get(ITERS_RULE_KEY) != ITERS_RULE:
@@ -164,7 +168,8 @@ def local_records(results: str | Path, sweep: str | None = None) -> list[RunReco
 
     A run directory with a config but no readable summary (killed between the two writes, or
     damaged), or with a status the store does not know, is :data:`INCOMPLETE`; a finished run
-    whose files fail :func:`runner.store.finished_problems` is :data:`DAMAGED`.
+    whose files fail :func:`runner.store.finished_problems` is :data:`DAMAGED`; a run that
+    says running while no process trains it is :data:`~runner.store.KILLED`.
     """
     records = []
     for directory in iter_runs(results, sweep):
@@ -173,6 +178,8 @@ def local_records(results: str | Path, sweep: str | None = None) -> list[RunReco
         status = (summary or {}).get("status")
         if status not in STATUSES:
             status = INCOMPLETE
+        else:
+            status = live_status(directory, status)
         problems = finished_problems(directory) if status == FINISHED else []
         records.append(record_from(directory.name, config, summary or {}, status, directory,
                                    problems))

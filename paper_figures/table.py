@@ -8,8 +8,9 @@ Writes ``table2.md`` (also printed), ``table2.tex`` (a booktabs tabular) and ``t
 seeds of the iterations to converge, of the test accuracy (%) and of the test samples that
 never converged, the speedup against the row's base at the same depth (Table 2's definition)
 and the number of seeds. Rows without results stay in the table with "—"; a single seed has
-no std ("-"). Runs that failed, diverged, were interrupted, are still running or are damaged
-(finished, but their files do not hold up) are never averaged: they are counted and named, so
+no std ("-"). Runs that failed, diverged, were interrupted, are still running, were killed
+(``running`` in their summary, but no process holds their lock) or are damaged (finished, but
+their files or numbers do not hold up) are never averaged: they are counted and named, so
 the table shows what is missing. A missing store, an unknown sweep or no finished run at all
 is an error, and nothing is written.
 """
@@ -24,7 +25,8 @@ from pathlib import Path
 from typing import Sequence
 
 from deq_modules.experiments import EXPERIMENTS, Experiment, get_experiment, speedup
-from runner.store import DIVERGED, FAILED, FINISHED, INTERRUPTED, RUNNING, atomic_write_text
+from runner.store import (DIVERGED, FAILED, FINISHED, INTERRUPTED, KILLED, RUNNING,
+                          atomic_write_text)
 
 from .cli import add_source_args, run_script, source_label, tol_label
 from .runs import DAMAGED, INCOMPLETE, OLD_COUNT, RunRecord
@@ -32,7 +34,7 @@ from .runs import DAMAGED, INCOMPLETE, OLD_COUNT, RunRecord
 MISSING = "—"  # an em dash: no result of ours for this cell
 NO_STD = "-"  # the standard deviation of a single seed
 # Statuses that are never averaged, in the order the notes list them (damaged: one line each).
-NOT_COUNTED = (FAILED, DIVERGED, INTERRUPTED, RUNNING, INCOMPLETE, OLD_COUNT)
+NOT_COUNTED = (FAILED, DIVERGED, INTERRUPTED, RUNNING, KILLED, INCOMPLETE, OLD_COUNT)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -104,7 +106,7 @@ def table_rows(records: Sequence[RunRecord]) -> list[RowStats]:
 
 def status_lines(records: Sequence[RunRecord]) -> list[str]:
     """What the table counted and what it did not (failed, diverged, interrupted, running,
-    incomplete, damaged with the reason, not in the registry)."""
+    killed, incomplete, damaged with the reason, not in the registry)."""
     finished = [r for r in records if r.usable]
     lines = [f"{len(records)} runs read; {len(finished)} finished and counted."]
     for status in NOT_COUNTED:

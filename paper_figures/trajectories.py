@@ -11,7 +11,9 @@ text width, with a legend of the marks. Each panel is titled with its Table 2 ro
 title it says how many seeds it pools and how many of their test samples (all seeds together;
 the table gives the mean per seed) never met the criterion. Panels read the runs'
 ``trajectories.npz`` (see ``runner.result_files``), so no model is run again; a panel without
-results says so instead of failing, and an unreadable file is skipped with a warning.
+results says so instead of failing, and an unreadable file is skipped with a warning. A panel
+whose row has finished runs but none with a readable file is refused (one error line, nothing
+written): drawn empty, it would replace a good figure with a wrong one.
 """
 from __future__ import annotations
 
@@ -30,10 +32,10 @@ from matplotlib.lines import Line2D
 from deq_modules.experiments import CONVERGENCE_TOL, EXPERIMENTS, Experiment
 from runner.result_files import (COUNTS_LABEL, HEATMAP_CMAP, TRAJECTORY_KEYS, BadResultFile,
                                  load_npz, merge_trajectories, plot_trajectory_heatmap)
-from runner.store import TRAJECTORIES
+from runner.store import FINISHED, TRAJECTORIES
 
-from .cli import add_source_args, run_script, tol_label, warn
-from .runs import RunRecord
+from .cli import SourceError, add_source_args, run_script, tol_label, warn
+from .runs import DAMAGED, RunRecord
 from .style import NORMAL, SMALL, TEXT_WIDTH, fix_tick_sizes, paper_style, save
 
 STRUCTURES = ("onematrix", "evenodd")  # grid rows: plain, EO
@@ -95,6 +97,46 @@ def pooled_trajectories(records: Sequence[RunRecord], exp: Experiment
         used.append(r)
         data.append(d)
     return (merge_trajectories(data), used) if data else (None, [])
+
+
+def _readable(record: RunRecord) -> bool:
+    """Whether a sound finished run has a trajectories file that can be pooled."""
+    path = record.directory / TRAJECTORIES if record.usable and record.directory else None
+    if path is None or not path.is_file():
+        return False
+    try:
+        load_npz(path, POOLED_KEYS)
+    except BadResultFile:
+        return False
+    return True
+
+
+def unreadable_panels(records: Sequence[RunRecord], prefer: Sequence[str]) -> list[str]:
+    """The panels of every figure whose row has finished runs (damaged ones included) but
+    none with a readable trajectories file, each as ``KEY (run, run)``."""
+    found = []
+    for model, depth in (family for families in FIGURES.values() for family in families):
+        for structure, solver in ((s, v) for s in STRUCTURES for v in SOLVERS):
+            exp = choose(panel_rows(model, depth, structure, solver), prefer)
+            if exp is None:
+                continue
+            claimed = [r for r in records if r.status in (FINISHED, DAMAGED)
+                       and (r.row, r.depth) == (exp.row, exp.depth)]
+            if claimed and not any(map(_readable, claimed)):
+                found.append(f"{exp.key} ({', '.join(sorted(r.name for r in claimed))})")
+    return found
+
+
+def check_panels(records: Sequence[RunRecord], prefer: Sequence[str]) -> None:
+    """Raise :class:`~paper_figures.cli.SourceError` when a panel's runs finished but none can
+    be read: before anything is written, so that a good figure is never replaced by one with
+    an empty panel."""
+    panels = unreadable_panels(records, prefer)
+    if panels:
+        raise SourceError(
+            f"no readable {TRAJECTORIES} among the finished runs of {'; '.join(panels)}; "
+            "nothing was written: train them again (python sweep.py retrains damaged runs; "
+            "python train.py --experiment KEY --seed N --rerun any one)")
 
 
 def _not_converged_at_tol(data: dict) -> int | None:
@@ -218,9 +260,16 @@ def add_figure_args(parser: argparse.ArgumentParser) -> None:
                              f"{', '.join(DEFAULT_PREFER)}; CHN-3ep gives the paper's Fig. 3)")
 
 
+def preferred(args: argparse.Namespace) -> tuple[str, ...]:
+    """The rows to show where several fit a panel: ``--prefer``'s, then the default."""
+    return tuple(args.prefer or ()) + DEFAULT_PREFER
+
+
 def report(records: Sequence[RunRecord], args: argparse.Namespace) -> None:
-    """Write the figures for checked ``records`` and say what each pooled."""
-    prefer = tuple(args.prefer or ()) + DEFAULT_PREFER
+    """Write the figures for checked ``records`` and say what each pooled; refuses
+    (:func:`check_panels`) before writing when a panel's runs cannot be read."""
+    prefer = preferred(args)
+    check_panels(records, prefer)
     for path, counts in write_figures(records, args.out, prefer).items():
         detail = ", ".join(f"{key} {n}" for key, n in counts.items())
         print(f"wrote {path} and .png (seeds pooled: {detail})")

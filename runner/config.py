@@ -20,15 +20,50 @@ from .store import check_name, jsonable, run_dir
 
 WANDB_MODES = ("online", "offline", "disabled")
 # The keys of config.json that decide what a run computes: a stored run is reused only if they
-# match (where the results go, the device and the W&B settings do not change the numbers).
+# match. Every option, audited (issue 24):
+#
+#   option                        changes the result?   why
+#   row, depth, experiment        yes (defining)        the model, solver, iterations, lr, batch
+#   seed, dataset, synthetic_kwargs, epochs, lr         yes (defining)   the data and training
+#   limit_train/test_batches      yes (defining)        what is trained and tested on
+#   fast, fast_mode               yes (defining)        tolerance, backward, bf16/adjoint
+#                                                       precision, validation: another gradient
+#   devices                       yes (defining)        DDP over N ranks: each step averages N
+#                                                       batches (N x the batch, 1/N the steps)
+#                                                       and the test runs N x the batch limit
+#                                                       on N shards (padded); compared as the
+#                                                       number of ranks (2 == "0,1")
+#   accelerator, compile_f,       rounding only         other kernels, the same arithmetic;
+#   fused_anderson, threads                             training can amplify rounding (README,
+#                                                       "--workers"), so these are recorded
+#                                                       (config.json, summary's "device") and a
+#                                                       run may resume on another machine
+#   data_dir, download            no                    where the same (checked) files are
+#   results, sweep, wandb_*,      no                    where results and logs go, labels
+#   extra_tags
 DEFINING_KEYS = ("row", "depth", "seed", "dataset", "epochs", "limit_train_batches",
                  "limit_test_batches", "synthetic_kwargs", "lr", "fast", "fast_mode",
-                 "experiment")
+                 "experiment", "devices")
 Batches = int | float | None
 # Keys of FAST_MODE that fast runs stored before them lack, with the value that computes what
 # those runs computed (a run interrupted then resumes; "validation" is not here: before it
 # existed, fast runs validated with the paper's settings, which the default "fast" is not).
 FAST_MODE_BEFORE_KEYS = {"adjoint_precision": None}
+
+
+def device_count(devices: Any) -> Any:
+    """The number of processes ``devices`` trains with, where the value says it (``2``,
+    ``"2"``, ``"0,1"``: 2); a value that leaves it to the machine (``"auto"``, ``"-1"``) as
+    it is. How :meth:`RunConfig.differences` compares ``devices``."""
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        return devices
+    text = str(devices).strip()
+    if text.isdigit():
+        return int(text)
+    ids = [part.strip() for part in text.split(",") if part.strip()]
+    if "," in text and ids and all(part.isdigit() for part in ids):
+        return len(ids)  # Lightning's list of device indices
+    return text
 
 
 def check_batches(value: Any, flag: str) -> Batches:
@@ -164,8 +199,14 @@ class RunConfig:
         stored = dict(stored)
         if isinstance(stored.get("fast_mode"), dict):  # keys added later, at what they did then
             stored["fast_mode"] = {**FAST_MODE_BEFORE_KEYS, **stored["fast_mode"]}
+        compared = {"devices": device_count}  # the same number of ranks however written
+
+        def same(key: str) -> bool:
+            as_compared = compared.get(key, lambda value: value)
+            return as_compared(stored.get(key)) == as_compared(mine.get(key))
+
         return [f"{k}: stored {stored.get(k)!r}, now {mine.get(k)!r}"
-                for k in DEFINING_KEYS if stored.get(k) != mine.get(k)]
+                for k in DEFINING_KEYS if not same(k)]
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **run: Any) -> "RunConfig":

@@ -7,7 +7,9 @@
 - a run already ``finished`` (and sound) with the same settings is returned as it is; one
   stored with other settings is refused (:class:`ConfigMismatch`), never silently reused;
 - one process at a time trains a run (:class:`~runner.store.RunLock`);
-- a run killed or interrupted resumes from the checkpoint of its last finished epoch;
+- a run killed or interrupted resumes from the checkpoint of its last finished epoch; a
+  checkpoint that cannot be read is kept beside as ``last.ckpt.damaged`` and the run starts
+  from its first epoch (nothing is deleted, and no restart fails on it again);
 - a loss that goes non-finite ends the run as ``diverged`` (epoch and batch recorded);
 - SIGTERM/SIGINT end it as ``interrupted``; any other error as ``failed`` with its traceback.
 
@@ -41,13 +43,15 @@ from deq_modules.lit import lit_module_for
 from .config import RunConfig
 from .history import EpochHistory, ProgressLog, SkipFinalValidation, mean_epoch_seconds
 from .result_files import plot_trajectory_heatmap, save_npz
-from .safety import DivergenceGuard, Diverged, EpochCheckpoint, Interrupted
+from .safety import (DivergenceGuard, Diverged, EpochCheckpoint, Interrupted,
+                     unreadable_checkpoint)
 from .store import (CONFIG, DIVERGED, ENERGY, FAILED, FINISHED, INTERRUPTED, LAST_CHECKPOINT,
                     ITERS_RULE, ITERS_RULE_KEY, LOCK, METRICS, RUNNING, SUMMARY, TEST_ACC,
                     TEST_LOSS, TEST_METRICS, TRAJECTORIES, RunLock,
                     atomic_write_json, finished_problems, read_json, summary_of)
 
 SUMMARY_KEYS = (*TEST_METRICS, "test/rel_residual")
+DAMAGED_SUFFIX = ".damaged"  # a resume checkpoint that cannot be read, set aside
 
 
 class ConfigMismatch(ValueError):
@@ -102,6 +106,7 @@ def run_experiment(cfg: RunConfig, rerun: bool = False) -> dict[str, Any]:
                   "it again", flush=True)
             discard(out)
             stored = None
+        _set_aside_unreadable_checkpoint(out, cfg.name)
         run_id = cfg.wandb_run_id or (stored or {}).get("wandb_run_id")
         if cfg.wandb_mode != "disabled" and run_id is None:
             from .wandb_run import new_run_id
@@ -140,6 +145,20 @@ def run_experiment(cfg: RunConfig, rerun: bool = False) -> dict[str, Any]:
 
             finish_wandb(run, summary, out)
         return summary
+
+
+def _set_aside_unreadable_checkpoint(out: Path, name: str) -> None:
+    """A resume checkpoint that cannot be read would fail this start and every later one:
+    rename it to ``last.ckpt.damaged`` (kept for a look, never deleted; an older one there is
+    replaced) so that the run trains from its first epoch."""
+    checkpoint = out / LAST_CHECKPOINT
+    problem = unreadable_checkpoint(checkpoint) if checkpoint.exists() else None
+    if problem is None:
+        return
+    aside = checkpoint.with_name(checkpoint.name + DAMAGED_SUFFIX)
+    os.replace(checkpoint, aside)
+    print(f"{name}: {LAST_CHECKPOINT.as_posix()} cannot be read ({problem}); kept as "
+          f"{aside.relative_to(out).as_posix()}, training from the first epoch", flush=True)
 
 
 def _publish_for_agent(cfg: RunConfig, out: Path, stored: dict[str, Any]) -> None:

@@ -35,6 +35,17 @@ class EpochCheckpoint(Callback):
             os.replace(tmp, self.path)
 
 
+def unreadable_checkpoint(path: Path) -> str | None:
+    """Why the checkpoint at ``path`` cannot be resumed from (cut short, not a checkpoint,
+    unreadable), or ``None`` when it loads. Loads it once on the CPU, as the resume will."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)  # our own file
+    except Exception as err:  # noqa: BLE001 - any reason it cannot be read is the answer
+        first = (str(err).strip().splitlines() or [""])[0]  # torch's messages run on
+        return f"{type(err).__name__}: {first}" if first else type(err).__name__
+    return None
+
+
 class Diverged(RuntimeError):
     """Training produced a non-finite (or absurdly large) loss."""
 

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -28,6 +29,9 @@ from typing import Any, Callable, Iterator
 FINISHED, FAILED, RUNNING, DIVERGED, INTERRUPTED = (
     "finished", "failed", "running", "diverged", "interrupted")
 STATUSES = (FINISHED, FAILED, RUNNING, DIVERGED, INTERRUPTED)
+# Shown, never written: a run whose summary says ``running`` while no process holds its lock
+# (kill -9, out of memory, the machine went down). A restart resumes it. See live_status.
+KILLED = "killed"
 # What a finished summary must hold: the Table 2 numbers.
 TEST_ACC, TEST_LOSS, TEST_ITERS, TEST_NOT_CONVERGED = (
     "test/acc", "test/loss", "test/iters_to_converge", "test/not_converged")
@@ -42,6 +46,9 @@ CONFIG, SUMMARY, METRICS = "config.json", "summary.json", "metrics.csv"
 TRAJECTORIES, ENERGY = "trajectories.npz", "energy.npz"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 LOCK = ".lock"
+# How long acquiring a run's lock keeps trying before it concludes that another trainer holds
+# it: a reader's look (is_locked) holds it for microseconds, a trainer for hours.
+LOCK_TRIES, LOCK_RETRY_S = 5, 0.05
 
 
 def _atomic_write(path: os.PathLike | str, write: Callable[[Any], None], mode: str) -> None:
@@ -128,7 +135,9 @@ def iter_runs(results: os.PathLike | str, sweep: str | None = None) -> Iterator[
         yield from sorted(p.parent for p in root.rglob(CONFIG))
 
 
-def _csv_problem(path: Path) -> str | None:
+def _csv_problem(path: Path, epochs: Any) -> str | None:
+    """What is wrong with a finished run's ``metrics.csv``, which holds one row per epoch of
+    the ``epochs`` its summary says were trained (not checked when the summary does not say)."""
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -136,16 +145,57 @@ def _csv_problem(path: Path) -> str | None:
         return f"{path.name} unreadable ({err})"
     if not rows or any(None in r or None in r.values() for r in rows):
         return f"{path.name} is empty or truncated"
+    if isinstance(epochs, int) and not isinstance(epochs, bool):
+        present = {r.get("epoch") for r in rows}
+        found = sum(str(e) in present for e in range(epochs))
+        if found < epochs:  # rows were lost: the history is not the run's
+            return f"{path.name} has {found} epoch rows, but {epochs} epochs were trained"
     return None
+
+
+def _zip_problem(directory: Path, name: os.PathLike | str, what: str,
+                 verify: bool) -> str | None:
+    """What is wrong with the zip archive ``directory/name`` (a checkpoint, an ``.npz``):
+    ``None`` when it is absent or whole, i.e. its index reads and, with ``verify``, every
+    member reads back with its checksum (reading it all: for small files, not checkpoints)."""
+    path = directory / name
+    if not path.exists():
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:  # reads the index: a cut-short file has none
+            if not verify or archive.testzip() is None:
+                return None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        pass
+    return f"{Path(name).as_posix()} is truncated or not {what}"
+
+
+def _metric_problems(summary: dict[str, Any]) -> list[str]:
+    """The test metrics a finished summary lacks or holds as no finite number (JSON writes a
+    NaN as the string "nan", which must never be averaged)."""
+    missing = [k for k in TEST_METRICS if k not in summary]
+    problems = [f"{SUMMARY} lacks {', '.join(missing)}"] if missing else []
+    for key in TEST_METRICS:
+        if key in summary and not is_finite_number(summary[key]):
+            problems.append(f"{SUMMARY} {key} is not a finite number ({summary[key]!r})")
+    return problems
+
+
+def is_finite_number(value: Any) -> bool:
+    """A metric that can be averaged: an int or float (not a bool, not a string), finite."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def finished_problems(directory: os.PathLike | str) -> list[str]:
     """What is wrong with a run that claims to be finished; ``[]`` when it is sound.
 
     A finished run needs a readable ``config.json`` naming its row, depth and seed, a summary
-    with every test metric, and a readable ``metrics.csv`` with one row per epoch. Its
-    checkpoint may be absent (a store copied without checkpoints still makes the table) but a
-    present one must be a whole zip archive, as torch writes them.
+    with every test metric as a finite number, and a readable ``metrics.csv`` with one row per
+    epoch trained. Its checkpoint and ``trajectories.npz`` may be absent (a store copied
+    without checkpoints still makes the table) but present ones must be whole zip archives, as
+    torch and numpy write them (an unreadable ``trajectories.npz`` would leave a figure's
+    panel empty).
     """
     directory = Path(directory)
     problems = []
@@ -157,18 +207,22 @@ def finished_problems(directory: os.PathLike | str) -> list[str]:
         problems.append(f"{CONFIG} missing or unreadable")
     elif not all(k in config for k in ("row", "depth", "seed")):
         problems.append(f"{CONFIG} lacks row/depth/seed")
-    missing = [k for k in TEST_METRICS if k not in summary]
-    if missing:
-        problems.append(f"{SUMMARY} lacks {', '.join(missing)}")
+    problems += _metric_problems(summary)
     if not (directory / METRICS).exists():
         problems.append(f"{METRICS} missing")
     else:
-        problem = _csv_problem(directory / METRICS)
+        problem = _csv_problem(directory / METRICS, summary.get("epochs_trained"))
         if problem:
             problems.append(problem)
-    checkpoint = directory / LAST_CHECKPOINT
-    if checkpoint.exists() and not zipfile.is_zipfile(checkpoint):
-        problems.append(f"{LAST_CHECKPOINT} is truncated or not a checkpoint")
+    # energy.npz is left out on purpose: it feeds only the energy figure beyond the paper,
+    # which skips an unreadable one with a warning; retraining a run for it would cost hours.
+    # A checkpoint (20 MB at paper sizes) is checked by its index only: every sweep start and
+    # every table reads the whole store.
+    for name, what, verify in ((LAST_CHECKPOINT, "a checkpoint", False),
+                               (TRAJECTORIES, "an .npz", True)):
+        problem = _zip_problem(directory, name, what, verify)
+        if problem:
+            problems.append(problem)
     return problems
 
 
@@ -196,13 +250,18 @@ class RunLock:
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise RunLocked(f"{self.path.parent.name} is being trained by another process "
-                            f"({holder})") from None
+        for attempt in range(LOCK_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt + 1 < LOCK_TRIES:
+                    time.sleep(LOCK_RETRY_S)  # perhaps only a reader looking (is_locked)
+                    continue
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RunLocked(f"{self.path.parent.name} is being trained by another process "
+                                f"({holder})") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
         self._fd = fd
@@ -221,11 +280,34 @@ class RunLock:
 
 
 def is_locked(directory: os.PathLike | str) -> bool:
-    """Whether a live process trains this run now (without taking the lock for long)."""
-    if not (Path(directory) / LOCK).exists():
-        return False
+    """Whether a live process trains this run now.
+
+    It looks without writing: a shared lock taken and dropped at once on the lock file opened
+    read-only (so a store that is only readable can be looked at). A lock file that cannot be
+    opened counts as held: nothing can be said of its holder, so nothing is claimed.
+    """
+    path = Path(directory) / LOCK
     try:
-        RunLock(directory).acquire().release()
-    except RunLocked:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
         return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared lock, if it was taken
     return False
+
+
+def live_status(directory: os.PathLike | str, status: str | None = None) -> str | None:
+    """The status to show for a run: its summary's (``status``, when the caller has read it
+    already), except :data:`KILLED` for a run whose summary says ``running`` while no process
+    holds its lock (a trainer killed with ``kill -9`` cannot write its summary; the OS drops
+    its lock)."""
+    status = status_of(directory) if status is None else status
+    if status == RUNNING and not is_locked(directory):
+        return KILLED
+    return status

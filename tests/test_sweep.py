@@ -76,21 +76,28 @@ def test_tiny_offline_sweep_writes_the_store_and_reruns_nothing(capsys, tmp_path
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
 
 
-def test_failed_run_is_recorded_and_the_sweep_goes_on(capsys, tmp_path, offline_env):
+def test_failed_run_is_recorded_and_the_sweep_goes_on(capsys, tmp_path, offline_env,
+                                                      monkeypatch):
     args = ["--rows", "HAM-EO-DEQ", "--layers", "3", "--seeds", "0,1", *TINY, "--no-wandb",
             "--results", str(tmp_path)]
-    # A damaged checkpoint of seed 0 (as a full disk would leave): resuming from it fails.
+    # An error in seed 0's training (an unreadable checkpoint no longer is one: set aside).
     victim = sweep.plan(sweep.parse_args(args))[0]
-    atomic_write_json(victim.directory / "config.json", victim.to_dict())
-    (victim.directory / "checkpoints").mkdir(parents=True)
-    (victim.directory / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    import runner.run
+    train = runner.run._train_and_test
+
+    def fail_seed_0(cfg, *rest):
+        if cfg.seed == 0:
+            raise RuntimeError("training failed")
+        return train(cfg, *rest)
+
+    monkeypatch.setattr(runner.run, "_train_and_test", fail_seed_0)
     assert sweep.main(args) == 1
     out = capsys.readouterr().out
     assert "seed 0: FAILED after" in out
     assert "seed 1: finished in" in out and "failed: HAM-EO-DEQ-L3-s0" in out
     failed = json.loads((victim.directory / "summary.json").read_text())
     assert failed["status"] == "failed" and "Traceback" in failed["traceback"]
-    (victim.directory / "checkpoints" / "last.ckpt").unlink()
+    monkeypatch.setattr(runner.run, "_train_and_test", train)
     assert sweep.main(args) == 0  # the rerun redoes only the failed run
     out = capsys.readouterr().out
     assert "seed 1: already finished, skipped" in out and "seed 0: finished in" in out
@@ -255,6 +262,10 @@ def test_sweep_killed_mid_training_resumes_from_its_last_epoch(tmp_path):
     log1 += first.communicate()[0]
     victim = tmp_path / "table2" / "HAM-EO-DEQ-L3-s0"
     assert json.loads((victim / "summary.json").read_text())["status"] == "running"
+    from paper_figures.runs import local_records
+    from runner.store import live_status
+    assert live_status(victim) == "killed"  # shown as killed: no process holds its lock
+    assert {r.name: r.status for r in local_records(tmp_path)}["HAM-EO-DEQ-L3-s0"] == "killed"
 
     second = subprocess.run(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True,
                             timeout=600)
@@ -365,7 +376,7 @@ def test_the_last_line_counts_runs_another_process_finished_meanwhile(tmp_path, 
     runs = sweep.plan(args)
     names = [cfg.name for cfg in runs]
     now = {names[1]: "finished", names[2]: "diverged", names[3]: "running"}
-    monkeypatch.setattr(sweep, "status_of", lambda d: now.get(Path(d).name))
+    monkeypatch.setattr(sweep, "live_status", lambda d: now.get(Path(d).name))
     monkeypatch.setattr(sweep, "is_finished", lambda d: now.get(Path(d).name) == "finished")
     outcome = sweep.Outcome(finished=[names[0]], busy=names[1:])
     outcome.settle(runs)
@@ -376,6 +387,24 @@ def test_the_last_line_counts_runs_another_process_finished_meanwhile(tmp_path, 
     store = sweep.Outcome.of_store(runs)
     assert (store.finished, store.diverged, store.busy) == ([names[1]], [names[2]],
                                                             [names[0], names[3]])
+
+
+def test_a_run_whose_trainer_was_killed_is_reported_killed_not_in_training(tmp_path):
+    """A run skipped because another process held it, whose process was then killed with
+    kill -9: "running" in its summary, no live lock. The last line says killed."""
+    args = sweep.parse_args(["--rows", "HAM", "--layers", "3", "--seeds", "0,1",
+                             "--results", str(tmp_path), "--no-wandb"])
+    runs = sweep.plan(args)
+    for cfg in runs:
+        atomic_write_json(cfg.directory / "summary.json", {"status": "running"})
+    from runner.store import RunLock
+    with RunLock(runs[1].directory):  # its trainer is alive
+        outcome = sweep.Outcome(busy=[cfg.name for cfg in runs])
+        outcome.settle(runs)
+    assert (outcome.killed, outcome.busy) == (["HAM-L3-s0"], ["HAM-L3-s1"])
+    line = outcome.report("table2", 2)
+    assert "killed: HAM-L3-s0" in line and "another process: HAM-L3-s1" in line
+    assert "still being trained by another process: HAM-L3-s0" not in line
 
 
 @pytest.mark.slow

@@ -281,12 +281,15 @@ def test_online_and_offline_runs_have_the_same_identity(fake_wandb, tmp_path, mo
     assert stored["wandb_run_id"] == "agentrun9" and stored["wandb_mode"] == "online"
 
 
-def test_a_failed_run_closes_its_wandb_run(fake_wandb, tmp_path):
+def test_a_failed_run_closes_its_wandb_run(fake_wandb, tmp_path, monkeypatch):
     args = ["--experiment=HAM-L3", "--seed=0", *TINY, "--wandb", "offline",
             "--results", str(tmp_path)]
-    ckpt = tmp_path / "single" / "HAM-L3-s0" / "checkpoints" / "last.ckpt"
-    ckpt.parent.mkdir(parents=True)
-    ckpt.write_bytes(b"not a checkpoint")  # resuming from it fails
+    import runner.run
+
+    def fail(*_):  # an error in training (an unreadable checkpoint is set aside instead)
+        raise RuntimeError("training failed")
+
+    monkeypatch.setattr(runner.run, "_train_and_test", fail)
     with pytest.raises(Exception):
         train.main(args)
     (run,) = fake_wandb.runs

@@ -17,7 +17,7 @@ from custom_callbacks import EnergyTracker, ResidualTrajectories
 from deq_core import DEQ
 from deq_modules.experiments import CONVERGENCE_TOL
 from runner.result_files import save_npz
-from runner.store import FINISHED, atomic_write_json, atomic_write_text
+from runner.store import FINISHED, RUNNING, RunLock, atomic_write_json, atomic_write_text
 
 SWEEP = "table2"
 # (row, depth, seed) -> (test/iters_to_converge, test/acc as a fraction)
@@ -132,7 +132,8 @@ def write_run(root, row, depth, seed, summary, config_extra=None, trajectories=N
 def store(tmp_path, result_files):
     """A results store: FINISHED_RUNS (each with a trajectories file, alternating between the
     two real ones, and an energy file for HAM rows but NO_ENERGY), OTHER_RUNS (failed/running,
-    summary only); the store's root directory."""
+    summary only; a running run's lock is held, as its trainer would, for the test's length);
+    the store's root directory."""
     root = tmp_path / "results"
     for i, ((row, depth, seed), (iters, acc)) in enumerate(FINISHED_RUNS.items()):
         trajectories, energy = result_files[i % 2]
@@ -141,9 +142,14 @@ def store(tmp_path, result_files):
                   finished_summary(iters, acc, NOT_CONVERGED.get((row, depth, seed), 0),
                                    row=row, depth=depth, seed=seed),
                   trajectories=trajectories, energy=energy if has_energy else None)
+    locks = []
     for (row, depth, seed), status in OTHER_RUNS.items():
-        write_run(root, row, depth, seed, {"status": status}, metrics=None)
-    return root
+        directory = write_run(root, row, depth, seed, {"status": status}, metrics=None)
+        if status == RUNNING:  # without a live holder it would show as killed
+            locks.append(RunLock(directory).acquire())
+    yield root
+    for lock in locks:
+        lock.release()
 
 
 @pytest.fixture

@@ -1,5 +1,4 @@
 """Run records: which runs count, and what is said about those that do not."""
-import math
 
 import pytest
 
@@ -56,6 +55,7 @@ def test_a_finished_summary_without_test_metrics_is_a_warning_not_a_crash(store,
 
 
 def test_a_truncated_trajectories_file_is_skipped_with_a_warning(store, tmp_path, capsys):
+    """The run is damaged (the sweep trains it again): not counted, and not pooled."""
     path = store / "table2" / "HAM-L3-s0" / "trajectories.npz"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     out = tmp_path / "figures"
@@ -63,8 +63,9 @@ def test_a_truncated_trajectories_file_is_skipped_with_a_warning(store, tmp_path
     captured = capsys.readouterr()
     warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1
-    assert "HAM-L3-s0" in warnings[0] and str(path) in warnings[0]
+    assert "HAM-L3-s0" in warnings[0] and "trajectories.npz is truncated" in warnings[0]
     assert "HAM-L3 2" in captured.out
+    assert stats_by_key(store)["HAM-L3"].not_counted["damaged"] == ["HAM-L3-s0"]
     data, used = trajectories.pooled_trajectories(local_records(store, "table2"),
                                                   table.get_experiment("HAM", 3))
     assert sorted(r.seed for r in used) == [1, 2] and data["n_samples"] == 7 + 12
@@ -95,7 +96,9 @@ def test_records_that_cannot_be_counted_are_marked(tmp_path, fixtures):
     records = {r.name: r for r in local_records(root, "table2")}
     assert records["HAM-L3-s0"].status == records["HAM-L3-s3"].status == INCOMPLETE
     assert records["HAM-L3-s1"].status == DAMAGED
-    assert records["HAM-L3-s2"].usable and math.isnan(records["HAM-L3-s2"].iters)
+    # a NaN stored as JSON's "nan" is not a number to average: the run is damaged
+    assert records["HAM-L3-s2"].status == DAMAGED and records["HAM-L3-s2"].iters is None
+    assert "test/iters_to_converge is not a finite number" in records["HAM-L3-s2"].problems[0]
     assert not records["NOPE-L3-s0"].usable
     lines = table.status_lines(list(records.values()))
     assert "Not counted, incomplete: 2 (HAM-L3-s0, HAM-L3-s3)." in lines

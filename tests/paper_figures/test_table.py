@@ -201,3 +201,42 @@ def test_the_table_says_how_our_runs_were_trained(tmp_path, fixtures):
     paths = table.write_table(records, tmp_path / "out", "store")
     assert line in paths["md"].read_text()
     assert "mixed settings" in paths["tex"].read_text()
+
+
+def test_a_non_finite_accuracy_is_damaged_not_averaged(store, fixtures, tmp_path):
+    fixtures.write_run(store, "HAM", 3, 1, fixtures.finished_summary(11.0, float("nan")))
+    fixtures.write_run(store, "HAM-EO-DEQ", 3, 1, fixtures.finished_summary(7.0, float("inf")))
+    records = local_records(store, "table2")
+    rows = {s.exp.key: s for s in table.table_rows(records)}
+    assert rows["HAM-L3"].n == 2 and rows["HAM-L3"].acc_stats[0] == pytest.approx(97.85)
+    assert rows["HAM-L3"].not_counted["damaged"] == ["HAM-L3-s1"]
+    assert rows["HAM-EO-DEQ-L3"].n == 1
+    assert rows["HAM-EO-DEQ-L3"].acc_stats[0] == pytest.approx(98.1)
+    md = table.write_table(records, tmp_path, "test")["md"].read_text()
+    numbers = md.split("Not counted")[0]
+    assert "nan" not in numbers and "inf" not in numbers
+    assert "Not counted, damaged: HAM-L3-s1 (summary.json test/acc is not a finite number" in md
+
+
+def test_a_run_that_says_running_but_whose_process_is_gone_shows_as_killed(store, fixtures,
+                                                                          tmp_path):
+    """kill -9 (or a machine that went down) leaves "running" in summary.json and no live
+    lock: the table says killed, not running; the run whose trainer holds the lock stays
+    running."""
+    fixtures.write_run(store, "HAM", 3, 5, {"status": "running"}, metrics=None)
+    records = {r.name: r for r in local_records(store, "table2")}
+    assert records["HAM-L3-s5"].status == "killed" and records["HAM-L3-s4"].status == "running"
+    rows = {s.exp.key: s for s in table.table_rows(list(records.values()))}
+    assert rows["HAM-L3"].not_counted["killed"] == ["HAM-L3-s5"]
+    md = table.write_table(list(records.values()), tmp_path, "test")["md"].read_text()
+    assert "Not counted, running: 1 (HAM-L3-s4)." in md
+    assert "Not counted, killed: 1 (HAM-L3-s5)." in md
+    assert "| 3 (1 failed, 1 killed, 1 running) |" in md
+
+
+def test_runs_trained_on_several_devices_say_so_under_the_table():
+    from paper_figures.runs import settings_of
+    one = settings_of({"dataset": "mnist", "epochs": 1, "devices": 1})
+    assert one == "mnist, 1 epoch, paper settings"
+    assert settings_of({"dataset": "mnist", "epochs": 1, "devices": "0,1"}) == \
+        "mnist, 1 epoch, paper settings, devices 2 (DDP)"

@@ -127,3 +127,27 @@ def test_an_empty_store_still_gives_both_figures(tmp_path):
     assert all(n == 0 for counts in written.values() for n in counts.values())
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
         "fig3.pdf", "fig3.png", "fig4.pdf", "fig4.png"]
+
+
+def test_a_panel_whose_runs_are_all_unreadable_is_refused_and_the_figures_kept(store, tmp_path,
+                                                                             capsys):
+    """Runs of HAM-L3 finished, but none has a readable trajectories.npz: drawing its panel
+    empty would replace a good figure with a wrong one. One error line naming the panel and
+    its runs, exit 1, and fig3/fig4 as they were."""
+    out = tmp_path / "figures"
+    assert trajectories.main(["--results", str(store), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for seed in (0, 1, 2):
+        path = store / "table2" / f"HAM-L3-s{seed}" / "trajectories.npz"
+        path.write_bytes(path.read_bytes()[:100])
+    (store / "table2" / "HAM-L3-s1" / "trajectories.npz").unlink()  # missing counts too
+    capsys.readouterr()
+    assert trajectories.main(["--results", str(store), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    (error,) = [line for line in captured.err.splitlines() if "error:" in line]
+    assert "HAM-L3" in error and "HAM-L3-s0" in error and "HAM-L3-s1" in error
+    assert "nothing was written" in error
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    from paper_figures.__main__ import main as all_figures
+    assert all_figures(["--results", str(store), "--out", str(tmp_path / "all")]) == 1
+    assert not (tmp_path / "all").exists()  # the table is not written either

@@ -33,13 +33,39 @@ def test_quick_sizes_survive_the_subprocess_path():
 
 def test_differences_name_the_defining_settings_only():
     cfg = RunConfig(row="HAM", depth=3, seed=0, dataset="synthetic", epochs=1)
-    stored = {**cfg.to_dict(), "results": "elsewhere", "devices": 4, "wandb_run_id": "x",
-              "compile_f": True, "fused_anderson": True}
+    stored = {**cfg.to_dict(), "results": "elsewhere", "accelerator": "gpu", "wandb_run_id": "x",
+              "data_dir": "/elsewhere", "download": False, "wandb_mode": "offline",
+              "compile_f": True, "fused_anderson": True, "extra_tags": ["x"]}
     from runner.store import jsonable
     assert cfg.differences(jsonable(stored)) == []
     other = RunConfig(row="HAM", depth=3, seed=0, dataset="fashion-mnist", epochs=1)
     diff = other.differences(jsonable(stored))
     assert diff == ["dataset: stored 'synthetic', now 'fashion-mnist'"]
+
+
+@pytest.mark.parametrize("stored, now, same", [
+    (4, 1, False), (1, 2, False), (2, "0,1", True), ("1", 1, True), ("auto", 1, False),
+    ("auto", "auto", True),
+])
+def test_the_number_of_devices_defines_the_run(stored, now, same):
+    """DDP over N ranks trains on N x the batch per step and tests N x the batch limit: the
+    number of ranks is part of the run, however it was written (2 and "0,1" are both 2)."""
+    from runner.store import jsonable
+    cfg = RunConfig(row="HAM", depth=3, seed=0, dataset="synthetic", devices=now)
+    diff = cfg.differences(jsonable({**cfg.to_dict(), "devices": stored}))
+    assert diff == ([] if same else [f"devices: stored {stored!r}, now {now!r}"])
+
+
+def test_sweep_refuses_a_store_trained_on_another_number_of_devices(tmp_path, capsys):
+    args = ["--rows", "HAM", "--layers", "3", "--seeds", "0", "--dataset", "synthetic",
+            "--no-wandb", "--results", str(tmp_path), "--dry-run"]
+    (cfg,) = sweep.plan(sweep.parse_args(args))
+    from runner.store import atomic_write_json
+    atomic_write_json(cfg.directory / "config.json", cfg.to_dict())  # trained with 1 device
+    assert sweep.main([*args, "--devices", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "HAM-L3-s0: devices: stored 1, now 2" in err and "nothing was run" in err
+    assert sweep.main(args) == 0
 
 
 def test_fast_runs_stored_before_a_fast_mode_key_existed_still_match(monkeypatch):

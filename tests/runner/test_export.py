@@ -91,7 +91,8 @@ def test_the_copy_makes_the_same_table_as_the_store(sweep, tmp_path):
     """The same table, less the runs that were in progress (the store's table names them)."""
     results, _ = sweep
     export_sweep(results, "s", tmp_path / "docs" / "s")
-    ended = [r for r in local_records(results, "s") if r.status not in ("running", "interrupted")]
+    ended = [r for r in local_records(results, "s")
+             if r.status not in ("running", "killed", "interrupted")]
     original = table.write_table(ended, tmp_path / "a", "src")
     copy = table.write_table(local_records(tmp_path / "docs", "s"), tmp_path / "b", "src")
     for suffix in ("md", "tex", "csv"):

@@ -6,7 +6,7 @@ import pytest
 
 from runner.config import RunConfig
 from runner.run import ConfigMismatch, run_experiment
-from runner.store import RunLock, RunLocked, read_json
+from runner.store import RunLock, RunLocked, atomic_write_json, finished_problems, read_json
 
 
 def tiny(tmp_path, **kwargs) -> RunConfig:
@@ -67,3 +67,43 @@ def test_a_run_held_by_another_holder_is_not_touched(tmp_path):
         with pytest.raises(RunLocked, match="being trained by another process"):
             run_experiment(cfg)
     assert not (cfg.directory / "summary.json").exists()
+
+
+def test_a_stored_run_trained_on_other_devices_is_refused(tmp_path):
+    """DDP over N ranks splits each epoch over the ranks (N x the batch per step) and tests
+    N x ``limit_test_batches`` batches: another result, never reused as this one."""
+    cfg = tiny(tmp_path)
+    atomic_write_json(cfg.directory / "config.json", {**cfg.to_dict(), "devices": 4})
+    atomic_write_json(cfg.directory / "summary.json", {"status": "finished"})
+    with pytest.raises(ConfigMismatch, match="devices: stored 4, now 1"):
+        run_experiment(cfg)
+    assert read_json(cfg.directory / "summary.json") == {"status": "finished"}  # untouched
+
+
+def test_an_unreadable_resume_checkpoint_is_set_aside_and_the_run_starts_again(tmp_path, capsys):
+    """A killed run whose last.ckpt cannot be read (cut short) does not fail every restart:
+    the file is kept beside as last.ckpt.damaged, and the run trains from its first epoch."""
+    cfg = tiny(tmp_path)
+    atomic_write_json(cfg.directory / "config.json", cfg.to_dict())
+    atomic_write_json(cfg.directory / "summary.json", {"status": "running"})  # killed
+    checkpoint = cfg.directory / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"PK\x03\x04" + b"\0" * 200)  # a zip cut short
+    summary = run_experiment(cfg)
+    assert summary["status"] == "finished" and summary["resumed"] is False
+    assert epochs_in(cfg.directory) == ["0", "1"]
+    damaged = cfg.directory / "checkpoints" / "last.ckpt.damaged"
+    assert damaged.read_bytes() == b"PK\x03\x04" + b"\0" * 200  # kept, not deleted
+    out = capsys.readouterr().out
+    assert "checkpoints/last.ckpt cannot be read" in out and "last.ckpt.damaged" in out
+
+
+def test_a_finished_run_with_an_unreadable_trajectories_file_is_trained_again(tmp_path, capsys):
+    cfg = tiny(tmp_path)
+    first = run_experiment(cfg)
+    path = cfg.directory / "trajectories.npz"
+    path.write_bytes(path.read_bytes()[:100])
+    again = run_experiment(cfg)
+    assert "stored result is damaged (trajectories.npz is truncated" in capsys.readouterr().out
+    assert again["status"] == "finished" and again["wall_time_s"] != first["wall_time_s"]
+    assert finished_problems(cfg.directory) == []
