@@ -115,9 +115,12 @@ def parse_args(argv: list[str] | None = None) -> SweepOptions:
     args.name = args.name or "table2"
     try:
         args.experiments = select(args.rows, args.layers)
+        options = SweepOptions.from_namespace(args)
+        if not args.join:
+            plan(options)  # every run's settings checked (seed range, batch limits) up front
     except ValueError as err:
         p.error(str(err))
-    return SweepOptions.from_namespace(args)
+    return options
 
 
 def plan(args: SweepOptions) -> list[RunConfig]:
@@ -260,9 +263,11 @@ def run_local(runs: list[RunConfig], args: SweepOptions) -> int:
             outcome.busy.append(cfg.name)
             continue
         except Exception as err:  # noqa: BLE001 - record, report and go on with the sweep
+            from runner.run import failure_message
+
             outcome.failed.append(cfg.name)
             print(f"{tag}: FAILED after {time.monotonic() - start:.0f}s: "
-                  f"{type(err).__name__}: {err}", flush=True)
+                  f"{failure_message(cfg, err)}", flush=True)
             continue
         if summary.get("status") == DIVERGED:
             outcome.diverged.append(cfg.name)
@@ -459,6 +464,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print_plan(runs, args)
         return 0
+    from runner.run import hardware_problem
+
+    problem = hardware_problem(args.accelerator, args.devices)
+    if problem:
+        print(f"sweep.py: {problem}; nothing was run", file=sys.stderr)
+        return 2
     ensure_data(args)
     online = False
     if not (args.offline or args.no_wandb):

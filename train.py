@@ -13,9 +13,11 @@ Settings not given on the command line are the paper's (deq_modules/experiments.
 land in ``<results>/<name>/<run>/`` like the sweep's; the final test accuracy and iterations
 to converge are printed. Uses the GPU when there is one (``--accelerator auto``).
 
-Exit status: 0 finished (or diverged: recorded, not an error of the program), 1 failed,
-2 bad arguments or a stored run with other settings, 75 the run is being trained by another
-process, 128 + N interrupted by signal N (resumable).
+Exit status: 0 finished (or diverged: recorded, not an error of the program), 1 failed (one
+line says why and what to do; the traceback is in the run's summary.json), 2 bad arguments
+(settings no run can use included: a seed numpy cannot take, a batch fraction that leaves no
+batch, an accelerator this machine lacks) or a stored run with other settings, 75 the run is
+being trained by another process, 128 + N interrupted by signal N (resumable).
 """
 from __future__ import annotations
 
@@ -70,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from runner.history import quiet_lightning
-    from runner.run import ConfigMismatch, run_experiment
+    from runner.run import ConfigMismatch, failure_message, hardware_problem, run_experiment
     from runner.safety import Interrupted, install_signal_handlers
 
     quiet_lightning()
@@ -85,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"train.py: {err}", file=sys.stderr)
         return 2
+    problem = hardware_problem(cfg.accelerator, cfg.devices)
+    if problem:
+        print(f"train.py: {problem}", file=sys.stderr)
+        return 2
     install_signal_handlers()
     try:
         summary = run_experiment(cfg, rerun=args.rerun)
@@ -97,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as err:
         print(f"train.py: {cfg.name} {err}; run it again to resume", file=sys.stderr)
         return err.exit_code
+    except Exception as err:  # noqa: BLE001 - recorded by the run; one line here, as sweep.py
+        print(f"train.py: {cfg.name} failed: {failure_message(cfg, err)}", file=sys.stderr)
+        return 1
     if os.environ.get("LOCAL_RANK", "0") != "0":
         return 0  # a DDP worker: rank 0 reports
     if summary.get("status") == DIVERGED:

@@ -350,9 +350,31 @@ class DEQ(nn.Module):
             self.logger(name, stats.rel_residual.mean().detach())
 
     # -- forward -------------------------------------------------------------------------
+    def _drive(self, x: Tensor) -> Tensor:
+        """``Ux = f_module.preprocess_inputs(x)``, one row per sample: the state is
+        ``(batch, width)``, and a drive with more dimensions would fail, or worse broadcast,
+        somewhere inside ``f``; the error says which ``x`` the DEQ expects instead."""
+        def wrong_shape(what: str) -> ValueError:
+            batch = x.shape[0]
+            return ValueError(
+                f"x of shape {tuple(x.shape)}: {what}; the DEQ's state is (batch, "
+                f"{self._state_size() or 'width'}), so it takes x of shape (batch, features), "
+                f"e.g. x.reshape({batch}, -1), unless f_module.preprocess_inputs flattens x "
+                "itself")
+        try:
+            Ux = self.f_module.preprocess_inputs(x)
+        except RuntimeError as err:
+            if x.dim() == 2:
+                raise  # a width f_module does not take: its own message says so
+            raise wrong_shape(f"f_module.preprocess_inputs fails on it ({err})") from err
+        if Ux.dim() != 2 or Ux.shape[0] != x.shape[0]:
+            raise wrong_shape(f"f_module.preprocess_inputs makes a drive of shape "
+                              f"{tuple(Ux.shape)}, not (batch, features)")
+        return Ux
+
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.z_init)
-        Ux = self.f_module.preprocess_inputs(x)
+        Ux = self._drive(x)
         with torch.no_grad():
             step = self.step_map(Ux.detach())
             z_star, stats = self._solve(

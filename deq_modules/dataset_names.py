@@ -4,6 +4,12 @@ from __future__ import annotations
 
 DATASETS = ("emnist-mnist", "mnist", "fashion-mnist", "cifar10", "synthetic")
 NUM_CLASSES = 10  # every dataset here has ten classes
+# Images per split as each dataset is published: what the command lines check a batch limit
+# against before any file is read (the synthetic set's sizes are its own options).
+SPLIT_IMAGES = {"emnist-mnist": {"train": 60000, "test": 10000},
+                "mnist": {"train": 60000, "test": 10000},
+                "fashion-mnist": {"train": 60000, "test": 10000},
+                "cifar10": {"train": 50000, "test": 10000}}
 
 
 def check_dataset_name(name: str) -> str:

@@ -226,21 +226,28 @@ def get_experiment(row: str, depth: int) -> Experiment:
 
 
 def select(rows: list[str] | None = None, depths: list[int] | None = None) -> list[Experiment]:
-    """The experiments whose row and depth are in the given lists (``None`` means all)."""
+    """The experiments whose row and depth are in the given lists (``None`` means all).
+
+    Rows and depths both given ask for each row at each depth: a row that lacks one of them
+    is a ``ValueError`` naming it and the depths it has, never silently left out.
+    """
     for row in rows or ():
         if row not in ROWS:
             raise ValueError(f"unknown row {row!r}; valid rows: {list(ROWS)}")
     for depth in depths or ():
         if depth not in DEPTHS:
             raise ValueError(f"unknown depth {depth!r}; valid depths: {list(DEPTHS)}")
-    chosen = [e for e in EXPERIMENTS
-              if (rows is None or e.row in rows) and (depths is None or e.depth in depths)]
-    if not chosen:
-        exists = {r: [e.depth for e in EXPERIMENTS if e.row == r] for r in rows or ROWS}
-        raise ValueError(f"no experiment has row in {rows} and depth in {depths}; these rows "
-                         "exist at these depths: "
-                         + ", ".join(f"{r} ({'/'.join(map(str, d))})" for r, d in exists.items()))
-    return chosen
+    has = {r: [e.depth for e in EXPERIMENTS if e.row == r] for r in rows or ROWS}
+    if rows is not None and depths is not None:
+        lacking = [f"{r} has no depth {', '.join(str(d) for d in depths if d not in has[r])} "
+                   f"(it has {'/'.join(map(str, has[r]))})"
+                   for r in rows if any(d not in has[r] for d in depths)]
+        if lacking:
+            raise ValueError(f"{', '.join(lacking)}; the rows' depths: "
+                             + ", ".join(f"{r} ({'/'.join(map(str, d))})" for r, d in has.items())
+                             + "; pick depths that every row has")
+    return [e for e in EXPERIMENTS
+            if (rows is None or e.row in rows) and (depths is None or e.depth in depths)]
 
 
 def speedup(iters: float, exp: Experiment, base_iters: float) -> float:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from .batches import batches_per_device, samples_per_device
 from .dataset_names import NUM_CLASSES
 
 
@@ -33,15 +34,13 @@ class DeviceBatchLoader:
         self.epoch_fn, self.epoch = epoch_fn, 0
 
     def _num_local(self) -> int:
-        n = len(self.labels)
-        if self.train:
-            return -(-n // self.world_size)
-        return len(range(self.rank, n, self.world_size))
+        return samples_per_device(len(self.labels), train=self.train, rank=self.rank,
+                                  world_size=self.world_size)
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self._num_local() // self.batch_size
-        return -(-self._num_local() // self.batch_size)
+        return batches_per_device(len(self.labels), self.batch_size, train=self.train,
+                                  rank=self.rank, world_size=self.world_size,
+                                  drop_last=self.drop_last)
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)

@@ -4,14 +4,25 @@
                             [--out figures] [--prefer ROW]
 
 The runs are read and checked once, before anything is written: a wrong source is one error
-line and leaves ``--out`` as it was.
+line and leaves ``--out`` as it was. From another working directory, run the package by its
+path, ``python /path/to/repo/paper_figures ...`` (relative ``--results``/``--out`` are then the
+caller's), or ``python -m paper_figures`` with the repository on ``PYTHONPATH``.
 """
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Sequence
 
-from . import claims, energy, table, trajectories
+if not __package__:  # run by its path (python repo/paper_figures): sys.path[0] is this folder,
+    # whose modules would shadow top-level names; import the package from its repository
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    from paper_figures.__main__ import main
+
+    raise SystemExit(main())
+
+from . import claims, energy, table, trajectories  # noqa: E402 - after the path fix above
 from .cli import SourceError, add_source_args, error, records_for, warn_damaged
 
 EPILOG = f"""\

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from deq_modules.dataset_names import DATASETS
+from deq_modules.batches import batches_per_device
+from deq_modules.dataset_names import DATASETS, SPLIT_IMAGES
 from deq_modules.experiments import FAST_MODE, Experiment, get_experiment
 
 from .store import check_name, jsonable, run_dir
@@ -49,6 +50,7 @@ Batches = int | float | None
 # those runs computed (a run interrupted then resumes; "validation" is not here: before it
 # existed, fast runs validated with the paper's settings, which the default "fast" is not).
 FAST_MODE_BEFORE_KEYS = {"adjoint_precision": None}
+MAX_SEED = 2**32 - 1  # numpy's seeds (and so Lightning's seed_everything): 0 .. 2**32 - 1
 
 
 def device_count(devices: Any) -> Any:
@@ -78,6 +80,43 @@ def check_batches(value: Any, flag: str) -> Batches:
         return value
     raise ValueError(f"{flag} must be a whole number >= 1 (batches) or a fraction in (0, 1], "
                      f"got {value!r}")
+
+
+def batch_limit_problem(value: Batches, flag: str, batches: int, split: str) -> str | None:
+    """Why the fraction ``value`` of ``batches`` per epoch leaves no batch (Lightning keeps
+    ``int(batches * value)`` of them), or ``None``; a whole number keeps at least one."""
+    if batches == 0:
+        return (f"the {split} split makes no whole batch per epoch and device (training "
+                "leaves out an incomplete last batch, as the papers did): give it more images")
+    if not isinstance(value, float) or int(batches * value) >= 1:
+        return None
+    return (f"{flag}={value} leaves no batch: the {split} split makes {batches} batches per "
+            f"epoch and device, and {value} of them is less than one; give a fraction of at "
+            f"least 1/{batches}, or a whole number of batches")
+
+
+def check_devices(value: Any) -> int | str:
+    """``value`` if Lightning can run on it: a count >= 1, ``"auto"``, or device indices
+    (``"0,1"``); else a ``ValueError``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    if isinstance(value, str):
+        text, indices = value.strip(), [part.strip() for part in value.split(",")]
+        if text == "auto" or (text.isdigit() and int(text) >= 1) or (
+                "," in text and any(indices) and all(i.isdigit() for i in indices if i)):
+            return value
+    raise ValueError(f"must be a count >= 1, 'auto' or device indices such as 0,1; got "
+                     f"{str(value)!r}")
+
+
+def world_size(devices: int | str) -> int:
+    """Processes a run trains in: the count, or the number of listed devices; ``"auto"``
+    counts as one (Lightning decides it when the run starts)."""
+    if isinstance(devices, int) or devices.strip().isdigit():
+        return int(devices)
+    if devices.strip() == "auto":
+        return 1
+    return sum(1 for i in devices.split(",") if i.strip())
 
 
 def parse_batches(text: str) -> int | float:
@@ -163,8 +202,10 @@ class RunConfig:
                     or not math.isfinite(self.lr) or self.lr <= 0:
                 raise ValueError(f"lr must be a positive number, got {self.lr!r}")
             self.experiment = replace(self.experiment, lr=float(self.lr))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
+                or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED} (numpy's "
+                             f"range), got {self.seed!r}")
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; valid: {list(DATASETS)}")
         if self.epochs is not None and (isinstance(self.epochs, bool)
@@ -172,9 +213,38 @@ class RunConfig:
             raise ValueError(f"epochs must be a whole number >= 1, got {self.epochs!r}")
         check_batches(self.limit_train_batches, "limit_train_batches")
         check_batches(self.limit_test_batches, "limit_test_batches")
+        try:
+            check_devices(self.devices)
+        except ValueError as err:
+            raise ValueError(f"devices {err}") from None
+        self._check_batch_limits()
         if self.wandb_mode not in WANDB_MODES:
             raise ValueError(f"unknown wandb_mode {self.wandb_mode!r}; valid: {list(WANDB_MODES)}")
         run_dir(self.results, self.sweep, self.name)  # a sweep name that stays inside results
+
+    def split_images(self) -> dict[str, int]:
+        """Images of the training and test splits, known without reading a file."""
+        if self.dataset != "synthetic":
+            return SPLIT_IMAGES[self.dataset]
+        from deq_modules.synthetic import synthetic_options  # imports torch: only here
+
+        sizes = synthetic_options(self.synthetic_kwargs)
+        return {"train": sizes["n_train"], "test": sizes["n_test"]}
+
+    def _check_batch_limits(self) -> None:
+        """A batch fraction that leaves no batch is refused here, before any run: Lightning
+        would refuse it only once the run has started (validation and the test both take
+        ``limit_test_batches`` of the test split, which validation serves)."""
+        images, ranks = self.split_images(), world_size(self.devices)
+        for value, flag, split, train in (
+                (self.limit_train_batches, "limit_train_batches", "train", True),
+                (self.limit_test_batches, "limit_test_batches", "test", False)):
+            # under DDP the last rank has the fewest evaluation samples
+            batches = batches_per_device(images[split], self.experiment.batch_size, train=train,
+                                         rank=ranks - 1, world_size=ranks, drop_last=train)
+            problem = batch_limit_problem(value, flag, batches, split)
+            if problem:
+                raise ValueError(problem)
 
     @property
     def name(self) -> str:
@@ -249,8 +319,11 @@ class RunConfig:
 
 
 def devices_arg(text: str) -> int | str:
-    """``--devices``: a count (``2``), or what Lightning accepts (``auto``, ``0,1``)."""
-    return int(text) if text.isdigit() else text
+    """``--devices``: a count (``2``), ``auto`` or device indices (``0,1``)."""
+    try:
+        return check_devices(int(text) if text.strip().lstrip("+-").isdigit() else text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_run_args(parser: argparse.ArgumentParser, default_name: str | None) -> None:

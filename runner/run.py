@@ -21,6 +21,7 @@ left empty.
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -36,7 +37,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 
 from custom_callbacks import EnergyTracker, IterationsToConverge, ResidualTrajectories
-from deq_modules.data import HopfieldDataModule
+from deq_modules.data import DatasetNotFoundError, HopfieldDataModule
 from deq_modules.experiments import CONVERGENCE_TOL
 from deq_modules.lit import lit_module_for
 
@@ -135,7 +136,11 @@ def run_experiment(cfg: RunConfig, rerun: bool = False) -> dict[str, Any]:
             status = INTERRUPTED if isinstance(err, (Interrupted, KeyboardInterrupt)) else FAILED
             failure = dict(record, status=status, error=f"{type(err).__name__}: {err}",
                            traceback=traceback.format_exc(), wall_time_s=time.monotonic() - start)
-            atomic_write_json(out / SUMMARY, failure)
+            try:
+                atomic_write_json(out / SUMMARY, failure)
+            except OSError as write_err:  # a full disk: the run's own error is the one to tell
+                print(f"{cfg.name}: could not record the failure in {SUMMARY}: {write_err}",
+                      file=sys.stderr)
             _end_wandb(run, failure, exit_code=getattr(err, "exit_code", 1))
             raise
         summary.update(record, wall_time_s=time.monotonic() - start)
@@ -159,6 +164,53 @@ def _set_aside_unreadable_checkpoint(out: Path, name: str) -> None:
     os.replace(checkpoint, aside)
     print(f"{name}: {LAST_CHECKPOINT.as_posix()} cannot be read ({problem}); kept as "
           f"{aside.relative_to(out).as_posix()}, training from the first epoch", flush=True)
+
+
+def hardware_problem(accelerator: str, devices: int | str) -> str | None:
+    """Why Lightning would refuse ``--accelerator``/``--devices`` on this machine (e.g. ``gpu``
+    without a GPU), or ``None``: asked of Lightning itself, before any run, by building the
+    trainer's device settings alone (no model, no process started)."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    try:
+        L.Trainer(accelerator=accelerator, devices=devices, logger=False,
+                  enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False)
+    except Exception as err:  # noqa: BLE001 - Lightning's MisconfigurationException and others
+        here = [name for name in AcceleratorRegistry
+                if AcceleratorRegistry[name]["accelerator"].is_available()]
+        return (f"--accelerator {accelerator} --devices {devices} cannot run on this machine "
+                f"({err}); accelerators available here: {', '.join(here)} (--accelerator auto "
+                "picks one)")
+    return None
+
+
+def failure_message(cfg: RunConfig, err: BaseException) -> str:
+    """Why the run ``cfg`` failed and what to do, in one line that follows its name (its
+    traceback, when the run got as far as recording it, is in its ``summary.json``)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{err.strerror} (disk full or over quota) while writing "
+                f"under {cfg.directory}: free space on that disk, e.g. delete runs you no longer "
+                f"need in {cfg.results}, or the checkpoints/ folders of finished runs (their "
+                "last.ckpt is the largest file; the table and figures do not need it), then "
+                "run again: it resumes from its last whole epoch checkpoint")
+    if isinstance(err, DatasetNotFoundError):  # the message names the files and the fix
+        return str(err)
+    if isinstance(err, OSError) and err.filename is not None \
+            and _within(Path(str(err.filename)), Path(cfg.results)):
+        return (f"cannot write the results: {err.strerror}: {err.filename}; --results "
+                f"{cfg.results} must be a writable directory: choose another --results or "
+                "fix its permissions")
+    recorded = (summary_of(cfg.directory) or {}).get("status") == FAILED
+    where = f" (traceback in {cfg.directory / SUMMARY})" if recorded else ""
+    return f"{type(err).__name__}: {err}{where}"
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or inside it (both taken as absolute, not resolved:
+    the path may not exist)."""
+    path, folder = path.absolute(), folder.absolute()
+    return path == folder or folder in path.parents
 
 
 def _publish_for_agent(cfg: RunConfig, out: Path, stored: dict[str, Any]) -> None:

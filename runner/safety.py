@@ -30,9 +30,16 @@ class EpochCheckpoint(Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp)  # every process calls it; rank zero writes
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+        try:
+            trainer.save_checkpoint(tmp)  # every process calls it; rank zero writes
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
+        except BaseException:
+            # A half-written checkpoint (a full disk, a signal) is never resumed from, and on a
+            # full disk its bytes are the space the failure record needs.
+            if trainer.is_global_zero:
+                tmp.unlink(missing_ok=True)
+            raise
 
 
 def unreadable_checkpoint(path: Path) -> str | None:

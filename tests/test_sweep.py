@@ -156,6 +156,15 @@ def test_bad_flags_are_refused(capsys):
     (["--limit-test-batches", "inf"], "fraction in"),
     (["--seeds", "-1"], "invalid seed\\(s\\) \\[-1\\] \\(whole numbers >= 0\\)"),
     (["--rows", "CHN-DEQ", "--layers", "5"], "CHN-DEQ \\(3\\)"),
+    (["--rows", "CHN-DEQ,HAM", "--layers", "5"], "CHN-DEQ has no depth 5 \\(it has 3\\)"),
+    (["--rows", "HAM,CHN-EO,CHN-DEQ", "--layers", "3,7"],
+     "CHN-EO has no depth 7 \\(it has 3\\), CHN-DEQ has no depth 7"),
+    (["--seeds", "0,4294967296"], "seed .*4294967295.*got 4294967296"),
+    (["--devices", "0"], "--devices: must be a count >= 1.*got '0'"),
+    (["--devices", "-1"], "--devices: must be a count >= 1.*got '-1'"),
+    (["--dataset", "synthetic", "--synthetic-sizes", "256,128", "--limit-train-batches", "0.1"],
+     "limit_train_batches=0.1 leaves no batch.*4 batches.*1/4"),
+    (["--quick", "--limit-test-batches", "0.001"], "limit_test_batches=0.001 leaves no batch"),
     (["--name", "../x"], "plain folder name"),
     (["--name", "/tmp/elsewhere"], "plain folder name"),
     (["--join", "e/p/s", "--rows", "HAM"], "--rows cannot be used with --join"),
@@ -174,6 +183,20 @@ def test_bad_command_lines_are_refused_at_once(capsys, tmp_path, flags, message)
     err = capsys.readouterr().err
     assert re.search(message, err), err
     assert len(err) < 2000  # one clear message, not a list of a million valid seeds
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_gpu_accelerator_without_a_gpu_is_refused_before_any_run(capsys, tmp_path,
+                                                                   offline_env):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    args = ["--rows", "HAM", "--layers", "3", "--seeds", "0", *TINY, "--no-wandb",
+            "--accelerator", "gpu", "--results", str(tmp_path)]
+    assert sweep.main(args) == 2
+    err = capsys.readouterr().err
+    assert "--accelerator gpu" in err and "available here: cpu" in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())
 
 

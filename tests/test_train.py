@@ -72,3 +72,158 @@ def test_fused_anderson_run_uses_the_kernel_and_records_a_finished_run(capsys, t
     run = tmp_path / "single" / "HAM-EO-DEQ-L3-s0"
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
     assert json.loads((run / "config.json").read_text())["fused_anderson"] is True
+
+
+# -- every run error is one line and a non-zero exit (no traceback) ----------------------------
+def _one_error_line(err: str, *expected: str) -> str:
+    """The ``train.py:`` line of ``err``: exactly one, no traceback, holding ``expected``."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("train.py:")]
+    assert len(lines) == 1, err
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--seed", str(2**32)], [str(2**32), "4294967295"]),
+    (["--synthetic-sizes", "256,128", "--limit-train-batches", "0.1"],
+     ["limit_train_batches=0.1", "4 batches", "1/4"]),
+    (["--synthetic-sizes", "256,128", "--limit-test-batches", "0.25"],
+     ["limit_test_batches=0.25", "2 batches", "1/2"]),
+])
+def test_settings_no_run_can_use_are_refused_before_the_run(flags, expected, capsys, tmp_path):
+    """A seed numpy cannot take, a batch fraction that leaves no batch: exit 2, nothing run."""
+    args = ["--row", "HAM", "--dataset", "synthetic", "--epochs", "1", "--results", str(tmp_path),
+            *flags]
+    assert train.main(args) == 2
+    _one_error_line(capsys.readouterr().err, *expected)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("devices", ["0", "-1"])
+def test_devices_below_one_are_refused(devices, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--row", "HAM", "--devices", devices, "--results", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"--devices: must be a count >= 1, 'auto' or device indices such as 0,1; got " \
+           f"{devices!r}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_gpu_accelerator_without_a_gpu_is_refused_before_the_run(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert train.main(["--row", "HAM", *TINY, "--accelerator", "gpu",
+                       "--results", str(tmp_path)]) == 2
+    _one_error_line(capsys.readouterr().err, "--accelerator gpu", "available here: cpu")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_results_path_that_is_a_file_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    results = tmp_path / "results"
+    results.write_text("not a directory")
+    assert train.main(["--row", "HAM", *TINY, "--results", str(results)]) == 1
+    _one_error_line(capsys.readouterr().err, str(results), "--results")
+
+
+def test_a_read_only_results_directory_is_one_line(capsys, tmp_path, monkeypatch):
+    """Read-only as the file system says it (EROFS: root ignores permission bits, so the
+    refusal is simulated where the run creates its directory)."""
+    import errno
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    results = tmp_path / "results"
+    mkdir = os.mkdir
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(results)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    assert train.main(["--row", "HAM", *TINY, "--results", str(results)]) == 1
+    _one_error_line(capsys.readouterr().err, str(results), os.strerror(errno.EROFS), "--results")
+
+
+def test_a_missing_dataset_is_one_line_naming_it(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    nothing = tmp_path / "nothing"
+    args = ["--row", "HAM", "--dataset", "mnist", "--data-dir", str(nothing), "--no-download",
+            "--epochs", "1", "--results", str(tmp_path / "results")]
+    assert train.main(args) == 1
+    _one_error_line(capsys.readouterr().err, "'mnist' not found", str(nothing),
+                    "train-images-idx3-ubyte")
+
+
+def test_a_corrupt_dataset_is_one_line_naming_the_file(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):  # what an interrupted download leaves
+        (data / f"{name}.gz").write_bytes(os.urandom(300))
+    args = ["--row", "HAM", "--dataset", "fashion-mnist", "--data-dir", str(data),
+            "--no-download", "--epochs", "1", "--results", str(tmp_path / "results")]
+    assert train.main(args) == 1
+    _one_error_line(capsys.readouterr().err, "fashion-mnist", "train-images-idx3-ubyte.gz")
+
+
+# -- a full disk -------------------------------------------------------------------------------
+def _disk_fills_at_the_second_checkpoint(monkeypatch):
+    """``Trainer.save_checkpoint`` writes the first epoch's checkpoint; the second stops
+    half-way with ENOSPC, as a full disk leaves it (the bytes written so far stay)."""
+    import errno
+
+    import lightning as L
+
+    save, calls = L.Trainer.save_checkpoint, []
+
+    def save_until_full(self, filepath, *args, **kwargs):
+        save(self, filepath, *args, **kwargs)
+        calls.append(filepath)
+        if len(calls) == 2:
+            os.truncate(filepath, os.path.getsize(filepath) // 2)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(L.Trainer, "save_checkpoint", save_until_full)
+
+
+def _disk_fills_at_the_trajectories(monkeypatch):
+    """Saving ``trajectories.npz`` stops half-way with ENOSPC."""
+    import errno
+
+    from runner import result_files
+
+    def write_half(path, data):
+        def fail(f):
+            f.write(b"PK\x03\x04" + bytes(100))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        result_files.atomic_write_with(path, fail)
+
+    monkeypatch.setattr("runner.run.save_npz", write_half)
+
+
+@pytest.mark.parametrize("fill", [_disk_fills_at_the_second_checkpoint,
+                                  _disk_fills_at_the_trajectories])
+def test_a_full_disk_fails_the_run_cleanly_and_says_what_to_free(fill, capsys, tmp_path,
+                                                                  monkeypatch):
+    import errno
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    fill(monkeypatch)
+    results = tmp_path / "results"
+    args = ["--row", "HAM", *TINY, "--epochs", "2", "--results", str(results)]
+    assert train.main(args) == 1
+    line = _one_error_line(capsys.readouterr().err, "HAM-L3-s0", os.strerror(errno.ENOSPC))
+    assert str(results) in line and "checkpoints" in line and "free" in line
+    run = results / "single" / "HAM-L3-s0"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "No space left" in summary["error"]
+    assert [p.name for p in run.rglob("*") if p.name.endswith(".tmp")] == []
+    ckpt = run / "checkpoints" / "last.ckpt"
+    import zipfile
+    assert zipfile.is_zipfile(ckpt)  # the last whole checkpoint stays: a restart resumes it

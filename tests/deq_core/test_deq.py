@@ -355,6 +355,25 @@ def test_unbatched_x_is_refused(tanh_map):
         DEQ(tanh_map, None)(torch.randn(5, dtype=F64))
 
 
+@pytest.mark.parametrize("shape", [(3, 2, 5), (3, 5, 2)])
+def test_x_with_more_dimensions_says_which_shape_the_deq_expects(shape, tanh_map):
+    """(3, 2, 5) makes a drive of (3, 2, 12) that broadcasts inside f; (3, 5, 2) fails inside
+    preprocess_inputs: either way the error names x's shape and the one expected."""
+    with pytest.raises(ValueError, match=rf"x of shape \({shape[0]}, {shape[1]}, {shape[2]}\)"
+                                         r".*\(batch, features\).*x.reshape\(3, -1\)"):
+        DEQ(tanh_map, None)(torch.randn(*shape, dtype=F64))
+
+
+def test_a_preprocess_that_flattens_takes_images(make_tanh_map):
+    """The shape rule is the drive's, not x's: an f_module that flattens takes (B, H, W)."""
+    class Flattening(make_tanh_map):
+        def preprocess_inputs(self, x):
+            return x.reshape(x.shape[0], -1) @ self.U
+
+    x = torch.randn(3, 5, 1, dtype=F64)
+    assert DEQ(Flattening(), None)(x).shape == (3, 12)
+
+
 @pytest.mark.parametrize("solver", ["picard", "anderson"])
 @pytest.mark.parametrize("damping", [0.0, 0.5])
 def test_f_of_the_wrong_width_is_refused(solver, damping):

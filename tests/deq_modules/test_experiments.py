@@ -49,3 +49,5 @@ def test_lookup_and_selection_errors():
     assert len(select()) == 17 and len(ROWS) == 9
     with pytest.raises(ValueError, match="unknown depth 4"):
         select(depths=[4])
+    with pytest.raises(ValueError, match=r"^CHN-DEQ has no depth 5, 7 \(it has 3\);"):
+        select(rows=["CHN-DEQ", "HAM"], depths=[3, 5, 7])  # never silently HAM alone

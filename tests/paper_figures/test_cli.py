@@ -90,6 +90,21 @@ def test_python_m_paper_figures_exits_non_zero_on_a_mistyped_sweep(store, tmp_pa
     assert not out.exists()
 
 
+def test_paper_figures_runs_from_any_working_directory(store, tmp_path):
+    """``python <repo>/paper_figures`` from elsewhere: the package is found from the script's
+    own path (no PYTHONPATH, no install), and relative --results/--out are the caller's."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    store.rename(elsewhere / "results")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "paper_figures"), "--out", "figs", "--prefer", "CHN-3ep"],
+        cwd=elsewhere, env={**env, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"},
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "table2.md" in {p.name for p in (elsewhere / "figs").iterdir()}
+
+
 def test_help_describes_every_script_and_what_it_writes(capsys):
     with pytest.raises(SystemExit) as exit_:
         script_main("__main__")(["--help"])

@@ -14,7 +14,7 @@ def test_to_argv_rebuilds_the_same_run_through_train_py():
                     download=False, epochs=2, limit_train_batches=0.5, limit_test_batches=4,
                     results="out", sweep="quick", accelerator="cpu", devices=3,
                     wandb_mode="offline", wandb_project="p", wandb_entity="me",
-                    synthetic_kwargs=dict(n_train=256, n_test=128), lr=0.02, fast=True,
+                    synthetic_kwargs=dict(n_train=512, n_test=128), lr=0.02, fast=True,
                     compile_f=True, fused_anderson=True)
     args = train.parse_args(cfg.to_argv())
     again = RunConfig.from_args(args, row=args.row, depth=args.layers, seed=args.seed,
