@@ -19,6 +19,7 @@ import math
 import os
 import secrets
 import string
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,6 +141,23 @@ def end_run(run: Any, summary: dict[str, Any], exit_code: int) -> None:
 def needs_upload(summary: dict[str, Any]) -> bool:
     """Whether a stored run's upload to W&B did not complete (see :data:`UPLOAD`)."""
     return summary.get(UPLOAD, UPLOADED) != UPLOADED
+
+
+def report_not_run(cfg: RunConfig, status: str, error: str) -> bool:
+    """Under a W&B sweep agent, end the agent's run for a point not trained here (another
+    process trains it: ``busy``; the store holds it with other settings: ``refused``) with the
+    reason in its summary, as a failed run, so the sweep shows why instead of a run that never
+    started. Returns whether there was such a run and it was reported."""
+    if cfg.wandb_run_id is None or cfg.wandb_mode == "disabled":
+        return False
+    try:  # its files beside the point's folder: another process or other settings own that
+        run = start_run(cfg, cfg.directory.parent, None)
+        end_run(run, dict(status=status, error=error), exit_code=1)
+    except Exception as exc:  # noqa: BLE001 - the caller's own exit status says it then
+        print(f"{cfg.name}: could not report to W&B run {cfg.wandb_run_id}: {exc!r}",
+              file=sys.stderr)
+        return False
+    return True
 
 
 def finish_wandb(run: Any, summary: dict[str, Any], out: Path) -> str:

@@ -16,6 +16,9 @@ them is ignored); the public API raises ``ValueError`` for what is not there and
 import contextlib
 import copy
 import io
+import json
+import queue
+import sys
 import re
 import itertools
 import os
@@ -275,6 +278,23 @@ def test_sweep_yaml_is_the_grid_that_sweep_py_creates():
     assert spec["parameters"]["seed"]["values"] == [0, 1, 2, 3, 4]
     assert spec["command"][:3] == ["${env}", "${interpreter}", "${program}"]
     assert spec["command"][-1] == "${args}"
+
+
+def test_sweep_yaml_passes_the_schema_check_of_the_sweeps_package():
+    """sweep.yaml, and the sweep sweep.py creates for a smaller grid, pass the schema check of
+    W&B's `sweeps` package (PyPI), the one ``wandb controller`` validates sweeps with."""
+    sweeps = pytest.importorskip(
+        "sweeps", reason="W&B's `sweeps` package (its sweep-config schema) is not installed; "
+                         "it declares numpy<2, so `pip install sweeps` would replace this "
+                         "project's numpy 2: install it with --no-deps, with jsonschema, jsonref, "
+                         "scipy and scikit-learn, to run this check")
+    spec = yaml.safe_load((ROOT / "sweep.yaml").read_text())
+    assert sweeps.schema_violations_from_proposed_config(spec) == []
+    args = sweep.parse_args([*GRID, *TINY, "--lr", "0.02"])
+    config = sweep.sweep_config(sweep.plan(args), args)
+    assert sweeps.schema_violations_from_proposed_config(config) == []
+    broken = {**spec, "method": "grids"}  # the check is real: a wrong method is named
+    assert any("grids" in v for v in sweeps.schema_violations_from_proposed_config(broken))
 
 
 def test_train_py_reads_the_agents_command_line(monkeypatch):
@@ -565,6 +585,59 @@ def test_a_finished_run_whose_upload_failed_is_uploaded_on_the_next_start(fake_w
         assert run.artifacts and all(k in run.summary for k in TEST_METRICS)
     assert sweep.main(args) == 0  # uploaded: not again
     assert len(fake_wandb.runs) == started + 2
+
+
+def test_wandbs_own_agent_is_not_stopped_by_a_point_another_process_trains(fake_wandb, tmp_path,
+                                                                         monkeypatch):
+    """wandb's own Agent (wandb_agent.Agent: its failure rule, its environment, train.py
+    subprocesses with the stand-in wandb of tests/wandb_standin) is handed two points: one that
+    another process is training (locked) and one stored with other settings. The locked one
+    is reported into its W&B run and does not count as a failed run (three failures in 60 s
+    stop the agent); the refused one is reported and does count (README: the agent stops)."""
+    from wandb import wandb_agent
+    from wandb.apis.public import sweeps as public_sweeps
+
+    from runner.store import RunLock
+
+    args = sweep.parse_args([*GRID, *TINY, "--results", str(tmp_path), "--name", "t"])
+    planned = sweep.plan(args)
+    config = sweep.sweep_config(planned, args)
+    busy, other = (cfg.directory for cfg in planned)
+    other.mkdir(parents=True)
+    atomic_write_json(other / "config.json", {**jsonable(planned[1].to_dict()), "epochs": 3})
+    commands = [dict(type="run", run_id=f"agentrun{cfg.seed}", program="train.py",
+                     args={"experiment": {"value": cfg.experiment.key},
+                           "seed": {"value": cfg.seed}}) for cfg in planned]
+
+    def heartbeat(api, agent_id, metrics, run_status):
+        if run_status:  # a point is still running
+            return []
+        return [commands.pop(0)] if commands else [dict(type="exit")]
+
+    monkeypatch.setattr(public_sweeps, "_sweep_with_runs",
+                        lambda api, sweep_id, specs, **kw: {"config": yaml.safe_dump(config)})
+    monkeypatch.setattr(public_sweeps, "_register_agent", lambda *a, **kw: {"id": "agent1"})
+    monkeypatch.setattr(public_sweeps, "_agent_heartbeat", heartbeat)
+    monkeypatch.setattr(wandb_agent.Agent, "POLL_INTERVAL", 0.1)
+    log = tmp_path / "standin.jsonl"
+    for name, value in dict(WANDB_SWEEP_ID="swp1", WANDB_PROJECT="hopfield-deq",
+                            WANDB_ENTITY="team", WANDB_DIR=str(tmp_path),
+                            WANDB_STANDIN_LOG=str(log), OMP_NUM_THREADS="1",
+                            PYTHONPATH=str(ROOT / "tests" / "wandb_standin"),
+                            PATH=os.pathsep.join([os.path.dirname(sys.executable),
+                                                  os.environ["PATH"]])).items():
+        monkeypatch.setenv(name, value)
+    agent = wandb_agent.Agent(fake_wandb.Api(), queue.Queue(), sweep_id="swp1")
+    with RunLock(busy):  # "another process" trains seed 0 meanwhile
+        agent.run()
+    assert not commands and agent._finished == 2
+    assert agent._failed == 1  # the refused point only
+    reports = {r["id"]: r for r in map(json.loads, log.read_text().splitlines())}
+    assert reports["agentrun0"]["summary"]["status"] == "busy"
+    assert "being trained by another process" in reports["agentrun0"]["summary"]["error"]
+    assert reports["agentrun1"]["summary"]["status"] == "refused"
+    assert "epochs" in reports["agentrun1"]["summary"]["error"]
+    assert all(r["exit_code"] == 1 and r["sweep_id"] == "swp1" for r in reports.values())
 
 
 def test_join_runs_an_agent_of_the_sweeps_program(fake_wandb):
