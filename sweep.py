@@ -35,12 +35,12 @@ from pathlib import Path
 from deq_modules.experiments import DEPTHS, ROWS, SEEDS, Experiment, select
 from runner.config import RunConfig, SweepOptions, add_run_args, positive_int, synthetic_sizes
 from runner.eta import estimate, measured_seconds
-from runner.wandb_sweep import (ENDED_STATES, SWEEP_RECORD, existing_sweep,
+from runner.wandb_sweep import (ENDED_STATES, SWEEP_RECORD, created_entity, existing_sweep,
                                  has_wandb_key, prepare_agents, run_agent, sweep_config,
                                  sweep_path, wandb_reachable)
 from runner.store import (DIVERGED, FAILED, FINISHED, INTERRUPTED, KILLED, RUNNING, RunLocked,
                           atomic_write_json, is_finished, is_locked, live_status, read_json,
-                          status_of)
+                          status_of, summary_of)
 
 QUICK = dict(dataset="synthetic", epochs=1, limit_train_batches=2, limit_test_batches=2,
              synthetic_sizes=synthetic_sizes("256,128"), name="quick")
@@ -362,12 +362,31 @@ def run_workers(runs: list[RunConfig], args: SweepOptions, argv: list[str],
 
 
 # -- W&B: the sweep as W&B's agents run it ------------------------------------------------
-def retry_unfinished(runs: list[RunConfig], args: SweepOptions, path: str) -> int:
+def upload_unsent(runs: list[RunConfig]) -> None:
+    """Upload the runs this machine finished whose upload to W&B did not complete (the
+    network went down, say): ``run_experiment`` publishes such a stored run into its own W&B
+    run, training nothing."""
+    from runner.run import run_experiment
+    from runner.wandb_run import needs_upload
+
+    for cfg in runs:
+        if needs_upload(summary_of(cfg.directory) or {}) and not is_locked(cfg.directory):
+            try:
+                run_experiment(cfg)
+            except Exception as err:  # noqa: BLE001 - the result is safe in the store
+                print(f"{cfg.name}: W&B upload failed again ({type(err).__name__}: {err}); "
+                      "start sweep.py again to retry", flush=True)
+
+
+def retry_unfinished(runs: list[RunConfig], args: SweepOptions, entity: str | None,
+                     path: str) -> int:
     """Train here, online, the points this machine started that did not finish (failed,
     interrupted, killed): a W&B grid never hands them out again. Each resumes its checkpoint
-    and its W&B run (the id in its config.json)."""
-    retry = [replace(cfg, wandb_mode="online") for cfg in runs
-             if status_of(cfg.directory) in (FAILED, INTERRUPTED, RUNNING)
+    and its W&B run (the id in its config.json) in the sweep's entity. Runs finished here whose
+    upload did not complete are uploaded."""
+    runs = [replace(cfg, wandb_mode="online", wandb_entity=entity) for cfg in runs]
+    upload_unsent(runs)
+    retry = [cfg for cfg in runs if status_of(cfg.directory) in (FAILED, INTERRUPTED, RUNNING)
              and not is_locked(cfg.directory)]
     missing = [cfg.name for cfg in runs if status_of(cfg.directory) is None]
     if missing:
@@ -399,8 +418,12 @@ def run_wandb(runs: list[RunConfig], args: SweepOptions) -> int:
     api = wandb.Api()
     sweep = existing_sweep(api, config, args)
     if sweep is None:
-        sweep_id = wandb.sweep(config, entity=args.entity, project=args.project)
-        entity, state = args.entity or getattr(api, "default_entity", None), "RUNNING"
+        try:
+            sweep_id = wandb.sweep(config, entity=args.entity, project=args.project)
+        except Exception as err:  # noqa: BLE001 - one line, not wandb's traceback
+            raise SystemExit(f"sweep.py: could not create the W&B sweep in {args.project} "
+                             f"({type(err).__name__}: {err}); nothing was run") from None
+        entity, state = created_entity(api, args.entity), "RUNNING"
         print(f"created W&B sweep {sweep_path(entity, args.project, sweep_id)}", flush=True)
     else:
         sweep_id, entity, state = sweep.id, sweep.entity, str(sweep.state).upper()
@@ -426,7 +449,7 @@ def run_wandb(runs: list[RunConfig], args: SweepOptions) -> int:
     from runner.safety import install_signal_handlers
 
     install_signal_handlers()  # the retries train in this process
-    return retry_unfinished(runs, args, path)
+    return retry_unfinished(runs, args, entity, path)
 
 
 def check_join(join: str) -> None:

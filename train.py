@@ -17,7 +17,8 @@ Exit status: 0 finished (or diverged: recorded, not an error of the program), 1 
 line says why and what to do; the traceback is in the run's summary.json), 2 bad arguments
 (settings no run can use included: a seed numpy cannot take, a batch fraction that leaves no
 batch, an accelerator this machine lacks) or a stored run with other settings, 75 the run is
-being trained by another process, 128 + N interrupted by signal N (resumable).
+being trained by another process (under a W&B sweep agent: 0, the reason is reported into the
+agent's run), 128 + N interrupted by signal N (resumable).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import sys
 from deq_modules.experiments import DEPTHS, ROWS, Experiment
 from runner.config import WANDB_MODES, RunConfig, add_run_args
 from runner.store import DIVERGED, RunLocked
-from runner.wandb_run import agent_run_id
+from runner.wandb_run import agent_run_id, report_not_run
 
 EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
 
@@ -96,10 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_experiment(cfg, rerun=args.rerun)
     except ConfigMismatch as err:
         print(f"train.py: {err}", file=sys.stderr)
+        report_not_run(cfg, "refused", str(err))  # a W&B agent counts the 2 (see README)
         return 2
     except RunLocked as err:
         print(f"train.py: {err}; nothing was done", file=sys.stderr)
-        return EXIT_LOCKED
+        # A W&B agent would count 75 as a failed run (three in 60 s stop it): the point is
+        # reported into the agent's run instead, and the agent goes on.
+        return 0 if report_not_run(cfg, "busy", str(err)) else EXIT_LOCKED
     except Interrupted as err:
         print(f"train.py: {cfg.name} {err}; run it again to resume", file=sys.stderr)
         return err.exit_code

@@ -96,13 +96,11 @@ def run_experiment(cfg: RunConfig, rerun: bool = False) -> dict[str, Any]:
                     "--name (or --results) for these settings, or --rerun to discard it")
         previous = summary_of(out) or {}
         if previous.get("status") == DIVERGED:
-            _publish_for_agent(cfg, out, previous)
-            return previous
+            return _publish_stored(cfg, out, previous, stored)
         if previous.get("status") == FINISHED:
             problems = finished_problems(out)
             if not problems:
-                _publish_for_agent(cfg, out, previous)
-                return previous
+                return _publish_stored(cfg, out, previous, stored)
             print(f"{cfg.name}: stored result is damaged ({'; '.join(problems)}); training "
                   "it again", flush=True)
             discard(out)
@@ -144,11 +142,18 @@ def run_experiment(cfg: RunConfig, rerun: bool = False) -> dict[str, Any]:
             _end_wandb(run, failure, exit_code=getattr(err, "exit_code", 1))
             raise
         summary.update(record, wall_time_s=time.monotonic() - start)
+        if run is not None and cfg.wandb_mode == "online":
+            from .wandb_run import UPLOAD
+
+            summary[UPLOAD] = "pending"  # until W&B has it: a restart sends it otherwise
         atomic_write_json(out / SUMMARY, summary)
         if run is not None:
-            from .wandb_run import finish_wandb
+            from .wandb_run import UPLOAD, finish_wandb
 
-            finish_wandb(run, summary, out)
+            outcome = finish_wandb(run, summary, out)
+            if UPLOAD in summary:
+                summary[UPLOAD] = outcome
+                atomic_write_json(out / SUMMARY, summary)
         return summary
 
 
@@ -213,14 +218,32 @@ def _within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _publish_for_agent(cfg: RunConfig, out: Path, stored: dict[str, Any]) -> None:
-    """A W&B agent handed out a point the store already holds: fill its run from the store."""
-    if cfg.wandb_run_id is not None and cfg.wandb_mode != "disabled":
-        from .wandb_run import publish_stored
+def _publish_stored(cfg: RunConfig, out: Path, summary: dict[str, Any],
+                    stored: dict[str, Any] | None) -> dict[str, Any]:
+    """Return a run the store holds, after publishing it to the W&B run that lacks it, if
+    any: the run a W&B agent handed out for the point (the store then records that run's id,
+    and the point's earlier offline run is set aside), or, online, the run's own W&B run when
+    its upload did not complete."""
+    from .wandb_run import UPLOAD, needs_upload, publish_stored, set_aside_offline_runs
 
-        print(f"{cfg.name}: already {stored.get('status')} in {out}; publishing the stored "
-              f"result to W&B run {cfg.wandb_run_id} instead of training again", flush=True)
-        publish_stored(cfg, out, stored)
+    own_id = (stored or {}).get("wandb_run_id")
+    if cfg.wandb_mode == "disabled":
+        return summary
+    if cfg.wandb_run_id is not None:
+        run_id, doing = cfg.wandb_run_id, "publishing the stored result to"
+    elif cfg.wandb_mode == "online" and own_id and needs_upload(summary):
+        run_id, doing = own_id, "its upload did not complete; uploading it to"
+    else:
+        return summary
+    print(f"{cfg.name}: already {summary.get('status')} in {out}; {doing} W&B run {run_id} "
+          "instead of training again", flush=True)
+    summary = {**summary, UPLOAD: publish_stored(cfg, out, summary, run_id)}
+    if run_id != own_id:  # the agent's run holds the point now
+        if own_id:
+            set_aside_offline_runs(out, own_id)
+        atomic_write_json(out / CONFIG, {**(stored or cfg.to_dict()), "wandb_run_id": run_id})
+    atomic_write_json(out / SUMMARY, summary)
+    return summary
 
 
 def _end_wandb(run: Any, summary: dict[str, Any], exit_code: int) -> None:

@@ -19,6 +19,7 @@ import math
 import os
 import secrets
 import string
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,11 @@ _NOT_SETTINGS = ("row", "depth", "epochs", "published_iters", "published_acc", "
 _SUMMARY_KEYS = ("status", "iters_rule", "error", "epochs_trained", "seconds_per_epoch",
                  "wall_time_s", "device", "resumed")
 STEP = "trainer/global_step"  # Lightning's x axis for every logged metric
+# In summary.json of a run logged online: whether W&B has its final summary and artifact
+# ("done"; "pending" while it is sent, or if the process died then; "failed: ..."). A run
+# without the key was not logged online, or before the key existed: nothing to send.
+UPLOAD, UPLOADED = "wandb_upload", "done"
+SET_ASIDE = Path("wandb") / "superseded"  # offline runs of a point now held by another run
 
 
 def new_run_id() -> str:
@@ -92,10 +98,18 @@ def start_run(cfg: RunConfig, directory: Path, run_id: str | None) -> Any:
 
 
 def wandb_logger(run: Any, directory: Path) -> "WandbLogger":
-    """Lightning's logger on our run (it then creates nothing and drops nothing)."""
+    """Lightning's logger on our run (it then creates nothing and drops nothing). It logs
+    metrics only: the run's config is :func:`wandb_config`, complete and flat, set once by
+    ``wandb.init``; Lightning's ``log_hyperparams`` would add the module's and the data's
+    hyperparameters (14 more keys, two of them nested dicts) to trained runs only, so a run
+    restored from the store would have another config than a trained one."""
     from lightning.pytorch.loggers import WandbLogger
 
-    return WandbLogger(experiment=run, save_dir=str(directory), log_model=False)
+    class MetricsOnly(WandbLogger):
+        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+            """Nothing: see :func:`wandb_logger`."""
+
+    return MetricsOnly(experiment=run, save_dir=str(directory), log_model=False)
 
 
 def log_figure(run: Any, key: str, figure: Any, step: int) -> None:
@@ -124,12 +138,36 @@ def end_run(run: Any, summary: dict[str, Any], exit_code: int) -> None:
         run.finish(exit_code=exit_code)
 
 
-def finish_wandb(run: Any, summary: dict[str, Any], out: Path) -> None:
+def needs_upload(summary: dict[str, Any]) -> bool:
+    """Whether a stored run's upload to W&B did not complete (see :data:`UPLOAD`)."""
+    return summary.get(UPLOAD, UPLOADED) != UPLOADED
+
+
+def report_not_run(cfg: RunConfig, status: str, error: str) -> bool:
+    """Under a W&B sweep agent, end the agent's run for a point not trained here (another
+    process trains it: ``busy``; the store holds it with other settings: ``refused``) with the
+    reason in its summary, as a failed run, so the sweep shows why instead of a run that never
+    started. Returns whether there was such a run and it was reported."""
+    if cfg.wandb_run_id is None or cfg.wandb_mode == "disabled":
+        return False
+    try:  # its files beside the point's folder: another process or other settings own that
+        run = start_run(cfg, cfg.directory.parent, None)
+        end_run(run, dict(status=status, error=error), exit_code=1)
+    except Exception as exc:  # noqa: BLE001 - the caller's own exit status says it then
+        print(f"{cfg.name}: could not report to W&B run {cfg.wandb_run_id}: {exc!r}",
+              file=sys.stderr)
+        return False
+    return True
+
+
+def finish_wandb(run: Any, summary: dict[str, Any], out: Path) -> str:
     """Final metrics into the W&B summary; the run's small files and last checkpoint as an
     artifact, so another machine can rebuild the figures from W&B alone. An upload problem is
-    a warning: the trained result is already in the store."""
+    a warning: the trained result is already in the store. Returns the upload's outcome for
+    :data:`UPLOAD` ("done", or "failed: ...")."""
     import wandb
 
+    outcome = UPLOADED
     try:
         run.summary.update(wandb_summary(summary))
         artifact = wandb.Artifact(f"results-{run.name}", type="run-results")
@@ -138,9 +176,11 @@ def finish_wandb(run: Any, summary: dict[str, Any], out: Path) -> None:
                 artifact.add_file(str(out / name), name=name)
         run.log_artifact(artifact)
     except Exception as exc:  # noqa: BLE001 - see docstring
+        outcome = f"failed: {exc!r}"
         warnings.warn(f"W&B upload of {run.name} incomplete: {exc!r}", UserWarning, stacklevel=2)
     finally:
         run.finish()
+    return outcome
 
 
 def _history_row(row: dict[str, str]) -> dict[str, float | int]:
@@ -159,13 +199,14 @@ def _history_row(row: dict[str, str]) -> dict[str, float | int]:
     return values
 
 
-def publish_stored(cfg: RunConfig, out: Path, summary: dict[str, Any]) -> None:
-    """Fill the run a W&B agent handed out for a point that the store already holds (finished
-    or diverged) with the stored result: per-epoch history, summary, artifact. Nothing is
-    trained again, and the sweep gets a complete run instead of an empty one."""
+def publish_stored(cfg: RunConfig, out: Path, summary: dict[str, Any], run_id: str | None) -> str:
+    """Fill W&B run ``run_id`` with the result the store holds (finished or diverged): per-epoch
+    history, summary, artifact. Nothing is trained again. Used for the run a W&B agent hands out
+    for such a point (the sweep gets a complete run instead of an empty one), and for a run
+    whose upload failed. Returns the upload's outcome (:func:`finish_wandb`)."""
     from .history import read_history
 
-    run = start_run(cfg, out, cfg.wandb_run_id)
+    run = start_run(cfg, out, run_id)
     try:
         for row in read_history(out / METRICS):
             run.log(_history_row(row))
@@ -173,4 +214,15 @@ def publish_stored(cfg: RunConfig, out: Path, summary: dict[str, Any]) -> None:
     except BaseException:
         run.finish(exit_code=1)
         raise
-    finish_wandb(run, summary, out)
+    return finish_wandb(run, summary, out)
+
+
+def set_aside_offline_runs(out: Path, run_id: str) -> None:
+    """Move the local offline W&B run ``run_id`` of a point to ``<run>/wandb/superseded/``
+    once another W&B run (a sweep agent's) holds the point's result: synced too, it would
+    count the point twice in its group. There neither the printed ``wandb sync
+    <results>/<name>/*/wandb/offline-run-*`` nor a sync of ``<run>/wandb`` picks it up; it is
+    kept, not deleted."""
+    for folder in (out / "wandb").glob(f"offline-run-*-{run_id}"):
+        (out / SET_ASIDE).mkdir(parents=True, exist_ok=True)
+        folder.rename(out / SET_ASIDE / folder.name)

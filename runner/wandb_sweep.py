@@ -137,14 +137,31 @@ def existing_sweep(api, config: dict, args: SweepOptions):
             if same_grid(sweep.config, config):
                 return sweep
             print(f"sweep.py: the recorded W&B sweep {path} has another grid; not reused")
+    where = sweep_path(args.entity, args.project, "")
     try:
         found = [s for s in api.project(args.project, args.entity).sweeps()
                  if s.config.get("name") == args.name and same_grid(s.config, config)]
-    except Exception as err:  # noqa: BLE001 - no such project yet, or an API change
-        print(f"sweep.py: could not list the W&B sweeps of {args.project} ({err})")
+        running = [s for s in found if str(s.state).upper() not in ENDED_STATES]
+    except ValueError as err:  # wandb's "Could not find project": no sweep there yet
+        print(f"sweep.py: no W&B sweeps in {where} yet ({err})")
         return None
-    running = [s for s in found if str(s.state).upper() not in ENDED_STATES]
+    except Exception as err:  # noqa: BLE001 - 401, 5xx, no network: a new sweep would be a duplicate
+        raise SystemExit(f"sweep.py: could not list the W&B sweeps of {where} "
+                         f"({type(err).__name__}: {err}); nothing was run and no sweep was "
+                         "created: check the network and the W&B credentials, then start "
+                         "sweep.py again") from None
     return (running or found or [None])[0]
+
+
+def created_entity(api, asked: str | None) -> str | None:
+    """The entity of the sweep that ``wandb.sweep(entity=asked)`` just created, read back as
+    wandb's own ``wandb sweep`` does: the one asked for, else WANDB_ENTITY (which wandb sets
+    to the server's answer when it creates a sweep), else the settings' entity (a settings
+    file, read by ``wandb.Api``), else the account's default entity. Not simply the default
+    entity: with a team entity in the settings, the sweep is the team's."""
+    settings = getattr(api, "settings", None) or {}
+    return (asked or os.environ.get("WANDB_ENTITY") or settings.get("entity")
+            or getattr(api, "default_entity", None))
 
 
 def prepare_agents(args: SweepOptions) -> None:
@@ -183,6 +200,9 @@ def run_agent(sweep_id: str, entity: str | None, project: str,
         wandb.agent(sweep_id, entity=entity, project=project, count=count)
     except KeyboardInterrupt:
         pass
+    except Exception as err:  # noqa: BLE001 - one line, not wandb's traceback
+        raise SystemExit(f"sweep.py: the W&B agent of {sweep_path(entity, project, sweep_id)} "
+                         f"stopped: {type(err).__name__}: {err}") from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

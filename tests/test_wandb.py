@@ -5,11 +5,20 @@ and ``wandb.Api`` are replaced by a recording stand-in (:class:`FakeWandb`) that
 the code asks W&B to do. Its agent does what ``wandb agent`` does for a grid sweep: it hands
 each point out once per sweep, building the command line from the sweep's ``command`` as
 wandb's own agent does, and runs it (``train.main`` in this process) with the variables a
-real agent sets (WANDB_SWEEP_ID, WANDB_RUN_ID, WANDB_PROJECT).
+real agent sets (WANDB_SWEEP_ID, WANDB_RUN_ID, WANDB_PROJECT, WANDB_ENTITY and the parameter
+file WANDB_SWEEP_PARAM_PATH). It models what wandb 0.31 does that the code depends on: a sweep
+is created in the settings' entity (WANDB_ENTITY, settings file), which may differ from the
+account's default entity, and written back to WANDB_ENTITY; an agent looks its sweep up in that
+entity; the sweep's parameters are locked in the run's config (an update that would change
+them is ignored); the public API raises ``ValueError`` for what is not there and other errors
+(401, 5xx) for the rest. wandb's own ``Agent`` with ``train.py`` subprocesses is tested too.
 """
 import contextlib
 import copy
 import io
+import json
+import queue
+import sys
 import re
 import itertools
 import os
@@ -23,6 +32,7 @@ import yaml
 
 import sweep
 import train
+from runner import wandb_run
 from runner.config import RunConfig
 from runner.store import atomic_write_json, jsonable, read_json
 
@@ -47,15 +57,24 @@ def agent_command(config: dict, params: dict) -> list[str]:
 
 
 class FakeRun:
-    """What ``wandb.init`` returns, recording everything the code does with it."""
+    """What ``wandb.init`` returns, recording everything the code does with it. Like wandb, it
+    keeps its local files in ``<dir>/wandb/[offline-]run-<time>-<id>/run-<id>.wandb``."""
 
     def __init__(self, kwargs: dict):
         self.kwargs = kwargs
         self.id = os.environ.get("WANDB_RUN_ID") or kwargs.get("id") or "local001"
         self.name, self.group, self.tags = kwargs.get("name"), kwargs.get("group"), kwargs.get("tags")
         self.project = os.environ.get("WANDB_PROJECT") or kwargs.get("project")
-        self.entity = kwargs.get("entity")
+        self.entity = os.environ.get("WANDB_ENTITY") or kwargs.get("entity")
         self.config = FakeConfig(kwargs.get("config") or {})
+        if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_SWEEP_PARAM_PATH"):
+            params = yaml.safe_load(Path(os.environ["WANDB_SWEEP_PARAM_PATH"]).read_text())
+            self.config.lock({k: v["value"] for k, v in params.items()})
+        if kwargs.get("dir") and kwargs.get("mode") != "disabled":
+            prefix = "offline-run" if kwargs.get("mode") == "offline" else "run"
+            files = Path(kwargs["dir"]) / "wandb" / f"{prefix}-20260101_000000-{self.id}"
+            files.mkdir(parents=True, exist_ok=True)
+            (files / f"run-{self.id}.wandb").touch()
         self.summary: dict = {}
         self.history: list[dict] = []
         self.metrics: list[tuple] = []
@@ -77,8 +96,24 @@ class FakeRun:
 
 
 class FakeConfig(dict):
+    """A run's config; a sweep's parameters are locked: updates that change them are ignored
+    (wandb warns "Config item ... was locked by 'sweep'"), and recorded in ``ignored``."""
+
+    def __init__(self, values: dict):
+        super().__init__(values)
+        self.locked: dict = {}
+        self.ignored: list = []
+
+    def lock(self, params: dict) -> None:
+        super().update(params)
+        self.locked.update(params)
+
     def update(self, d, allow_val_change=None):
-        super().update(d)
+        for key, value in dict(d).items():
+            if key in self.locked and value != self.locked[key]:
+                self.ignored.append(key)
+            else:
+                self[key] = value
 
 
 class FakeArtifact:
@@ -93,8 +128,11 @@ class FakeArtifact:
 class FakeWandb:
     """The recording stand-in: sweeps on the 'server', runs created, agents started."""
 
-    def __init__(self, monkeypatch):
-        self.monkeypatch = monkeypatch
+    def __init__(self, monkeypatch, tmp_path):
+        self.monkeypatch, self.tmp_path = monkeypatch, tmp_path
+        self.default_entity = "me"  # the account's own entity (Api().default_entity)
+        self.settings_entity = None  # WANDB_ENTITY or the settings file's entity (a team)
+        self.errors: dict[str, Exception] = {}  # "sweep", "sweeps": what the public API raises
         self.remote: dict[str, SimpleNamespace] = {}  # path -> sweep on the "server"
         self.created: list[dict] = []  # wandb.sweep calls
         self.agents: list[dict] = []  # wandb.agent calls
@@ -106,10 +144,17 @@ class FakeWandb:
         monkeypatch.setattr(wandb, "Image", lambda array: ("image", getattr(array, "shape", None)))
 
     # -- the module's functions
+    def entity(self, given=None):
+        """The entity wandb uses where none is given: the settings', else the account's."""
+        return given or os.environ.get("WANDB_ENTITY") or self.settings_entity \
+            or self.default_entity
+
     def sweep(self, config, entity=None, project=None):
         sweep_id = f"swp{next(self._ids)}"
         self.created.append(dict(config=copy.deepcopy(config), entity=entity, project=project))
-        self.add_sweep(sweep_id, entity or "me", project, yaml.safe_load(yaml.safe_dump(config)))
+        entity = self.entity(entity)
+        self.add_sweep(sweep_id, entity, project, yaml.safe_load(yaml.safe_dump(config)))
+        self.monkeypatch.setenv("WANDB_ENTITY", entity)  # as wandb's _upsert_sweep does
         return sweep_id
 
     def add_sweep(self, sweep_id, entity, project, config, state="RUNNING"):
@@ -120,7 +165,10 @@ class FakeWandb:
         self.agents.append(dict(sweep_id=sweep_id, function=function, entity=entity,
                                 project=project, count=count))
         assert function is None, "agents must run the sweep's program, not a function"
-        (remote,) = [s for s in self.remote.values() if s.id == sweep_id]
+        path = f"{self.entity(entity)}/{project}/{sweep_id}"
+        if path not in self.remote:  # what wandb's agent finds in the wrong entity
+            raise ValueError(f"Could not find sweep {path}")
+        remote = self.remote[path]
         grid = remote.config["parameters"]
         points = [dict(experiment=e, seed=s) for e in grid["experiment"]["values"]
                   for s in grid["seed"]["values"]]
@@ -134,10 +182,16 @@ class FakeWandb:
     def run_point(self, remote, params):
         argv = agent_command(remote.config, params)
         assert argv[:3] == ["/usr/bin/env", "python", "train.py"], argv
+        run_id = f"agentrun{next(self._ids)}"
+        param_file = self.tmp_path / "agent" / f"config-{run_id}.yaml"
+        param_file.parent.mkdir(parents=True, exist_ok=True)
+        param_file.write_text(yaml.safe_dump({k: {"value": v} for k, v in params.items()}))
         with self.monkeypatch.context() as m:
             m.setenv("WANDB_SWEEP_ID", remote.id)
-            m.setenv("WANDB_RUN_ID", f"agentrun{next(self._ids)}")
+            m.setenv("WANDB_RUN_ID", run_id)
             m.setenv("WANDB_PROJECT", remote.project)
+            m.setenv("WANDB_ENTITY", remote.entity)
+            m.setenv("WANDB_SWEEP_PARAM_PATH", str(param_file))
             self.exits.append(train.main(argv[3:]))
 
     def init(self, **kwargs):
@@ -149,16 +203,28 @@ class FakeWandb:
         fake = self
 
         class Api:
-            default_entity = "me"
+            default_entity = fake.default_entity
+            settings = {"entity": os.environ.get("WANDB_ENTITY") or fake.settings_entity}
 
             def sweep(self, path):
+                if "sweep" in fake.errors:
+                    raise fake.errors["sweep"]
                 if path not in fake.remote:
                     raise ValueError(f"Could not find sweep {path}")
                 return fake.remote[path]
 
             def project(self, name, entity=None):
-                return SimpleNamespace(sweeps=lambda: [s for s in fake.remote.values()
-                                                       if s.project == name])
+                entity = entity or self.settings["entity"] or self.default_entity
+
+                def sweeps():
+                    if "sweeps" in fake.errors:
+                        raise fake.errors["sweeps"]
+                    found = [s for s in fake.remote.values()
+                             if (s.entity, s.project) == (entity, name)]
+                    if not found:
+                        raise ValueError(f"Could not find project {name!r}")
+                    return found
+                return SimpleNamespace(sweeps=sweeps)
         return Api()
 
     def Artifact(self, name, type):
@@ -180,7 +246,7 @@ def fake_wandb(monkeypatch, tmp_path):
     monkeypatch.setattr(sweep, "has_wandb_key", lambda: True)
     monkeypatch.setattr(sweep, "wandb_reachable", lambda timeout=5.0: True)
     monkeypatch.chdir(ROOT)
-    return FakeWandb(monkeypatch)
+    return FakeWandb(monkeypatch, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +278,23 @@ def test_sweep_yaml_is_the_grid_that_sweep_py_creates():
     assert spec["parameters"]["seed"]["values"] == [0, 1, 2, 3, 4]
     assert spec["command"][:3] == ["${env}", "${interpreter}", "${program}"]
     assert spec["command"][-1] == "${args}"
+
+
+def test_sweep_yaml_passes_the_schema_check_of_the_sweeps_package():
+    """sweep.yaml, and the sweep sweep.py creates for a smaller grid, pass the schema check of
+    W&B's `sweeps` package (PyPI), the one ``wandb controller`` validates sweeps with."""
+    sweeps = pytest.importorskip(
+        "sweeps", reason="W&B's `sweeps` package (its sweep-config schema) is not installed; "
+                         "it declares numpy<2, so `pip install sweeps` would replace this "
+                         "project's numpy 2: install it with --no-deps, with jsonschema, jsonref, "
+                         "scipy and scikit-learn, to run this check")
+    spec = yaml.safe_load((ROOT / "sweep.yaml").read_text())
+    assert sweeps.schema_violations_from_proposed_config(spec) == []
+    args = sweep.parse_args([*GRID, *TINY, "--lr", "0.02"])
+    config = sweep.sweep_config(sweep.plan(args), args)
+    assert sweeps.schema_violations_from_proposed_config(config) == []
+    broken = {**spec, "method": "grids"}  # the check is real: a wrong method is named
+    assert any("grids" in v for v in sweeps.schema_violations_from_proposed_config(broken))
 
 
 def test_train_py_reads_the_agents_command_line(monkeypatch):
@@ -337,7 +420,7 @@ def test_sweep_py_creates_a_program_sweep_then_continues_it(fake_wandb, tmp_path
 def test_finished_points_handed_out_are_published_not_trained(fake_wandb, trained, tmp_path):
     store = copy_store(trained, tmp_path)  # finished here before (offline, say)
     before = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()
-              and p.name != ".lock"}
+              and p.name not in (".lock", "config.json", "summary.json")}  # both record W&B
     assert sweep.main([*GRID, *TINY, "--results", str(tmp_path), "--name", "t"]) == 0
     assert len(fake_wandb.created) == 1 and fake_wandb.exits == [0, 0]
     assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing trained again
@@ -377,6 +460,186 @@ def test_runs_that_did_not_finish_are_retried_with_their_wandb_run(fake_wandb, t
     out = capsys.readouterr().out
     assert "1 of 2 runs have no result" in out and "--wandb me/hopfield-deq/swp7" in out
     assert "1 run(s) started here did not finish" in out
+
+
+def api_failure(status: int) -> Exception:
+    """What wandb's public API raises for an HTTP error (401: bad key, 5xx: server down)."""
+    try:
+        from wandb.sdk.lib.service.service_connection import WandbApiFailedError as Failed
+    except ImportError:  # wandb before wandb-core's API: CommError
+        from wandb.errors import CommError as Failed
+    return Failed(f"HTTP {status}: {'Unauthorized' if status == 401 else 'Bad Gateway'}")
+
+
+@pytest.mark.parametrize("written_back", [True, False], ids=["wandb-0.31", "older-wandb"])
+def test_the_sweep_is_recorded_and_joined_in_the_entity_it_was_created_in(
+        fake_wandb, tmp_path, capsys, monkeypatch, written_back):
+    """A team entity in the settings (not the account's default entity): wandb creates the
+    sweep there; sweep.py records, prints and runs its agent there, and continues it there."""
+    fake_wandb.settings_entity = "team"
+    if not written_back:  # wandb before 0.30 did not write the sweep's entity to WANDB_ENTITY
+        monkeypatch.setattr(fake_wandb.monkeypatch, "setenv",
+                            lambda name, value: None if name == "WANDB_ENTITY" else
+                            monkeypatch.setenv(name, value))
+    args = [*GRID, *TINY, "--results", str(tmp_path), "--name", "t"]
+    assert sweep.main(args) == 0
+    assert list(fake_wandb.remote) == ["team/hopfield-deq/swp1"]
+    assert [a["entity"] for a in fake_wandb.agents] == ["team"]
+    assert fake_wandb.exits == [0, 0]
+    assert read_json(tmp_path / "t" / "wandb_sweep.json")["entity"] == "team"
+    assert "python sweep.py --join team/hopfield-deq/swp1" in capsys.readouterr().out
+    assert sweep.main(args) == 0  # continued in the same entity, not a second sweep
+    assert len(fake_wandb.created) == 1
+    assert "continuing W&B sweep team/hopfield-deq/swp1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("where", ["sweeps", "sweep"])
+@pytest.mark.parametrize("status", [401, 502])
+def test_an_error_asking_wandb_for_the_sweep_creates_no_second_sweep(fake_wandb, tmp_path,
+                                                                     capsys, status, where):
+    """Only "not found" leads to a new sweep: an HTTP error listing the project's sweeps (or
+    reading the recorded one) stops sweep.py with one line, nothing created or run."""
+    args = [*GRID, *TINY, "--results", str(tmp_path), "--name", "t"]
+    assert sweep.main(args) == 0
+    if where == "sweeps":
+        (tmp_path / "t" / "wandb_sweep.json").unlink()  # found by listing the project
+    fake_wandb.errors[where] = api_failure(status)
+    with pytest.raises(SystemExit) as stop:
+        sweep.main(args)
+    assert f"HTTP {status}" in str(stop.value) and "hopfield-deq" in str(stop.value)
+    assert "nothing was run" in str(stop.value)
+    assert len(fake_wandb.created) == 1 and len(fake_wandb.agents) == 1
+
+
+def test_the_wandb_config_is_the_same_flat_keys_trained_and_restored(fake_wandb, tmp_path):
+    """Lightning's log_hyperparams adds nothing to the run's config: a trained point and the
+    same point restored from the store have exactly the keys of wandb_config, none nested,
+    and nothing tried to change the sweep's locked parameters."""
+    args = [*GRID, *TINY, "--results", str(tmp_path), "--name", "t"]
+    assert sweep.main(args) == 0  # trained by the agent
+    assert sweep.main([*args, "--project", "other"]) == 0  # a new sweep: restored from the store
+    trained, restored = fake_wandb.runs[:2], fake_wandb.runs[2:]
+    assert len(restored) == 2 and all(r.summary.get("restored_from_store") for r in restored)
+    planned = sweep.plan(sweep.parse_args(args))[0]
+    keys = set(wandb_run.wandb_config(planned))
+    for run in trained + restored:
+        assert set(run.config) == keys, set(run.config) ^ keys
+        assert not [k for k, v in run.config.items() if isinstance(v, dict)
+                    and k != "synthetic_kwargs"]
+        assert run.config.ignored == []
+
+
+def test_a_point_restored_into_the_agents_run_supersedes_its_offline_run(fake_wandb, tmp_path):
+    """A point trained offline, then handed out by an agent, is published into the agent's run:
+    the store records the agent's run id; the offline run is set aside where the printed
+    `wandb sync .../*/wandb/offline-run-*` (or a sync of the run's wandb folder) does not see it,
+    and the export names only the agent's run."""
+    from runner.export import export_sweep
+
+    args = [*GRID, *TINY, "--results", str(tmp_path), "--name", "t"]
+    assert sweep.main([*args, "--offline"]) == 0
+    store = tmp_path / "t"
+    offline_ids = {d.name: read_json(store / d.name / "config.json")["wandb_run_id"]
+                   for d in store.iterdir() if d.is_dir()}
+    assert len(list(store.glob("*/wandb/offline-run-*"))) == 2
+    assert sweep.main(args) == 0  # the agent hands out both points: restored from the store
+    agent_runs = {r.name: r.id for r in fake_wandb.runs if r.id.startswith("agentrun")}
+    assert len(agent_runs) == 2
+    assert list(store.glob("*/wandb/offline-run-*")) == []  # what the sync advice matches
+    assert list(store.glob("*/wandb/*/*.wandb")) == [  # what `wandb sync <run>/wandb` reads
+        p for p in store.glob("*/wandb/run-*/*.wandb")]
+    for name, agent_id in agent_runs.items():
+        config = read_json(store / name / "config.json")
+        assert config["wandb_run_id"] == agent_id
+        assert list((store / name / "wandb" / "superseded").glob(
+            f"offline-run-*-{offline_ids[name]}/run-{offline_ids[name]}.wandb"))
+    export_sweep(tmp_path, "t", tmp_path / "export")
+    for name, agent_id in agent_runs.items():
+        exported = (tmp_path / "export" / name / "config.json").read_text()
+        assert read_json(tmp_path / "export" / name / "config.json")["wandb_run_id"] == agent_id
+        assert offline_ids[name] not in exported
+
+
+def test_a_finished_run_whose_upload_failed_is_uploaded_on_the_next_start(fake_wandb, tmp_path,
+                                                                          monkeypatch):
+    """The store has the result, W&B does not (the artifact upload failed): the next start of
+    sweep.py fills the same W&B run (its id, the sweep's entity) from the store, once."""
+    fake_wandb.settings_entity = "team"
+    failing = {"on": True}
+
+    def log_artifact(run, artifact):
+        if failing["on"]:
+            raise api_failure(502)
+        run.artifacts.append(artifact)
+
+    monkeypatch.setattr(FakeRun, "log_artifact", log_artifact)
+    args = [*GRID, *TINY, "--results", str(tmp_path), "--name", "t"]
+    with pytest.warns(UserWarning, match="upload"):
+        assert sweep.main(args) == 0  # (its retry at the end fails the same way)
+    first, started = fake_wandb.runs[:2], len(fake_wandb.runs)
+    assert all(r.summary["status"] == "finished" and not r.artifacts for r in first)
+    failing["on"] = False
+    assert sweep.main(args) == 0  # the grid is handed out: nothing trained, both uploaded
+    again = fake_wandb.runs[started:]
+    assert [r.kwargs["id"] for r in again] == [r.id for r in first]
+    for run in again:
+        assert run.kwargs["resume"] == "allow" and run.kwargs["entity"] == "team"
+        assert run.artifacts and all(k in run.summary for k in TEST_METRICS)
+    assert sweep.main(args) == 0  # uploaded: not again
+    assert len(fake_wandb.runs) == started + 2
+
+
+def test_wandbs_own_agent_is_not_stopped_by_a_point_another_process_trains(fake_wandb, tmp_path,
+                                                                         monkeypatch):
+    """wandb's own Agent (wandb_agent.Agent: its failure rule, its environment, train.py
+    subprocesses with the stand-in wandb of tests/wandb_standin) is handed two points: one that
+    another process is training (locked) and one stored with other settings. The locked one
+    is reported into its W&B run and does not count as a failed run (three failures in 60 s
+    stop the agent); the refused one is reported and does count (README: the agent stops)."""
+    from wandb import wandb_agent
+    from wandb.apis.public import sweeps as public_sweeps
+
+    from runner.store import RunLock
+
+    args = sweep.parse_args([*GRID, *TINY, "--results", str(tmp_path), "--name", "t"])
+    planned = sweep.plan(args)
+    config = sweep.sweep_config(planned, args)
+    busy, other = (cfg.directory for cfg in planned)
+    other.mkdir(parents=True)
+    atomic_write_json(other / "config.json", {**jsonable(planned[1].to_dict()), "epochs": 3})
+    commands = [dict(type="run", run_id=f"agentrun{cfg.seed}", program="train.py",
+                     args={"experiment": {"value": cfg.experiment.key},
+                           "seed": {"value": cfg.seed}}) for cfg in planned]
+
+    def heartbeat(api, agent_id, metrics, run_status):
+        if run_status:  # a point is still running
+            return []
+        return [commands.pop(0)] if commands else [dict(type="exit")]
+
+    monkeypatch.setattr(public_sweeps, "_sweep_with_runs",
+                        lambda api, sweep_id, specs, **kw: {"config": yaml.safe_dump(config)})
+    monkeypatch.setattr(public_sweeps, "_register_agent", lambda *a, **kw: {"id": "agent1"})
+    monkeypatch.setattr(public_sweeps, "_agent_heartbeat", heartbeat)
+    monkeypatch.setattr(wandb_agent.Agent, "POLL_INTERVAL", 0.1)
+    log = tmp_path / "standin.jsonl"
+    for name, value in dict(WANDB_SWEEP_ID="swp1", WANDB_PROJECT="hopfield-deq",
+                            WANDB_ENTITY="team", WANDB_DIR=str(tmp_path),
+                            WANDB_STANDIN_LOG=str(log), OMP_NUM_THREADS="1",
+                            PYTHONPATH=str(ROOT / "tests" / "wandb_standin"),
+                            PATH=os.pathsep.join([os.path.dirname(sys.executable),
+                                                  os.environ["PATH"]])).items():
+        monkeypatch.setenv(name, value)
+    agent = wandb_agent.Agent(fake_wandb.Api(), queue.Queue(), sweep_id="swp1")
+    with RunLock(busy):  # "another process" trains seed 0 meanwhile
+        agent.run()
+    assert not commands and agent._finished == 2
+    assert agent._failed == 1  # the refused point only
+    reports = {r["id"]: r for r in map(json.loads, log.read_text().splitlines())}
+    assert reports["agentrun0"]["summary"]["status"] == "busy"
+    assert "being trained by another process" in reports["agentrun0"]["summary"]["error"]
+    assert reports["agentrun1"]["summary"]["status"] == "refused"
+    assert "epochs" in reports["agentrun1"]["summary"]["error"]
+    assert all(r["exit_code"] == 1 and r["sweep_id"] == "swp1" for r in reports.values())
 
 
 def test_join_runs_an_agent_of_the_sweeps_program(fake_wandb):
