@@ -31,6 +31,16 @@ CONVERGENCE_TOL = 1e-4  # footnote 3 of the paper: the Table 2 criterion
 # counts. Chosen from measurements: see the README.
 FAST_BACKWARDS = ("unrolled", "neumann")
 FAST_VALIDATIONS = ("fast", "paper")
+# The training procedure around the registry's settings, as a version: part of every run's
+# identity (runner.config), so that a stored run trained another way is never reused.
+#   2: as the papers train: loss and prediction at the forward solve's z* (the gradient pushed
+#      through the backward's steps from z*), the learning rate stepped once per epoch
+#      (epoch 1 at lr, the last planned one at lr / 10), training batches all full
+#      (the loader drops the last incomplete one).
+#   1 (runs stored without the key): loss after the backward's steps, lr decayed per step,
+#      every training image in every epoch.
+TRAINING_RECIPE = 2
+
 FAST_MODE = dict(tol=CONVERGENCE_TOL, precision=None, backward="neumann", validation="fast",
                  adjoint_precision=None)
 

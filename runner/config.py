@@ -15,7 +15,7 @@ from typing import Any
 
 from deq_modules.batches import batches_per_device
 from deq_modules.dataset_names import DATASETS, SPLIT_IMAGES
-from deq_modules.experiments import FAST_MODE, Experiment, get_experiment
+from deq_modules.experiments import FAST_MODE, TRAINING_RECIPE, Experiment, get_experiment
 
 from .store import check_name, jsonable, run_dir
 
@@ -29,6 +29,8 @@ WANDB_MODES = ("online", "offline", "disabled")
 #   limit_train/test_batches      yes (defining)        what is trained and tested on
 #   fast, fast_mode               yes (defining)        tolerance, backward, bf16/adjoint
 #                                                       precision, validation: another gradient
+#   recipe                        yes (defining)        the training procedure's version
+#                                                       (deq_modules.experiments.TRAINING_RECIPE)
 #   devices                       yes (defining)        DDP over N ranks: each step averages N
 #                                                       batches (N x the batch, 1/N the steps)
 #                                                       and the test runs N x the batch limit
@@ -44,7 +46,7 @@ WANDB_MODES = ("online", "offline", "disabled")
 #   extra_tags
 DEFINING_KEYS = ("row", "depth", "seed", "dataset", "epochs", "limit_train_batches",
                  "limit_test_batches", "synthetic_kwargs", "lr", "fast", "fast_mode",
-                 "experiment", "devices")
+                 "experiment", "devices", "recipe")
 Batches = int | float | None
 # Keys of FAST_MODE that fast runs stored before them lack, with the value that computes what
 # those runs computed (a run interrupted then resumes; "validation" is not here: before it
@@ -261,7 +263,8 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """What ``config.json`` holds (flat keys, the registry entry under ``experiment``)."""
         return {**asdict(self), "experiment": self.experiment.to_dict(), "run_name": self.name,
-                "epochs": self.planned_epochs, "fast_mode": dict(FAST_MODE) if self.fast else None}
+                "epochs": self.planned_epochs, "fast_mode": dict(FAST_MODE) if self.fast else None,
+                "recipe": TRAINING_RECIPE}
 
     def differences(self, stored: dict[str, Any]) -> list[str]:
         """The defining settings in which a stored ``config.json`` differs from this run."""

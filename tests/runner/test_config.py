@@ -43,6 +43,15 @@ def test_differences_name_the_defining_settings_only():
     assert diff == ["dataset: stored 'synthetic', now 'fashion-mnist'"]
 
 
+def test_a_run_trained_by_the_earlier_training_recipe_is_not_reused():
+    """Runs stored before the papers' training details (loss at z*, lr per epoch, full
+    batches) have no ``recipe``: the same command line would compute something else."""
+    from runner.store import jsonable
+    cfg = RunConfig(row="HAM", depth=3, seed=0, dataset="synthetic", epochs=1)
+    old = {k: v for k, v in jsonable(cfg.to_dict()).items() if k != "recipe"}
+    assert cfg.differences(old) == ["recipe: stored None, now 2"]
+
+
 @pytest.mark.parametrize("stored, now, same", [
     (4, 1, False), (1, 2, False), (2, "0,1", True), ("1", 1, True), ("auto", 1, False),
     ("auto", "auto", True),
