@@ -1,4 +1,4 @@
-"""The activation of the Hopfield models (PAPER.md, "Models"), its derivative and antiderivative."""
+"""The activation of the Hopfield models (docs/papers.md, "Models"), its derivative and antiderivative."""
 
 from __future__ import annotations
 

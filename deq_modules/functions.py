@@ -1,6 +1,6 @@
 """Hopfield fixed-point maps ("f modules") for the DEQ engine: OneMatrix and EvenOdd, CHN and HAM.
 
-Notation follows PAPER.md. ``layers = [n0, n1, ..., n_{L-1}]`` includes the clamped input
+Notation follows docs/papers.md. ``layers = [n0, n1, ..., n_{L-1}]`` includes the clamped input
 ``n0``; the state holds layers 1 .. L-1. In code, state layer ``k`` (0-based) is natural layer
 ``k + 1``: the odd natural layers are ``k = 0, 2, ...`` and the even ones, output included,
 ``k = 1, 3, ...``. ``W[k]`` (shape ``(n_{k+1}, n_{k+2})``) connects state layers ``k`` and
@@ -108,7 +108,7 @@ class _LayeredHopfield(nn.Module, abc.ABC):
         """The per-layer states ``[s_1, ..., s_{L-1}]`` in natural order."""
 
     def energy(self, x: Tensor, z: Tensor, Ux: Tensor | None = None) -> Tensor:
-        """Per-sample Hopfield energy (PAPER.md "Models"; input term = bias of layer 1), shape (B,).
+        """Per-sample Hopfield energy (docs/papers.md, "Models"; input term = bias of layer 1), shape (B,).
 
         CHN: ``1/2 |s|^2 - 1/2 rho^T W rho - b^T rho - (U rho(x))^T rho(s_1)``;
         HAM: ``s^T rho(s) - L(s) - 1/2 rho^T W rho - b^T rho - (U rho(x))^T rho(s_1)``.

@@ -1,4 +1,4 @@
-"""Tests of deq_modules/functions.py (and activations.py) against the mathematics of PAPER.md."""
+"""Tests of deq_modules/functions.py (and activations.py) against the mathematics of docs/papers.md."""
 
 from __future__ import annotations
 
