@@ -18,10 +18,19 @@ GOOD = {("CHN-10ep", 3): (70, .80), ("CHN-3ep", 3): (40, .80), ("CHN-DEQ", 3): (
         ("HAM-EO-DEQ", 7): (28, .78)}
 
 
-def _store(tmp_path, fixtures, results):
+# Seed-to-seed noise shared by every row (the same initialisation and batches), and a small
+# part of a row's own, so that paired differences have a spread but a small one.
+SEED_NOISE = {0: 0.0, 1: 0.02, 2: -0.015}
+OWN_NOISE = {0: 0.0, 1: 0.0005, 2: -0.0005}
+
+
+def _store(tmp_path, fixtures, results, seeds=(0, 1, 2)):
     root = tmp_path / "results"
     for (row, depth), (iters, acc) in results.items():
-        fixtures.write_run(root, row, depth, 0, fixtures.finished_summary(iters, acc))
+        for seed in seeds:
+            own = OWN_NOISE[seed] * (len(row) % 3 - 1)
+            fixtures.write_run(root, row, depth, seed,
+                               fixtures.finished_summary(iters, acc + SEED_NOISE[seed] + own))
     return local_records(root, fixtures.SWEEP)
 
 
@@ -31,7 +40,8 @@ def test_verdicts_follow_the_criteria(tmp_path, fixtures):
                                             claims.FAILS]
     assert checked[1].failures == ["HAM-DEQ needs more iterations than HAM at 5 layers "
                                    "(31.0 vs 30.0)"]
-    assert checked[3].failures == ["HAM at 7 layers spans 2.0 points (HAM-EO 76.0 to HAM 78.0)"]
+    assert len(checked[3].failures) == 1
+    assert checked[3].failures[0].startswith("HAM-EO - HAM at 7 layers differs by -2.0 points")
     assert ("5", "HAM / HAM-EO", "30.0", "16.0", "1.88x", "1.97x") in checked[0].lines
 
 
@@ -49,7 +59,8 @@ def test_the_claims_in_short_carry_verdicts_numbers_and_failures(tmp_path, fixtu
     assert lines[4].endswith("Fails: HAM-DEQ needs more iterations than HAM at 5 layers "
                              "(31.0 vs 30.0).")
     assert "HAM / HAM-EO-DEQ 1.71x, 2.00x, 2.14x at 3, 5, 7 layers" in lines[5]
-    assert "CHN 0.5 at 3 layers (paper 0.9); HAM 0.0, 0.0, 2.0 at 3, 5, 7 layers" in lines[6]
+    assert "HAM-EO - HAM -2.0 at 7 layers (different)" in lines[6]
+    assert "CHN-DEQ - CHN-3ep +0.5 at 3 layers (same)" in lines[6]
     assert [line[:3] for line in lines[3:7]] == ["1. ", "2. ", "3. ", "4. "]
 
 
@@ -82,3 +93,30 @@ def test_the_script_writes_claims_md(tmp_path, fixtures, capsys):
     text = (out / "claims.md").read_text()
     assert "Verdicts: 1 holds, 2 does not hold, 3 holds, 4 does not hold." in text
     assert text.count("**Verdict:") == 4 and text in capsys.readouterr().out
+
+
+def test_accuracy_is_compared_seed_by_seed_against_a_declared_margin(tmp_path, fixtures):
+    """Large seed noise shared by the rows cancels in the paired differences; one seed, or
+    differences that swing from seed to seed, cannot tell 'same' from 'different'."""
+    same = {k: v for k, v in GOOD.items()}
+    same[("HAM-EO", 7)] = (30, .78)
+    checked = claims.check_claims(_store(tmp_path / "a", fixtures, same))
+    assert checked[3].verdict == claims.HOLDS, checked[3].failures
+    one_seed = claims.check_claims(_store(tmp_path / "b", fixtures, same, seeds=(0,)))
+    assert one_seed[3].verdict == claims.NOT_TESTABLE
+    assert "HAM-EO - HAM at 7 layers (+0.0, 1 seed)" in one_seed[3].failures[0]
+
+
+def test_paired_difference_interval():
+    from paper_figures.table import RowStats
+    from deq_modules.experiments import get_experiment
+
+    base, variant = RowStats(get_experiment("HAM", 3)), RowStats(get_experiment("HAM-EO", 3))
+    base.seeds, base.accs = [0, 1, 2, 3], [90.0, 80.0, 85.0, 70.0]
+    variant.seeds, variant.accs = [3, 0, 1, 4], [69.0, 89.0, 80.5, 99.0]  # seed 4 unpaired
+    paired = claims.paired_difference(variant, base)
+    # differences -1, +0.5, -1 over seeds 0, 1, 3: mean -0.5, sd 0.866, t(2) = 2.920
+    assert paired.n == 3 and paired.mean == pytest.approx(-0.5)
+    half = 2.920 * 0.8660254 / 3 ** 0.5
+    assert (paired.low, paired.high) == pytest.approx((-0.5 - half, -0.5 + half))
+    assert paired.outcome == claims.INCONCLUSIVE  # the interval reaches past -1 point
