@@ -7,7 +7,9 @@
 Each model family is a 2 x 2 grid, rows plain / even-odd ("EO"), columns Picard / Anderson
 ("DEQ"), with one colour scale per family. ``fig3.pdf``/``.png``: 3-layer CHN (left), 3-layer
 HAM (right); ``fig4.pdf``/``.png``: 5-layer HAM (left), 7-layer HAM (right); both at a paper's
-text width, with a legend of the marks. Each panel is titled with its Table 2 row; under the
+text width, with a legend of the marks: beside the papers' marks (criterion, cyan curve,
+white circle at our mean) each seed's own mean (white ticks: the spread over seeds) and the
+published Table 2 value (cyan diamond). Each panel is titled with its Table 2 row; under the
 title it says how many seeds it pools and how many of their test samples (all seeds together;
 the table gives the mean per seed) never met the criterion. Panels read the runs'
 ``trajectories.npz`` (see ``runner.result_files``), so no model is run again; a panel without
@@ -170,12 +172,18 @@ def legend_handles(ax: Axes) -> dict[str, Line2D]:
             found.setdefault("criterion", line)
         elif line.get_marker() == "o" and line.get_markeredgecolor() == "white":
             found.setdefault("circle", line)
+        elif line.get_marker() == "|":
+            found.setdefault("seeds", line)
+        elif line.get_marker() == "D":
+            found.setdefault("published", line)
         elif line.get_marker() in ("None", "", None):
             found.setdefault("curve", line)
     tol = tol_label()
     labels = {"curve": "mean iterations to converge, per tolerance",
               "criterion": f"convergence criterion {tol}",
-              "circle": f"mean iterations at {tol} (Table 2)"}
+              "circle": f"our mean iterations at {tol} (Table 2)",
+              "seeds": "each seed's mean",
+              "published": "published Table 2"}
     return {label: found[key] for key, label in labels.items() if key in found}
 
 
@@ -204,7 +212,9 @@ def draw_family(fig: SubFigure | Figure, records: Sequence[RunRecord], model: st
         if data is None:
             _empty_panel(ax, exp, f"{structure}/{solver}")
             continue
-        plot_trajectory_heatmap(data, ax=ax, norm=norm, colorbar=False)
+        plot_trajectory_heatmap(data, ax=ax, norm=norm, colorbar=False,
+                                seed_means=[r.iters for r in used if r.iters is not None],
+                                published=exp.published_iters[0])
         ax.set_ylabel("")  # once per family, beside both rows
         if i < len(STRUCTURES) - 1:
             ax.set_xlabel("")  # only the bottom row names the axis, as in the paper
@@ -234,7 +244,8 @@ def make_figure(records: Sequence[RunRecord], families: Sequence[tuple[str, int]
         if drawn:
             handles = legend_handles(drawn[0])
             fig.legend(list(handles.values()), list(handles), loc="outside lower center",
-                       ncols=len(handles), facecolor="0.8", frameon=True, edgecolor="none",
+                       ncols=min(len(handles), 3), facecolor="0.8", frameon=True,
+                       edgecolor="none",
                        handlelength=2.5, columnspacing=1.5)
         fix_tick_sizes(fig)
     return fig, counts

@@ -5,15 +5,16 @@ readers (``paper_figures``) alike; numpy and matplotlib only (no torch, no Light
 The arrays come from ``custom_callbacks.ResidualTrajectories.result`` and
 ``custom_callbacks.EnergyTracker.result``.
 
-``trajectories.npz`` (format version 1) holds:
+``trajectories.npz`` (format version 2) holds:
 
 ===================  ===============  ===========================================================
 key                  shape, dtype     meaning
 ===================  ===============  ===========================================================
-``counts``           (n_iter, n_bins) samples whose relative residual after iteration ``n + 1``
-                     int64            fell in bin ``b`` (below the range: lowest bin, exact zeros
-                                      included; above it or NaN: highest bin)
-``log10_edges``      (n_bins + 1,)    bin edges in log10 of the relative residual
+``counts``           (n_rows, n_bins) samples whose ``r_{n+1}`` (the relative change between
+                     int64            the map's outputs ``n + 2`` and ``n + 1``: position ``n``
+                                      of the papers' count) fell in bin ``b`` (below the range:
+                                      lowest bin, exact zeros included; above it or NaN: highest)
+``log10_edges``      (n_bins + 1,)    bin edges in log10 of the relative change
 ``tolerances``       (T,)             the tolerance grid (1e-8 .. 1e-2 in half decades by default)
 ``sum_iters``        (T,) int64       sum over samples of the iterations to converge at each
 ``mean_iters``       (T,) float64     ``sum_iters / n_samples``: the cyan curve
@@ -21,9 +22,10 @@ key                  shape, dtype     meaning
 ``iters_at_tol``     (n_samples,)     per-sample iterations to converge at ``tol``
 ``tol``, ``stage``   scalars          the Table 2 criterion (1e-4) and ``"test"``
 ``n_samples``        scalar           samples seen
-``max_iter``         scalar           the longest solve (``counts`` rows; shorter solves stop
-                                      early when the solver has a ``tol``, their rows are absent)
-``format_version``   scalar           1
+``max_iter``         scalar           rows of the longest solve (``T - 1`` for ``T`` iterations;
+                                      shorter solves stop early when the solver has a ``tol``,
+                                      their rows are absent)
+``format_version``   scalar           2 (1: this project's first rule, ``runner.recount``)
 ===================  ===============  ===========================================================
 
 Iterations are counted as in :func:`custom_callbacks.iterations_to_converge`.
@@ -46,7 +48,8 @@ from matplotlib.figure import Figure
 
 from .store import atomic_write_with
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # energy.npz
+TRAJECTORY_FORMAT = 2  # trajectories.npz (custom_callbacks.trajectories.FORMAT_VERSION)
 HEATMAP_CMAP = "magma_r"  # light = few trajectories, dark = many, as in Figures 3-4
 COUNTS_LABEL = "State trajectory density (raw counts)"
 TRAJECTORY_KEYS = ("counts", "log10_edges", "tolerances", "mean_iters", "n_samples")
@@ -110,21 +113,26 @@ def merge_trajectories(datasets: Iterable[dict[str, Any]]) -> dict[str, Any]:
         iters_at_tol=np.concatenate([d["iters_at_tol"] for d in datasets]),
         tol=first["tol"], stage=stages.pop() if len(stages) == 1 else "mixed",
         n_samples=n_samples, max_iter=max(int(d["max_iter"]) for d in datasets),
-        format_version=FORMAT_VERSION,
+        format_version=TRAJECTORY_FORMAT,
     )
 
 
 def plot_trajectory_heatmap(data: dict[str, Any], ax: Axes | None = None,
                             title: str | None = None, norm: Normalize | None = None,
-                            colorbar: bool | None = None) -> Axes:
+                            colorbar: bool | None = None,
+                            seed_means: Iterable[float] = (),
+                            published: float | None = None) -> Axes:
     """Density heatmap of residual trajectories, in the style of Figures 3-4; returns the Axes.
 
-    x: iterations done (column ``n`` of ``counts``, the residual after ``n + 1`` iterations, is
-    centred on ``n + 1``, the unit of the iterations-to-converge); y: relative residual, log
+    x: the papers' iteration count (column ``n`` of ``counts``, ``r_{n+1}``, is centred on
+    ``n``: a sample first below ``tol`` there counts ``n``); y: relative change, log
     scale over the histogram range; colour: count, log scale (``norm``, by default
     ``LogNorm(1, max)``; pass one ``LogNorm`` to several panels to share a colour bar), empty
     cells blank. A white dashed line marks ``tol``, the cyan curve gives the mean iterations to
     converge for each tolerance of the grid, the white circle the mean at ``tol`` (Table 2).
+    ``seed_means``: each pooled seed's own mean at ``tol``, as short white ticks on the
+    criterion's line (the spread over seeds); ``published``: the papers' Table 2 value, as a
+    cyan diamond on it.
 
     Without ``ax`` it makes a new :class:`~matplotlib.figure.Figure` (no pyplot), with a colour
     bar unless ``colorbar=False``; get it as ``ax.figure``.
@@ -134,13 +142,13 @@ def plot_trajectory_heatmap(data: dict[str, Any], ax: Axes | None = None,
     if ax is None:
         ax = Figure(figsize=(4.4, 4.6), layout="constrained").add_subplot()
         colorbar = True if colorbar is None else colorbar
-    x_edges = np.arange(n_iter + 1) + 0.5
+    x_edges = np.arange(n_iter + 1) - 0.5
     y_edges = 10.0 ** np.asarray(data["log10_edges"])
     norm = norm if norm is not None else LogNorm(vmin=1, vmax=max(1, int(counts.max(initial=0))))
     mesh = ax.pcolormesh(x_edges, y_edges, np.ma.masked_less_equal(counts.T, 0),
                          cmap=HEATMAP_CMAP, norm=norm, shading="flat", rasterized=True)
     ax.set_yscale("log")
-    ax.set_xlim(0, n_iter + 0.5)
+    ax.set_xlim(-0.5, n_iter - 0.5)
     ax.set_ylim(y_edges[0], y_edges[-1])
     tol = float(data["tol"])
     # A thin dark outline keeps the white marks visible where no trajectory passes.
@@ -150,6 +158,13 @@ def plot_trajectory_heatmap(data: dict[str, Any], ax: Axes | None = None,
     order = np.argsort(tolerances)
     ax.plot(np.asarray(data["mean_iters"])[order], tolerances[order], color="tab:cyan",
             linewidth=1.2)
+    seeds = [float(m) for m in seed_means]
+    if seeds:
+        ax.plot(seeds, [tol] * len(seeds), marker="|", markersize=9, markeredgewidth=1.3,
+                linestyle="none", color="white", path_effects=outline)
+    if published is not None:
+        ax.plot([published], [tol], marker="D", markersize=5, linestyle="none",
+                markerfacecolor="tab:cyan", markeredgecolor="0.15", markeredgewidth=0.8)
     iters_at_tol = np.asarray(data.get("iters_at_tol", ()))
     if iters_at_tol.size:
         for colour, width in (("0.35", 2.6), ("white", 1.4)):  # outline, then the white ring

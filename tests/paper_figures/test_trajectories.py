@@ -101,13 +101,15 @@ def test_figures_fit_a_papers_text_width_with_readable_labels(store, tmp_path):
     figure_to_array(fig)  # draw, so that every tick label exists
     sizes = {t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text()}
     assert sizes and min(sizes) >= 7 and max(sizes) <= 9
-    # The legend explains the cyan curve, the dashed criterion and the circle.
+    # The legend explains the cyan curve, the dashed criterion, our circle, the seeds' ticks
+    # and the published value's diamond.
     (legend,) = fig.legends
     labels = [t.get_text() for t in legend.get_texts()]
-    assert len(labels) == 3
+    assert len(labels) == 5
     assert any("mean" in x and "tolerance" in x for x in labels)
     assert any("criterion" in x and "1e-4" in x for x in labels)
-    assert any("Table 2" in x for x in labels)
+    assert any("our mean" in x and "Table 2" in x for x in labels)
+    assert "each seed's mean" in labels and "published Table 2" in labels
     # The PNG is written at the figure's size: printed at text width, a label stays 7-9 pt.
     trajectories.write_figures(local_records(store, "table2"), tmp_path)
     png = (tmp_path / "fig4.png").read_bytes()
@@ -151,3 +153,13 @@ def test_a_panel_whose_runs_are_all_unreadable_is_refused_and_the_figures_kept(s
     from paper_figures.__main__ import main as all_figures
     assert all_figures(["--results", str(store), "--out", str(tmp_path / "all")]) == 1
     assert not (tmp_path / "all").exists()  # the table is not written either
+
+
+def test_panels_mark_each_seed_and_the_published_value(store):
+    records = local_records(store, "table2")
+    fig, _ = trajectories.make_figure(records, trajectories.FIGURES["fig3"])
+    ax = panel(fig, "HAM")
+    marks = {line.get_marker(): list(line.get_xdata()) for line in ax.lines}
+    seeds = sorted(r.iters for r in records if r.usable and (r.row, r.depth) == ("HAM", 3))
+    assert len(seeds) == 3 and sorted(marks["|"]) == pytest.approx(seeds)
+    assert marks["D"] == [get_experiment("HAM", 3).published_iters[0]]

@@ -19,17 +19,18 @@ N_BINS = 80
 
 
 def contraction_residuals(a, n_iter=ITERS):
-    """``(n_iter, B)``: relative residual of ``z <- a z + c`` from 0, ``a^n (1-a) / (1-a^{n+1})``
-    (1 then exact zeros for ``a = 0``)."""
-    n = np.arange(n_iter)[:, None]
+    """``(n_iter - 1, B)``: the papers' ``r_1 .. r_{T-1}`` of ``z <- a z + c`` from 0 (Picard's
+    outputs are its iterates), ``a^n (1-a) / (1-a^{n+1})`` (exact zeros for ``a = 0``)."""
+    n = np.arange(1, n_iter)[:, None]
     a = np.asarray(a, dtype=np.float64)[None, :]
     return a**n * (1 - a) / (1 - a ** (n + 1))
 
 
 def iters_to_converge(residuals, tol):
-    """Per sample: first iteration (1-based) with residual < tol, else the solve's length."""
+    """Per sample, the papers' count: the 0-based position of the first ``r_n < tol``, else
+    the number of rows (``T - 1``)."""
     below = residuals < tol
-    return np.where(below.any(axis=0), below.argmax(axis=0) + 1, residuals.shape[0])
+    return np.where(below.any(axis=0), below.argmax(axis=0), residuals.shape[0])
 
 
 def trajectories_of(residuals, tol=TOL):
@@ -43,7 +44,7 @@ def trajectories_of(residuals, tol=TOL):
                 mean_iters=iters.mean(axis=1),
                 not_converged=(residuals >= GRID[:, None, None]).all(axis=1).sum(axis=1),
                 iters_at_tol=iters_to_converge(residuals, tol), tol=tol, stage="test",
-                n_samples=n, max_iter=residuals.shape[0], format_version=1)
+                n_samples=n, max_iter=residuals.shape[0], format_version=2)
 
 
 @pytest.fixture
@@ -158,7 +159,7 @@ def test_merge_pads_a_shorter_run(rates):
     residuals = contraction_residuals(rates)
     short, full = trajectories_of(residuals[:25, :40]), trajectories_of(residuals[:, 40:])
     merged = merge_trajectories([short, full])
-    assert merged["max_iter"] == ITERS and merged["counts"].shape == (ITERS, N_BINS)
+    assert merged["max_iter"] == ITERS - 1 and merged["counts"].shape == (ITERS - 1, N_BINS)
     np.testing.assert_array_equal(merged["counts"][:25], short["counts"] + full["counts"][:25])
     np.testing.assert_array_equal(merged["counts"][25:], full["counts"][25:])
     np.testing.assert_array_equal(merged["sum_iters"], short["sum_iters"] + full["sum_iters"])
@@ -197,6 +198,9 @@ def test_heatmap_has_the_figure_elements(rates, tmp_path):
     assert isinstance(mesh.norm, LogNorm) and mesh.norm.vmin == 1
     assert mesh.norm.vmax == data["counts"].max()
     assert np.ma.count_masked(mesh.get_array()) == (data["counts"] == 0).sum()  # zeros blank
+    # Column n holds r_{n+1}, position n of the papers' count: centred on n, like the circle.
+    x_edges = mesh.get_coordinates()[0, :, 0]
+    np.testing.assert_array_equal(x_edges, np.arange(ITERS) - 0.5)
     assert ax.get_yscale() == "log" and ax.get_ylim() == pytest.approx((1e-8, 1.0))
     lines = ax.get_lines()
     dashed = [ln for ln in lines if ln.get_linestyle() == "--"]
