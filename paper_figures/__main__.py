@@ -1,4 +1,5 @@
-"""Table 2, the claims check, Figures 3 and 4 and the energy figure in one go:
+"""Table 2, the claims check, Figures 3 and 4, the energy figure and the training curves in
+one go:
 
     python -m paper_figures [--results results] [--sweep table2] [--wandb E/P/ID]
                             [--out figures] [--prefer ROW]
@@ -22,7 +23,7 @@ if not __package__:  # run by its path (python repo/paper_figures): sys.path[0] 
 
     raise SystemExit(main())
 
-from . import claims, energy, table, trajectories  # noqa: E402 - after the path fix above
+from . import claims, curves, energy, table, trajectories  # noqa: E402 - after the path fix
 from .cli import SourceError, add_source_args, error, records_for, warn_damaged
 
 EPILOG = f"""\
@@ -42,6 +43,10 @@ what it runs (each script also runs alone; --prefer is for the trajectories):
   python -m paper_figures.energy
       Beyond the paper: mean Hopfield energy per iteration of each HAM row.
       Writes {energy.WRITES}.
+  python -m paper_figures.curves
+      Beyond the paper: test accuracy and iterations to converge after each epoch,
+      mean and spread over seeds, the published values marked.
+      Writes {curves.WRITES}.
 
 Figures are drawn at a paper's text width (6.75 in). Failed, diverged, interrupted,
 running and damaged runs are never averaged; the table names them. A missing --results,
@@ -69,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     claims.report(records, args)
     trajectories.report(figure_records, args)
     energy.report(figure_records, args)
+    curves.report(figure_records, args)
     return 0
 
 

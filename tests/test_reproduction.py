@@ -16,7 +16,8 @@ SWEEPS = sorted(p.parent.name for p in (REPO / DOCS).glob("*/table2.md"))
 MACHINE_PATH = re.compile(rb"(/work/|/home/|/usr/|/tmp/|/root/|/Users/|[A-Z]:\\\\)")
 ALLOWED = {"config.json", "summary.json", "metrics.csv", "trajectories.npz", "energy.npz"}
 OUTPUTS = ("table2.md", "table2.tex", "table2.csv", "claims.md", "fig3.png", "fig3.pdf",
-           "fig4.png", "fig4.pdf", "energy.png", "energy.pdf", "README.md")
+           "fig4.png", "fig4.pdf", "energy.png", "energy.pdf", "curves.png", "curves.pdf",
+           "README.md")
 
 
 def test_there_is_a_committed_sweep():

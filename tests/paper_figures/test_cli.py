@@ -112,7 +112,8 @@ def test_help_describes_every_script_and_what_it_writes(capsys):
     text = capsys.readouterr().out
     for name in ("paper_figures.table", "paper_figures.trajectories", "paper_figures.energy",
                  "paper_figures.claims", "claims.md", "table2.md", "table2.tex", "table2.csv", "fig3.pdf", "fig3.png", "fig4.pdf",
-                 "fig4.png", "energy.pdf", "energy.png"):
+                 "fig4.png", "energy.pdf", "energy.png", "paper_figures.curves", "curves.pdf",
+                 "curves.png"):
         assert name in text
 
 
@@ -121,5 +122,5 @@ def test_python_m_paper_figures_makes_table_and_figures(store, tmp_path):
     assert script_main("__main__")(["--results", str(store), "--out", str(out),
                                     "--prefer", "CHN-3ep"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "claims.md", "energy.pdf", "energy.png", "fig3.pdf", "fig3.png", "fig4.pdf", "fig4.png",
-        "table2.csv", "table2.md", "table2.tex"]
+        "claims.md", "curves.pdf", "curves.png", "energy.pdf", "energy.png", "fig3.pdf",
+        "fig3.png", "fig4.pdf", "fig4.png", "table2.csv", "table2.md", "table2.tex"]
