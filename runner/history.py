@@ -67,6 +67,10 @@ class EpochHistory(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = time.monotonic()
         self._validated = False
+        # The epoch's learning rate: read now, since an epoch-interval scheduler has already
+        # stepped to the next epoch's when on_train_epoch_end runs.
+        self._lr = (trainer.optimizers[0].param_groups[0]["lr"]
+                    if trainer.lr_scheduler_configs else None)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._validated = True
@@ -80,8 +84,8 @@ class EpochHistory(Callback):
             stale = key.startswith("val/") and not self._validated
             if not key.endswith("_step") and not stale:
                 row[key.removesuffix("_epoch")] = float(value)
-        if trainer.lr_scheduler_configs:
-            row["lr-Madam"] = trainer.optimizers[0].param_groups[0]["lr"]
+        if self._lr is not None:
+            row["lr-Madam"] = self._lr
         if trainer.is_global_zero:
             self._write(read_history(self.path) + [row])
             parts = [f"{self.prefix} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]

@@ -64,6 +64,7 @@ def test_tiny_offline_sweep_writes_the_store_and_reruns_nothing(capsys, tmp_path
         history = list(csv.DictReader(open(d / "metrics.csv")))
         assert [r["epoch"] for r in history] == ["0"]
         assert {"train/loss", "lr-Madam"} <= set(history[0]) and history[0]["train/loss"]
+        assert float(history[0]["lr-Madam"]) == 0.01  # the rate epoch 1 ran at, not the next
         assert not history[0].get("val/acc")  # the one epoch is the last: the test validates
         assert (d / "checkpoints" / "last.ckpt").exists()
         traj = np.load(d / "trajectories.npz")
