@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from deq_modules.experiments import DEPTHS, ROWS, SEEDS, Experiment, select
+from deq_modules.experiments import ALL_ROWS, DEPTHS, ROWS, SEEDS, TABLES, Experiment, select
 from runner.config import RunConfig, SweepOptions, add_run_args, positive_int, synthetic_sizes
 from runner.eta import estimate, measured_seconds
 from runner.wandb_sweep import (ENDED_STATES, SWEEP_RECORD, created_entity, existing_sweep,
@@ -69,8 +69,14 @@ def parse_args(argv: list[str] | None = None) -> SweepOptions:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     grid = p.add_argument_group("the grid")
-    grid.add_argument("--rows", type=csv_list(str, ROWS, "row"), default=None,
-                      help=f"comma-separated rows of Table 2 (default all: {','.join(ROWS)})")
+    grid.add_argument("--table", choices=tuple(TABLES), default="table2",
+                      help="which experiments: table2 (the ECAI 2024 paper's Table 2, 17 rows "
+                           "at 3/5/7 layers) or neurips (the NeurIPS 2023 version's 2 x 2 "
+                           "ablation of a 784-512-10 HAM: N23-HAM, N23-HAM-DEQ, N23-HAM-EO, "
+                           "N23-HAM-EO-DEQ); default table2, also the default --name")
+    grid.add_argument("--rows", type=csv_list(str, ALL_ROWS, "row"), default=None,
+                      help=f"comma-separated rows of the table (default all; Table 2's: "
+                           f"{','.join(ROWS)})")
     grid.add_argument("--layers", type=csv_list(int, DEPTHS, "depth"), default=None,
                       help="comma-separated depths among 3,5,7 (default all)")
     grid.add_argument("--seeds", type=csv_list(int, what="seed"), default=None,
@@ -112,9 +118,9 @@ def parse_args(argv: list[str] | None = None) -> SweepOptions:
         if args.quick and getattr(args, key) is None:
             setattr(args, key, value)
     args.dataset = args.dataset or "emnist-mnist"
-    args.name = args.name or "table2"
+    args.name = args.name or args.table
     try:
-        args.experiments = select(args.rows, args.layers)
+        args.experiments = select(args.rows, args.layers, args.table)
         options = SweepOptions.from_namespace(args)
         if not args.join:
             plan(options)  # every run's settings checked (seed range, batch limits) up front

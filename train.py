@@ -27,7 +27,7 @@ import json
 import os
 import sys
 
-from deq_modules.experiments import DEPTHS, ROWS, Experiment
+from deq_modules.experiments import ALL_ROWS, DEPTHS, Experiment
 from runner.config import WANDB_MODES, RunConfig, add_run_args
 from runner.store import DIVERGED, RunLocked
 from runner.wandb_run import agent_run_id, report_not_run
@@ -39,7 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_argument_group("which run")
-    which.add_argument("--row", choices=ROWS, help="row of Table 2")
+    which.add_argument("--row", choices=ALL_ROWS,
+                       help="row of Table 2, or of the NeurIPS 2023 ablation (N23-...)")
     which.add_argument("--layers", type=int, default=3, choices=DEPTHS,
                        help="depth: 3, 5 or 7 layers including input and output (default 3)")
     which.add_argument("--experiment", metavar="ROW-Ld", default=None,

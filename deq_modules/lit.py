@@ -39,6 +39,7 @@ class LitHopfieldDEQ(L.LightningModule):
             planned one at ``lr / 10``.
         schedule_epochs: length of the planned decay (the paper's 10, also for runs that stop
             earlier); ``None`` uses the trainer's ``max_epochs``.
+        lr_decay: ``False`` keeps ``lr`` constant (the NeurIPS 2023 setup).
         p_scale, g_bound: Madam's bounds.
         inner_iter, inner_damping: local iterations of the even-odd CHN's half steps.
         train_forward_kwargs: forward solver options while training (``None``: those of
@@ -82,6 +83,7 @@ class LitHopfieldDEQ(L.LightningModule):
         val_forward_kwargs: dict[str, Any] | None = None,
         fused_anderson: bool = False,
         adjoint_precision: str | None = None,
+        lr_decay: bool = True,
     ) -> None:
         super().__init__()
         if train_precision not in TRAIN_PRECISIONS:
@@ -159,6 +161,8 @@ class LitHopfieldDEQ(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer = Madam(self.parameters(), lr=hp.lr, p_scale=hp.p_scale, g_bound=hp.g_bound)
+        if not hp.get("lr_decay", True):
+            return dict(optimizer=optimizer)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, epoch_decay(hp.schedule_epochs or max(self.trainer.max_epochs or 1, 1)))
         return dict(optimizer=optimizer, lr_scheduler=dict(scheduler=scheduler, interval="epoch"))
@@ -228,6 +232,7 @@ def lit_module_for(exp: Experiment, input_size: int | None = None,
         val_forward_kwargs=exp.fast_forward_kwargs if fast and fast_validation() else None,
         fused_anderson=fused_anderson,
         adjoint_precision=fast_adjoint_precision(exp.fast_backward_kwargs) if fast else None,
+        lr_decay=exp.lr_decay,
     )
 
 

@@ -293,7 +293,11 @@ CLAIMS = (even_odd_claim, anderson_claim, compound_claim, accuracy_claim)
 
 
 def check_claims(records: Sequence[RunRecord]) -> list[Claim]:
+    """The four claims on the runs' Table 2 numbers; none for a sweep of another table (the
+    claims are stated for Table 2)."""
     rows = {(s.exp.row, s.exp.depth): s for s in table_rows(records)}
+    if any(s.exp.table != "table2" for s in rows.values()):
+        return []
     return [claim(rows) for claim in CLAIMS]
 
 
@@ -303,7 +307,8 @@ IN_SHORT_START, IN_SHORT_END = "<!-- claims-in-short -->", "<!-- /claims-in-shor
 def in_short(claims: Sequence[Claim]) -> str:
     """The verdict line and one item per claim with its numbers, between markers (the README
     quotes this block; docs/reproduction/refresh.py copies it there)."""
-    verdicts = ", ".join(f"{i} {c.verdict}" for i, c in enumerate(claims, 1))
+    verdicts = ", ".join(f"{i} {c.verdict}" for i, c in enumerate(claims, 1)) or \
+        "none: the claims are stated for Table 2, and this sweep is another table's"
     return "\n".join([IN_SHORT_START, f"Verdicts: {verdicts}.", "",
                       *(c.in_short(i) for i, c in enumerate(claims, 1)), IN_SHORT_END])
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from deq_modules.experiments import EXPERIMENTS, Experiment, get_experiment, speedup
+from deq_modules.experiments import TABLES, Experiment, get_experiment, speedup
 from runner.store import (DIVERGED, FAILED, FINISHED, INTERRUPTED, KILLED, RUNNING,
                           atomic_write_text)
 
@@ -79,9 +79,17 @@ class RowStats:
         return mean_std(self.not_converged)
 
 
+def table_of(records: Sequence[RunRecord]) -> str:
+    """Which registry table the runs belong to: the NeurIPS one when every run whose row the
+    registry knows is one of its rows, else Table 2."""
+    tables = {r.experiment.table for r in records if r.experiment is not None}
+    return tables.pop() if len(tables) == 1 else "table2"
+
+
 def table_rows(records: Sequence[RunRecord]) -> list[RowStats]:
-    """One :class:`RowStats` per registry experiment, in registry order."""
-    rows = {(e.row, e.depth): RowStats(e) for e in EXPERIMENTS}
+    """One :class:`RowStats` per experiment of the runs' table (:func:`table_of`), in
+    registry order."""
+    rows = {(e.row, e.depth): RowStats(e) for e in TABLES[table_of(records)]}
     for rec in records:
         stats = rows.get((rec.row, rec.depth))
         if stats is None:
@@ -100,7 +108,9 @@ def table_rows(records: Sequence[RunRecord]) -> list[RowStats]:
         if stats.n and base.n:
             stats.speedup = speedup(stats.iters_stats[0], exp, base.iters_stats[0])
         base_exp = get_experiment(exp.base_row, exp.depth)
-        stats.paper_speedup = speedup(exp.published_iters[0], exp, base_exp.published_iters[0])
+        if exp.published_iters and base_exp.published_iters:
+            stats.paper_speedup = speedup(exp.published_iters[0], exp,
+                                          base_exp.published_iters[0])
     return list(rows.values())
 
 
@@ -170,15 +180,17 @@ def cells(stats: RowStats, notes: dict[str, int], marker: str = " [{}]") -> list
     exp = stats.exp
     model = exp.row + (marker.format(notes[exp.note]) if exp.note else "")
     return [str(exp.depth), model,
-            fmt_pair(*stats.iters_stats), fmt_pair(*exp.published_iters),
+            fmt_pair(*stats.iters_stats), fmt_pair(*(exp.published_iters or (None, None))),
             fmt_speedup(stats.speedup), fmt_speedup(stats.paper_speedup),
-            fmt_pair(*stats.acc_stats), fmt_pair(*exp.published_acc),
+            fmt_pair(*stats.acc_stats), fmt_pair(*(exp.published_acc or (None, None))),
             fmt_pair(*stats.not_converged_stats), seeds_cell(stats)]
 
 
 def to_markdown(rows: Sequence[RowStats], records: Sequence[RunRecord], source: str) -> str:
     notes = footnotes(rows)
-    lines = [f"Table 2, ours against the paper (source: {source}); mean (std) over seeds.",
+    title = ("Table 2, ours against the paper" if rows[0].exp.table == "table2" else
+             "The NeurIPS 2023 ablation (its published values are not restated here)")
+    lines = [f"{title} (source: {source}); mean (std) over seeds.",
              *settings_lines(records), "",
              "| " + " | ".join(HEADER) + " |",
              "| " + " | ".join("---:" if i != 1 else "---" for i in range(len(HEADER))) + " |"]
@@ -259,8 +271,10 @@ def to_csv(rows: Sequence[RowStats]) -> str:
             seeds=" ".join(str(x) for x in sorted(s.seeds, key=lambda x: (x is None, x))),
             iters_mean=im, iters_std=isd, acc_mean=am, acc_std=asd, not_converged=nm,
             not_converged_std=nsd, speedup=s.speedup,
-            paper_iters_mean=e.published_iters[0], paper_iters_std=e.published_iters[1],
-            paper_acc_mean=e.published_acc[0], paper_acc_std=e.published_acc[1],
+            paper_iters_mean=(e.published_iters or (None, None))[0],
+            paper_iters_std=(e.published_iters or (None, None))[1],
+            paper_acc_mean=(e.published_acc or (None, None))[0],
+            paper_acc_std=(e.published_acc or (None, None))[1],
             paper_speedup=s.paper_speedup, note=e.note,
             **{f"n_{status}": len(s.not_counted.get(status, ()))
                for status in NOT_COUNTED + (DAMAGED,)}))

@@ -29,6 +29,15 @@ def offline_env(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
 
 
+def test_the_neurips_table_plans_its_4_x_5_grid(capsys, tmp_path, offline_env):
+    assert sweep.main(["--table", "neurips", "--dry-run", "--results", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("sweep neurips: 20 runs")  # its own default name
+    runs = [line.split()[1] for line in lines[1:-1]]
+    assert runs == [f"N23-{v}-L3-s{s}" for v in ("HAM", "HAM-DEQ", "HAM-EO", "HAM-EO-DEQ")
+                    for s in range(5)]
+
+
 def test_dry_run_lists_the_85_paper_runs(capsys, tmp_path, offline_env):
     assert sweep.main(["--dry-run", "--results", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

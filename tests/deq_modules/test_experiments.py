@@ -51,3 +51,34 @@ def test_lookup_and_selection_errors():
         select(depths=[4])
     with pytest.raises(ValueError, match=r"^CHN-DEQ has no depth 5, 7 \(it has 3\);"):
         select(rows=["CHN-DEQ", "HAM"], depths=[3, 5, 7])  # never silently HAM alone
+
+
+def test_the_neurips_2023_setup_is_its_own_table():
+    from deq_modules.experiments import NEURIPS_EXPERIMENTS, TABLES, get_experiment, select
+
+    assert [e.row for e in NEURIPS_EXPERIMENTS] == ["N23-HAM", "N23-HAM-DEQ", "N23-HAM-EO",
+                                                    "N23-HAM-EO-DEQ"]
+    for e in NEURIPS_EXPERIMENTS:  # docs/papers.md, "The NeurIPS 2023 version"
+        assert e.layers == (784, 512, 10) and e.ham and e.depth == 3
+        assert (e.forward_iter, e.backward_iter, e.backward_method) == (40, 8, "full_adjoint")
+        assert (e.lr, e.g_bound, e.lr_decay) == (0.01, 10.0, False)
+        assert e.backward_kwargs == dict(solver="picard", iter=8, method="full_adjoint")
+    assert {(e.structure, e.solver) for e in NEURIPS_EXPERIMENTS} == {
+        (s, v) for s in ("onematrix", "evenodd") for v in ("picard", "anderson")}
+    assert select(table="neurips") == list(NEURIPS_EXPERIMENTS)
+    assert select() == list(TABLES["table2"]) and len(select()) == 17
+    assert get_experiment("N23-HAM-EO", 3).table == "neurips"
+    with pytest.raises(ValueError, match="'HAM'.*'neurips'"):
+        select(["HAM"], table="neurips")
+    with pytest.raises(ValueError, match="'neurps'"):
+        select(table="neurps")
+
+
+def test_table_2_configs_keep_their_keys():
+    """Fields added for the NeurIPS table are written only where they differ from their
+    defaults, so that a stored Table 2 run's config.json still matches."""
+    from deq_modules.experiments import get_experiment
+
+    stored = get_experiment("HAM-EO-DEQ", 5).to_dict()
+    assert not {"architecture", "lr_decay", "table"} & set(stored)
+    assert get_experiment("N23-HAM", 3).to_dict()["lr_decay"] is False

@@ -75,6 +75,14 @@ def test_learning_rate_decays_linearly_to_a_tenth(tmp_path, synthetic):
     assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.02 * (1 - 0.9 * 2 / 3))
 
 
+def test_without_decay_the_learning_rate_stays(tmp_path, synthetic):
+    model = LitEvenOddDEQ(SMALL, forward_kwargs=dict(solver="picard", iter=3), lr=0.02,
+                          lr_decay=False)
+    t = trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=0)
+    t.fit(model, synthetic)
+    assert t.lr_scheduler_configs == [] and t.optimizers[0].param_groups[0]["lr"] == 0.02
+
+
 def test_the_papers_schedule_runs_epoch_one_at_lr_and_epoch_ten_at_a_tenth():
     factor = epoch_decay(10)  # LinearLR(start_factor=1, end_factor=0.1, total_iters=9)
     assert [factor(e) for e in range(12)] == pytest.approx(

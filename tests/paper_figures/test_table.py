@@ -240,3 +240,21 @@ def test_runs_trained_on_several_devices_say_so_under_the_table():
     assert one == "mnist, 1 epoch, paper settings"
     assert settings_of({"dataset": "mnist", "epochs": 1, "devices": "0,1"}) == \
         "mnist, 1 epoch, paper settings, devices 2 (DDP)"
+
+
+def test_a_neurips_sweep_gets_its_own_table_and_no_claims(tmp_path, fixtures):
+    from paper_figures import claims
+
+    root = tmp_path / "results"
+    for row, iters in (("N23-HAM", 12.0), ("N23-HAM-EO-DEQ", 6.0)):
+        fixtures.write_run(root, row, 3, 0, fixtures.finished_summary(iters, 0.97))
+    records = local_records(root, fixtures.SWEEP)
+    rows = table.table_rows(records)
+    assert [s.exp.row for s in rows] == ["N23-HAM", "N23-HAM-DEQ", "N23-HAM-EO",
+                                         "N23-HAM-EO-DEQ"]
+    assert rows[-1].speedup == pytest.approx(2.0)
+    text = table.to_markdown(rows, records, "src")
+    assert text.startswith("The NeurIPS 2023 ablation")
+    assert "| 3 | N23-HAM-EO-DEQ [1] | 6.0 (-) | — | 2.0x |  |" in text
+    assert claims.check_claims(records) == []
+    assert "Verdicts: none: the claims are stated for Table 2" in claims.in_short([])
