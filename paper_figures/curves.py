@@ -33,7 +33,7 @@ from runner.store import METRICS
 
 from .cli import add_source_args, run_script, warn
 from .runs import RunRecord
-from .style import SMALL, TEXT_WIDTH, fix_tick_sizes, paper_style, save
+from .style import SMALL, TEXT_WIDTH, fix_tick_sizes, paper_style, save, saved_line
 
 STEM = "curves"
 WRITES = "curves.pdf, curves.png"
@@ -165,9 +165,8 @@ def write_figure(records: Sequence[RunRecord], out: str | Path) -> tuple[Path, d
 
 
 def report(records: Sequence[RunRecord], args: argparse.Namespace) -> None:
-    path, counts = write_figure(records, args.out)
-    print(f"wrote {path} and .png (seeds read: "
-          f"{', '.join(f'{k} {n}' for k, n in counts.items())})")
+    """Write the figure for checked ``records`` and say what it read."""
+    print(saved_line(*write_figure(records, args.out), what="seeds read"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from runner.store import ENERGY
 
 from .cli import add_source_args, run_script, warn
 from .runs import RunRecord
-from .style import SMALL, TEXT_WIDTH, fix_tick_sizes, paper_style, save
+from .style import SMALL, TEXT_WIDTH, fix_tick_sizes, paper_style, save, saved_line
 
 STEM = "energy"
 WRITES = "energy.pdf, energy.png"
@@ -133,9 +133,7 @@ def write_figure(records: Sequence[RunRecord], out: str | Path) -> tuple[Path, d
 
 def report(records: Sequence[RunRecord], args: argparse.Namespace) -> None:
     """Write the figure for checked ``records`` and say what it pooled."""
-    path, counts = write_figure(records, args.out)
-    detail = ", ".join(f"{key} {n}" for key, n in counts.items())
-    print(f"wrote {path} and .png (seeds pooled: {detail})")
+    print(saved_line(*write_figure(records, args.out)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -57,3 +57,9 @@ def save(fig: Figure, out: Path, stem: str) -> list[Path]:
                 f, format=fmt, dpi=DPI, metadata=metadata))
             paths.append(path)
     return paths
+
+
+def saved_line(path: Path, counts: dict[str, int], what: str = "seeds pooled") -> str:
+    """What a figure script prints after writing ``path`` (and its PNG): the runs it used per
+    row key."""
+    return f"wrote {path} and .png ({what}: {', '.join(f'{k} {n}' for k, n in counts.items())})"
