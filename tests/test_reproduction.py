@@ -106,13 +106,13 @@ def test_the_readme_compares_fast_and_paper_runs_that_differ_only_in_the_mode():
         config = json.loads((REPO / DOCS / fvp.BF16 / f"{t.key}-s{t.seed}" / "config.json")
                             .read_text())
         assert config["fast_mode"]["adjoint_precision"] == "auto"  # bfloat16 on its machine
-    text = README.read_text()
+    text = (REPO / fvp.PAGE).read_text()
     spliced, n = fvp.splice(text, fvp.markdown(pairs))
-    assert n == 1 and spliced == text, "README's fast-vs-paper table is out of date"
+    assert n == 1 and spliced == text, "docs/performance.md's fast-vs-paper table is out of date"
     same = fvp.same_machine()  # raises if a pair differs in more than the mode
     assert [(k, seed) for k, seed, *_ in same] == [("HAM-EO-DEQ-L5", s) for s in range(6)]
     spliced, n = fvp.splice(text, fvp.same_machine_markdown(same), "bf16-vs-float32")
-    assert n == 1 and spliced == text, "README's bf16-vs-float32 table is out of date"
+    assert n == 1 and spliced == text, "docs/performance.md's bf16-vs-float32 table is out of date"
     neumann = {(t.key, t.seed): t.neumann for t in pairs}
     for key, seed, float32, _ in same:  # the README: bitwise the runs of the other VM
         for metric in ("test/acc", "test/loss"):
