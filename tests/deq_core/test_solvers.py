@@ -288,4 +288,9 @@ def test_step_trace_of_a_sample_that_left_the_batch_is_zero(solver, make_linear_
     left = compacted == 0
     assert left[-1].any() and not left[0].any()  # some samples left, none at the start
     assert (left[:-1] <= left[1:]).all()  # once zero, zero for good
-    torch.testing.assert_close(compacted[~left], plain[~left], rtol=1e-9, atol=1e-15)
+    # A smaller batch sums its products in another order (BLAS blocking, threads), and
+    # Anderson's least squares amplifies that float64 rounding: measured up to 1.7e-15 absolute
+    # (6e-8 relative, on residuals near 3e-8) with 2 threads and AVX2 kernels. Residuals are
+    # changes of O(1) states, so rounding is absolute: 1e-12 leaves a 500x margin, while a
+    # sample's solve itself moves its residual by orders of magnitude per iteration.
+    torch.testing.assert_close(compacted[~left], plain[~left], rtol=1e-6, atol=1e-12)
