@@ -133,7 +133,8 @@ def draw(axes: Sequence[Axes], records: Sequence[RunRecord], model: str,
             ax.set_yticks([])
     axes[-1].set_xlabel("Epoch")
     for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.lines:  # an empty panel keeps no ticks
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return counts
 
 
