@@ -65,3 +65,32 @@ def test_a_depth_without_energy_files_says_so(store, tmp_path, capsys):
     for depth in (5, 7):
         assert [t.get_text() for t in panels[f"{depth}-layer HAM"].texts] == ["no energy files"]
     assert counts["HAM-L7"] == 0
+
+
+@pytest.mark.parametrize("curve, first, largest", [
+    ([-1.0, -2.0, -3.0, -3.0], None, 0.0),                 # flat at the end is no rise
+    ([-1.0, -2.0, -2.0 + 2e-7, -3.0], None, 1e-7 / 1.0),   # below RISE_TOL: rounding
+    ([-4.0, -5.0, -4.0, -6.0, -5.7], 3, 0.25),             # two rises, the first at iteration 3
+    ([-3.0], None, 0.0),
+])
+def test_rises_finds_the_first_and_the_largest_rise(curve, first, largest):
+    found, size = energy.rises(curve)
+    assert found == first
+    assert size == pytest.approx(largest, rel=1e-6, abs=1e-12)
+
+
+def test_the_report_says_per_row_which_seeds_descend(store, tmp_path, capsys):
+    path = store / "table2" / "HAM-L3-s1" / "energy.npz"
+    data = dict(np.load(path))
+    e = data["mean_energy"].astype(np.float64)
+    e[:] = -np.arange(1, e.size + 1, dtype=np.float64)  # monotone in seed 1 ...
+    e[-1] = e[-2] + 0.5                                  # ... but the last iteration rises
+    data["mean_energy"] = e.astype(data["mean_energy"].dtype)
+    np.savez(path, **data)
+    assert energy.main(["--results", str(store), "--out", str(tmp_path / "f")]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split(":")[0]: line for line in out.splitlines()}
+    ham = lines["HAM-L3"]
+    assert "monotone in 2 of 3 seeds; rises in seed 1," in ham
+    assert f"(seed 1, first rise at iteration {e.size})" in ham
+    assert lines["HAM-EO-DEQ-L3"].endswith("monotone in 2 of 2 seeds")
