@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from deq_modules.data.synthetic import make_synthetic
 from deq_modules.experiments import SEEDS, Experiment
 from deq_modules.lit import LitHopfieldDEQ, lit_module_for
-from deq_modules.synthetic import make_synthetic
-from madam import Madam
+from deq_modules.optim import Madam
 
 from .flops import Shape, dominant_shapes, mix_peak, product_mix, step_flops
 from .measure import Step, matmul_gflops, peak_memory, time_calls

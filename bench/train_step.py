@@ -17,7 +17,7 @@ from deq_modules.activations import rho
 from deq_modules.experiments import get_experiment, select
 from deq_modules.functions import OneMatrixFunction
 from deq_modules.lit import lit_module_for
-from madam import Madam
+from deq_modules.optim import Madam
 
 BATCHES_PER_EPOCH = 60000 / 64
 

@@ -12,11 +12,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from deq_core import DEQ
 from deq_core.deq import check_forward_kwargs
 from deq_core.names import STAGES
-from madam import Madam
 
 from .experiments import (FAST_MODE, Experiment, fast_adjoint_precision, fast_backward,
                           fast_validation, get_experiment)
 from .functions import EvenOddFunction, OneMatrixFunction
+from .optim import Madam
 
 STRUCTURES = ("onematrix", "evenodd")
 TRAIN_PRECISIONS = (None, "bf16")
