@@ -209,7 +209,7 @@ def measure_row(exp: Experiment, mode: str, fast_mode: FastMode | None, settings
     record["mem_bytes_10x"] = step_memory(exp, layers, MEM_FACTOR * exp.forward_iter,
                                           fast_mode, x, y)
     record["torchdeq_ms"] = None
-    if mode == "paper" and exp.ham and settings.peer and torchdeq_available():
+    if mode == "paper" and exp.model == "ham" and settings.peer and torchdeq_available():
         torch.manual_seed(0)
         twin = build_module(exp, layers, exp.forward_iter, None).to(dev)
         peer = time_calls(torchdeq_step(twin, x, y), dev, settings.warmup, settings.reps)
