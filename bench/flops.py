@@ -18,7 +18,8 @@ A product ``(B x m) @ (m x n)`` costs ``2 B m n`` FLOPs. With the batch ``B``, t
   ``2 T_b F_f`` (for each product, one for the input's gradient and one for the weight's) less
   ``s F_f``: the first step starts from the detached ``z*``, so the products that read
   ``rho(z*)`` need no input gradient; that is all of them in the OneMatrix map (``s = 1``) and
-  the first half in the even-odd map (``s = 1/2``);
+  the first half in the even-odd map (``s = 1/2``): each structure's ``first_step_saving`` in
+  the registry ``deq_modules.hopfield.STRUCTURES``;
 - the truncated adjoint instead (``full_adjoint`` with ``T_b`` Picard steps, the fast mode's
   backward): the differentiable step ``f(z*)`` and the step whose graph gives the
   vector-Jacobian products (``2 F_f``), ``T_b`` products ``g J`` (``T_b F_f``: the gradient
@@ -43,6 +44,8 @@ Anderson's small batched products are counted in the FLOPs, at the mix's rate.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from deq_modules.hopfield import get_structure
 
 
 def matmul_flops(batch: int, m: int, n: int) -> int:
@@ -70,9 +73,6 @@ def anderson_flops(n_iter: int, m: int, width: int, batch: int) -> int:
     """Gram matrix and mixing products of ``n_iter`` Anderson iterations (window ``m``)."""
     ks = [min(i + 1, m) for i in range(n_iter)]
     return sum(2 * batch * width * (k * k + k) for k in ks)
-
-
-FIRST_STEP_SAVING = {"onematrix": 1.0, "evenodd": 0.5}  # s: the products reading rho(z*)
 
 
 def forward_flops(layers: Sequence[int], sample_iters: Sequence[int], solver: str, width: int,
@@ -105,7 +105,7 @@ def step_flops(layers: Sequence[int], batch: int, forward_iter: int, backward_it
         batch: batch size ``B``.
         forward_iter: forward iterations ``T_f`` (the solver's ``n_iter``).
         backward_iter: differentiable Picard steps of recurrent backprop ``T_b``.
-        structure: ``"onematrix"`` or ``"evenodd"`` (sets ``s``).
+        structure: a registered structure; its ``first_step_saving`` is ``s``.
         solver: forward solver name; ``"anderson"`` adds its mixing products.
         width: state width ``D`` (``f_module.state_size``).
         m: Anderson window.
@@ -114,14 +114,13 @@ def step_flops(layers: Sequence[int], batch: int, forward_iter: int, backward_it
         backward_method: ``"backprop"`` (unrolled steps) or ``"full_adjoint"`` (the adjoint
             by ``backward_iter`` Picard steps).
     """
-    if structure not in FIRST_STEP_SAVING:
-        raise ValueError(f"unknown structure {structure!r}; valid: {sorted(FIRST_STEP_SAVING)}")
+    saving = get_structure(structure).first_step_saving  # a ValueError names the valid ones
     if backward_method not in BACKWARD_USES:
         raise ValueError(f"unknown backward method {backward_method!r}; valid: "
                          f"{sorted(BACKWARD_USES)}")
     if sample_iters is None:
         sample_iters = [forward_iter] * batch
-    s = FIRST_STEP_SAVING[structure] if backward_iter > 0 else 0.0
+    s = saving if backward_iter > 0 else 0.0
     backward = round((backward_uses(backward_iter, backward_method) - s)
                      * f_flops(layers, batch))
     return (2 * input_flops(layers, batch) + backward

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from deq_modules.lit import LitHopfieldDEQ
-from madam import Madam
+from deq_modules.optim import Madam
 
 
 def torchdeq_available() -> bool:

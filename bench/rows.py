@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from deq_modules.data.synthetic import make_synthetic
 from deq_modules.experiments import SEEDS, Experiment
 from deq_modules.lit import LitHopfieldDEQ, lit_module_for
-from deq_modules.synthetic import make_synthetic
-from madam import Madam
+from deq_modules.optim import Madam
 
 from .flops import Shape, dominant_shapes, mix_peak, product_mix, step_flops
 from .measure import Step, matmul_gflops, peak_memory, time_calls
@@ -209,7 +209,7 @@ def measure_row(exp: Experiment, mode: str, fast_mode: FastMode | None, settings
     record["mem_bytes_10x"] = step_memory(exp, layers, MEM_FACTOR * exp.forward_iter,
                                           fast_mode, x, y)
     record["torchdeq_ms"] = None
-    if mode == "paper" and exp.ham and settings.peer and torchdeq_available():
+    if mode == "paper" and exp.model == "ham" and settings.peer and torchdeq_available():
         torch.manual_seed(0)
         twin = build_module(exp, layers, exp.forward_iter, None).to(dev)
         peer = time_calls(torchdeq_step(twin, x, y), dev, settings.warmup, settings.reps)

@@ -13,11 +13,11 @@ import time
 
 import torch
 
-from deq_modules.activations import rho
 from deq_modules.experiments import get_experiment, select
-from deq_modules.functions import OneMatrixFunction
+from deq_modules.hopfield.activations import rho
+from deq_modules.hopfield.onematrix import OneMatrixFunction
 from deq_modules.lit import lit_module_for
-from madam import Madam
+from deq_modules.optim import Madam
 
 BATCHES_PER_EPOCH = 60000 / 64
 
@@ -66,7 +66,7 @@ def main(argv=None) -> None:
         print(f"{exp.key:16s} {t * 1e3:8.1f} ms/batch  {t * BATCHES_PER_EPOCH:7.0f} s/epoch")
     if rows is None or "HAM" in rows:
         model = lit_module_for(get_experiment("HAM", 3)).to(args.device)
-        dense = DenseOneMatrix(list(model.f.layers), ham=True).to(args.device)
+        dense = DenseOneMatrix(list(model.f.layers), model="ham").to(args.device)
         dense.load_state_dict(model.f.state_dict())
         model.deq.f_module = dense
         t = time_model(model, x, y, args.batches)

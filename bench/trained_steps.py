@@ -45,11 +45,11 @@ from statistics import fmean, median, quantiles
 import torch
 
 from custom_callbacks import EnergyTracker
-from deq_modules.dataset_files import load_dataset
 from deq_core import fast_bf16
+from deq_modules.data.files import load_dataset
 from deq_modules.experiments import EXPERIMENTS, FAST_MODE, get_experiment, split_run_name
 from deq_modules.lit import LitHopfieldDEQ, lit_module_for
-from madam import Madam
+from deq_modules.optim import Madam
 
 from .flops import step_flops
 from .rows import _NO_TRAINER_WARNING, sweep_eval_batches, sweep_steps, trace_iterations

@@ -1,4 +1,5 @@
-"""Hopfield networks (CHN, HAM) as DEQs: models, LightningModules, data and the experiments.
+"""Hopfield networks (CHN, HAM) as DEQs: the maps and their registry of structures
+(``hopfield/``), LightningModules, data (``data/``) and the experiments.
 
 Importing the package is cheap: ``deq_modules.experiments`` (the registry of Table 2) needs
 neither torch nor Lightning, so tools that only read results (``paper_figures``) stay light.
@@ -8,11 +9,14 @@ from importlib import import_module
 from typing import Any
 
 _LAZY = {
-    "rho": "activations", "rho_prime": "activations", "rho_integral": "activations",
+    "rho": "hopfield.activations", "rho_prime": "hopfield.activations",
+    "rho_integral": "hopfield.activations",
     "DATASETS": "data", "DatasetNotFoundError": "data", "HopfieldDataModule": "data",
     "EXPERIMENTS": "experiments", "ROWS": "experiments", "Experiment": "experiments",
-    "get_experiment": "experiments", "select": "experiments",
-    "OneMatrixFunction": "functions", "EvenOddFunction": "functions",
+    "get_experiment": "experiments", "select": "experiments", "register_table": "experiments",
+    "STRUCTURES": "hopfield", "Structure": "hopfield", "get_structure": "hopfield",
+    "register_structure": "hopfield", "CHN": "hopfield.models", "HAM": "hopfield.models",
+    "OneMatrixFunction": "hopfield.onematrix", "EvenOddFunction": "hopfield.evenodd",
     "LitHopfieldDEQ": "lit", "LitOneMatrixDEQ": "lit", "LitEvenOddDEQ": "lit",
     "lit_module_for": "lit",
 }

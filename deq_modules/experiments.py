@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+from .hopfield import get_structure
 
 ARCHITECTURES: dict[int, tuple[int, ...]] = {
     3: (784, 1990, 10),
@@ -87,8 +90,8 @@ class Experiment:
 
     row: str
     depth: int
-    model: str  # "chn" or "ham"
-    structure: str  # "onematrix" or "evenodd"
+    model: str  # "chn" or "ham" (deq_modules.hopfield.models)
+    structure: str  # a registered structure (deq_modules.hopfield.STRUCTURES): "onematrix", ...
     solver: str  # forward solver: "picard" or "anderson" ("DEQ" in the row name)
     damping: float
     forward_iter: int
@@ -115,11 +118,8 @@ class Experiment:
     layers: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        get_structure(self.structure)  # a ValueError names the registered ones
         object.__setattr__(self, "layers", self.architecture or ARCHITECTURES[self.depth])
-
-    @property
-    def ham(self) -> bool:
-        return self.model == "ham"
 
     @property
     def key(self) -> str:
@@ -244,20 +244,60 @@ NEURIPS_EXPERIMENTS: tuple[Experiment, ...] = tuple(
                                    ("N23-HAM-EO-DEQ", "evenodd", "anderson")))
 TABLES: dict[str, tuple[Experiment, ...]] = {"table2": EXPERIMENTS,
                                              "neurips": NEURIPS_EXPERIMENTS}
-ALL_EXPERIMENTS: tuple[Experiment, ...] = tuple(e for t in TABLES.values() for e in t)
 ROWS: tuple[str, ...] = tuple(dict.fromkeys(e.row for e in EXPERIMENTS))  # Table 2's
-ALL_ROWS: tuple[str, ...] = tuple(dict.fromkeys(e.row for e in ALL_EXPERIMENTS))
 DEPTHS: tuple[int, ...] = tuple(sorted(ARCHITECTURES))
+
+
+def register_table(name: str, experiments: Iterable[Experiment]) -> tuple[Experiment, ...]:
+    """Add a table of experiments to :data:`TABLES` (e.g. the rows of a new structure), so
+    that runs, sweeps and ``paper_figures`` find its rows; returns them as a tuple.
+
+    Each experiment's ``table`` must be ``name``, its key new to the registry and its
+    ``base_row`` a row of the table at the same depth. A name already taken is a
+    ``ValueError``.
+    """
+    experiments = tuple(experiments)
+    if not isinstance(name, str) or not name or name in TABLES:
+        raise ValueError(f"table name {name!r} is empty or taken; tables: {list(TABLES)}")
+    if not experiments:
+        raise ValueError(f"table {name!r} has no experiments")
+    known = {e.key for e in _all_experiments()}
+    keys = [e.key for e in experiments]
+    for exp in experiments:
+        if exp.table != name:
+            raise ValueError(f"{exp.key} says table={exp.table!r}, not {name!r}")
+        if exp.key in known or keys.count(exp.key) > 1:
+            raise ValueError(f"experiment {exp.key} is already in the registry")
+        if f"{exp.base_row}-L{exp.depth}" not in keys:
+            raise ValueError(f"{exp.key}: base row {exp.base_row!r} is not in table {name!r} "
+                             f"at depth {exp.depth}")
+    TABLES[name] = experiments
+    return experiments
+
+
+def _all_experiments() -> tuple[Experiment, ...]:
+    return tuple(e for t in TABLES.values() for e in t)
+
+
+def __getattr__(name: str) -> Any:
+    """``ALL_EXPERIMENTS`` and ``ALL_ROWS``: every table's, registered ones included."""
+    if name == "ALL_EXPERIMENTS":
+        return _all_experiments()
+    if name == "ALL_ROWS":
+        return tuple(dict.fromkeys(e.row for e in _all_experiments()))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_experiment(row: str, depth: int) -> Experiment:
     """The registry entry for ``row`` at ``depth``; a ``ValueError`` lists what exists."""
-    for exp in ALL_EXPERIMENTS:
+    every = _all_experiments()
+    for exp in every:
         if exp.row == row and exp.depth == depth:
             return exp
-    if row not in ALL_ROWS:
-        raise ValueError(f"unknown row {row!r}; valid rows: {list(ALL_ROWS)}")
-    depths = [e.depth for e in ALL_EXPERIMENTS if e.row == row]
+    rows = list(dict.fromkeys(e.row for e in every))
+    if row not in rows:
+        raise ValueError(f"unknown row {row!r}; valid rows: {rows}")
+    depths = [e.depth for e in every if e.row == row]
     raise ValueError(f"row {row!r} has no {depth}-layer experiment; it exists for {depths} layers")
 
 

@@ -12,13 +12,13 @@ from torchmetrics.classification import MulticlassAccuracy
 from deq_core import DEQ
 from deq_core.deq import check_forward_kwargs
 from deq_core.names import STAGES
-from madam import Madam
 
 from .experiments import (FAST_MODE, Experiment, fast_adjoint_precision, fast_backward,
                           fast_validation, get_experiment)
-from .functions import EvenOddFunction, OneMatrixFunction
+from .hopfield import get_structure
+from .hopfield.base import LayeredHopfield
+from .optim import Madam
 
-STRUCTURES = ("onematrix", "evenodd")
 TRAIN_PRECISIONS = (None, "bf16")
 # Every default below is this registry row's setting: the paper's HAM-EO-DEQ with 3 layers
 _DEFAULT = get_experiment("HAM-EO-DEQ", 3)
@@ -29,8 +29,9 @@ class LitHopfieldDEQ(L.LightningModule):
 
     Args:
         layers: layer sizes including the input, e.g. ``[784, 1990, 10]`` (odd length).
-        ham: HAM (``True``) or CHN (``False``).
-        structure: ``"onematrix"`` (synchronous updates) or ``"evenodd"``.
+        model: ``"ham"`` or ``"chn"`` (:mod:`deq_modules.hopfield.models`).
+        structure: a registered structure (:data:`deq_modules.hopfield.STRUCTURES`):
+            ``"onematrix"`` (synchronous updates) or ``"evenodd"``, or one of your own.
         forward_kwargs, backward_kwargs, damping_factor: passed to :class:`deq_core.DEQ`;
             ``None`` (or empty) takes the default row's solvers and iteration counts.
         lr: Madam learning rate, decayed linearly to ``lr / 10`` over ``schedule_epochs``,
@@ -41,7 +42,8 @@ class LitHopfieldDEQ(L.LightningModule):
             earlier); ``None`` uses the trainer's ``max_epochs``.
         lr_decay: ``False`` keeps ``lr`` constant (the NeurIPS 2023 setup).
         p_scale, g_bound: Madam's bounds.
-        inner_iter, inner_damping: local iterations of the even-odd CHN's half steps.
+        inner_iter, inner_damping: local iterations of the even-odd CHN's half steps (given
+            to the structures whose map takes them).
         train_forward_kwargs: forward solver options while training (``None``: those of
             evaluation); the fast mode's tolerance stop with compaction.
         val_forward_kwargs: forward solver options of the validation passes (``None``: those
@@ -66,7 +68,7 @@ class LitHopfieldDEQ(L.LightningModule):
     def __init__(
         self,
         layers: Sequence[int] = _DEFAULT.layers,
-        ham: bool = _DEFAULT.ham,
+        model: str = _DEFAULT.model,
         structure: str = _DEFAULT.structure,
         forward_kwargs: dict[str, Any] | None = None,
         backward_kwargs: dict[str, Any] | None = None,
@@ -89,18 +91,14 @@ class LitHopfieldDEQ(L.LightningModule):
         if train_precision not in TRAIN_PRECISIONS:
             raise ValueError(f"unknown train_precision {train_precision!r}; valid: "
                              f"{list(TRAIN_PRECISIONS)}")
-        if structure not in STRUCTURES:
-            raise ValueError(f"unknown structure {structure!r}; valid: {list(STRUCTURES)}")
+        spec = get_structure(structure)  # a ValueError names the registered ones
         if schedule_epochs is not None and schedule_epochs < 1:
             raise ValueError(f"schedule_epochs must be >= 1 or None, got {schedule_epochs!r}")
         self.save_hyperparameters()
         self.val_forward_kwargs = None if val_forward_kwargs is None else \
             check_forward_kwargs("val_forward_kwargs", val_forward_kwargs)
         layers = list(layers)
-        if structure == "onematrix":
-            f = OneMatrixFunction(layers, ham=ham)
-        else:
-            f = EvenOddFunction(layers, ham=ham, inner_iter=inner_iter, inner_damping=inner_damping)
+        f = spec.build(layers, model, inner_iter=inner_iter, inner_damping=inner_damping)
         self.deq = DEQ(
             f, None,
             forward_kwargs=forward_kwargs or _DEFAULT.forward_kwargs,
@@ -115,8 +113,8 @@ class LitHopfieldDEQ(L.LightningModule):
         )
 
     @property
-    def f(self) -> OneMatrixFunction | EvenOddFunction:
-        """The Hopfield function (OneMatrix or EvenOdd) inside the DEQ."""
+    def f(self) -> LayeredHopfield:
+        """The Hopfield map (of the module's structure) inside the DEQ."""
         return self.deq.f_module
 
     def forward(self, x: Tensor) -> Tensor:
@@ -187,22 +185,22 @@ def _own_structure(cls: type, structure: str, kwargs: dict[str, Any]) -> str:
     if given != structure:
         raise ValueError(
             f"{cls.__name__} builds structure {structure!r}, but structure={given!r} was given "
-            f"(a checkpoint of the other structure?); LitHopfieldDEQ builds either")
+            f"(a checkpoint of another structure?); LitHopfieldDEQ builds any registered one")
     return structure
 
 
 class LitOneMatrixDEQ(LitHopfieldDEQ):
     """The synchronous (OneMatrix) Hopfield DEQ: Eq. 5 (CHN) and Eq. 6 (HAM)."""
 
-    def __init__(self, layers: Sequence[int] = _DEFAULT.layers, ham: bool = _DEFAULT.ham, **kwargs: Any) -> None:
-        super().__init__(layers, ham, structure=_own_structure(type(self), "onematrix", kwargs), **kwargs)
+    def __init__(self, layers: Sequence[int] = _DEFAULT.layers, model: str = _DEFAULT.model, **kwargs: Any) -> None:
+        super().__init__(layers, model, structure=_own_structure(type(self), "onematrix", kwargs), **kwargs)
 
 
 class LitEvenOddDEQ(LitHopfieldDEQ):
     """The even-odd Hopfield DEQ: Eq. 10 (HAM, even state only) and Eq. 7 (CHN)."""
 
-    def __init__(self, layers: Sequence[int] = _DEFAULT.layers, ham: bool = _DEFAULT.ham, **kwargs: Any) -> None:
-        super().__init__(layers, ham, structure=_own_structure(type(self), "evenodd", kwargs), **kwargs)
+    def __init__(self, layers: Sequence[int] = _DEFAULT.layers, model: str = _DEFAULT.model, **kwargs: Any) -> None:
+        super().__init__(layers, model, structure=_own_structure(type(self), "evenodd", kwargs), **kwargs)
 
 
 def lit_module_for(exp: Experiment, input_size: int | None = None,
@@ -221,7 +219,7 @@ def lit_module_for(exp: Experiment, input_size: int | None = None,
     if input_size is not None:
         layers[0] = input_size
     return LitHopfieldDEQ(
-        layers=layers, ham=exp.ham, structure=exp.structure,
+        layers=layers, model=exp.model, structure=exp.structure,
         forward_kwargs=exp.forward_kwargs,
         backward_kwargs=exp.fast_backward_kwargs if fast else exp.backward_kwargs,
         damping_factor=exp.damping, lr=exp.lr, schedule_epochs=exp.schedule_epochs,

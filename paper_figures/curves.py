@@ -4,8 +4,8 @@
                                    [--wandb ENTITY/PROJECT/SWEEP_ID] [--out figures]
 
 ``curves.pdf``/``.png``: the test accuracy (top row) and the iterations to converge (bottom
-row) after each epoch, one column per model family and depth (3-layer CHN, 3-, 5- and 7-layer
-HAM), one line per Table 2 row: the mean over the finished seeds, with a band from the lowest
+row) after each epoch, one column per model family and depth of the runs' table (Table 2:
+3-layer CHN, 3-, 5- and 7-layer HAM), one line per row of the table: the mean over the finished seeds, with a band from the lowest
 to the highest seed. Epochs before the last come from the runs' per-epoch validation passes
 (``metrics.csv``: ``val/acc``, ``val/iters_to_converge``; in this project's protocol they
 score the test split), the last epoch from the final test (``summary.json``), which a run does
@@ -28,29 +28,46 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from deq_modules.experiments import EXPERIMENTS, Experiment
+from deq_modules.experiments import TABLES, Experiment
+from deq_modules.hopfield import get_structure
 from runner.store import METRICS
 
 from .cli import add_source_args, run_script, warn
 from .runs import RunRecord
 from .style import SMALL, TEXT_WIDTH, fix_tick_sizes, paper_style, save, saved_line
+from .table import table_of
 
 STEM = "curves"
 WRITES = "curves.pdf, curves.png"
 HEIGHT = 4.0  # inches: two rows of panels and the legend
-FAMILIES = (("chn", 3), ("ham", 3), ("ham", 5), ("ham", 7))
 QUANTITIES = (("acc", "Test accuracy (%)"), ("iters", "Iterations to converge"))
-# A row's colour by its variant, the same in every column; CHN-3ep is the plain CHN stopped
-# after 3 epochs.
+# A row's colour by its variant, the same in every column: Table 2's four variants in the
+# colours below; a variant of another registered structure takes its structure's colour,
+# dashed with Anderson. CHN-3ep is the plain CHN stopped after 3 epochs.
 VARIANTS = {("onematrix", "picard"): ("tab:blue", "plain, Picard (HAM, CHN-10ep)"),
             ("onematrix", "anderson"): ("tab:orange", "plain, Anderson (-DEQ)"),
             ("evenodd", "picard"): ("tab:green", "even-odd, Picard (-EO)"),
             ("evenodd", "anderson"): ("tab:red", "even-odd, Anderson (-EO-DEQ)")}
 SHORT_CHN = ("CHN-3ep", "tab:purple", "plain, Picard, 3 epochs (CHN-3ep)")
+SOLVER_WORDS = {"picard": "Picard", "anderson": "Anderson"}
 
 
-def colour_of(exp: Experiment) -> str:
-    return SHORT_CHN[1] if exp.row == SHORT_CHN[0] else VARIANTS[(exp.structure, exp.solver)][0]
+def families(table: str = "table2") -> list[tuple[str, int]]:
+    """The (model, depth) columns of ``table``, in registry order (Table 2: 3-layer CHN, 3-,
+    5- and 7-layer HAM)."""
+    return list(dict.fromkeys((e.model, e.depth) for e in TABLES[table]))
+
+
+def variant_of(exp: Experiment) -> tuple[str, str, str]:
+    """The row's colour, line style and legend entry."""
+    if exp.row == SHORT_CHN[0]:
+        return SHORT_CHN[1], "-", SHORT_CHN[2]
+    if (exp.structure, exp.solver) in VARIANTS:
+        return (*VARIANTS[(exp.structure, exp.solver)][:1], "-",
+                VARIANTS[(exp.structure, exp.solver)][1])
+    structure = get_structure(exp.structure)
+    return (structure.colour, "--" if exp.solver == "anderson" else "-",
+            f"{structure.label}, {SOLVER_WORDS.get(exp.solver, exp.solver)}")
 
 
 def _number(text: str | None) -> float | None:
@@ -102,16 +119,16 @@ def pooled(records: Sequence[RunRecord], exp: Experiment) -> tuple[dict, int]:
     return out, len(curves)
 
 
-def family_rows(model: str, depth: int) -> list[Experiment]:
-    return [e for e in EXPERIMENTS if e.model == model and e.depth == depth]
+def family_rows(model: str, depth: int, table: str = "table2") -> list[Experiment]:
+    return [e for e in TABLES[table] if e.model == model and e.depth == depth]
 
 
 def draw(axes: Sequence[Axes], records: Sequence[RunRecord], model: str,
-         depth: int) -> dict[str, int]:
+         depth: int, table: str = "table2") -> dict[str, int]:
     """One family's accuracy and iterations panels; the seeds read per row key."""
     counts = {}
-    for exp in family_rows(model, depth):
-        colour = colour_of(exp)
+    for exp in family_rows(model, depth, table):
+        colour, style, _ = variant_of(exp)
         data, n = pooled(records, exp)
         counts[exp.key] = n
         if not n:
@@ -119,11 +136,14 @@ def draw(axes: Sequence[Axes], records: Sequence[RunRecord], model: str,
         for ax, (key, _) in zip(axes, QUANTITIES):
             mean, low, high = data[key]
             epochs = np.arange(1, mean.size + 1)
-            ax.plot(epochs, mean, color=colour, linewidth=1.1, marker=".", markersize=3)
+            ax.plot(epochs, mean, color=colour, linestyle=style, linewidth=1.1, marker=".",
+                    markersize=3)
             ax.fill_between(epochs, low, high, color=colour, alpha=0.18, linewidth=0)
-            published = exp.published_acc[0] if key == "acc" else exp.published_iters[0]
-            ax.plot([exp.epochs], [published], marker="D", markersize=4, linestyle="none",
-                    markerfacecolor=colour, markeredgecolor="0.15", markeredgewidth=0.6)
+            published = exp.published_acc if key == "acc" else exp.published_iters
+            if published is not None:  # rows beyond Table 2 have none
+                ax.plot([exp.epochs], [published[0]], marker="D", markersize=4,
+                        linestyle="none", markerfacecolor=colour, markeredgecolor="0.15",
+                        markeredgewidth=0.6)
     axes[0].set_title(f"{depth}-layer {model.upper()}")
     for ax in axes:
         if not ax.lines:
@@ -139,20 +159,31 @@ def draw(axes: Sequence[Axes], records: Sequence[RunRecord], model: str,
 
 
 def make_figure(records: Sequence[RunRecord]) -> tuple[Figure, dict[str, int]]:
-    """The curves figure at text width (Agg, no pyplot state); seeds read per row key."""
+    """The curves figure at text width, one column per family of the runs' table (Agg, no
+    pyplot state); seeds read per row key."""
+    table = table_of(records)
+    columns = families(table)
     with paper_style():
         fig = Figure(figsize=(TEXT_WIDTH, HEIGHT), layout="constrained")
-        grid = fig.subplots(len(QUANTITIES), len(FAMILIES), squeeze=False)
+        grid = fig.subplots(len(QUANTITIES), len(columns), squeeze=False)
         counts: dict[str, int] = {}
-        for column, (model, depth) in enumerate(FAMILIES):
-            counts.update(draw(grid[:, column], records, model, depth))
+        for column, (model, depth) in enumerate(columns):
+            counts.update(draw(grid[:, column], records, model, depth, table))
         for row, (_, label) in enumerate(QUANTITIES):
             grid[row, 0].set_ylabel(label)
-        # One legend: the rows by their variant, which the columns share.
-        entries = [*VARIANTS.values(), SHORT_CHN[1:]]
-        handles = [Line2D([], [], color=c, linewidth=1.1) for c, _ in entries]
-        handles.append(Line2D([], [], color="0.3", marker="D", linestyle="none", markersize=4))
-        labels = [label for _, label in entries] + ["published Table 2 (at its last epoch)"]
+        # One legend: the rows by their variant, which the columns share (Table 2's four
+        # variants and CHN-3ep first, in that order).
+        drawn = list(dict.fromkeys(variant_of(e) for e in TABLES[table]))
+        first = [(c, "-", label) for c, label in VARIANTS.values()] + \
+            [(SHORT_CHN[1], "-", SHORT_CHN[2])]
+        entries = [v for v in first if v in drawn] + [v for v in drawn if v not in first]
+        handles = [Line2D([], [], color=c, linestyle=style, linewidth=1.1)
+                   for c, style, _ in entries]
+        labels = [label for _, _, label in entries]
+        if any(e.published_acc or e.published_iters for e in TABLES[table]):
+            handles.append(Line2D([], [], color="0.3", marker="D", linestyle="none",
+                                  markersize=4))
+            labels.append("published Table 2 (at its last epoch)")
         fig.legend(handles, labels, loc="outside lower center", ncols=3, handlelength=2.0,
                    columnspacing=1.2)
         fix_tick_sizes(fig)

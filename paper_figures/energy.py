@@ -3,8 +3,9 @@
     python -m paper_figures.energy [--results results] [--sweep table2]
                                    [--wandb ENTITY/PROJECT/SWEEP_ID] [--out figures]
 
-One panel per depth, one curve per HAM row of the registry: colour tells plain (synchronous)
-from even-odd, line style tells Picard from Anderson ("DEQ"). Each curve pools the finished
+One panel per depth, one curve per HAM row of the runs' table (Table 2's for a Table 2 sweep):
+colour tells the structure (blue plain, i.e. synchronous; orange even-odd; each registered
+structure has its own), line style tells Picard from Anderson ("DEQ"). Each curve pools the finished
 seeds' ``energy.npz`` (test set; see ``runner.result_files``) by an ``n_samples``-weighted mean
 per iteration. Writes ``energy.pdf`` and ``energy.png`` at a paper's text width. Rows without an
 energy file are named in their panel, a depth without any says so; an unreadable file is
@@ -25,26 +26,31 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from deq_modules.experiments import DEPTHS, EXPERIMENTS, Experiment
+from deq_modules.experiments import TABLES, Experiment
+from deq_modules.hopfield import get_structure
 from runner.result_files import BadResultFile, load_energy, merge_energy
 from runner.store import ENERGY
 
 from .cli import add_source_args, run_script, warn
 from .runs import RunRecord
 from .style import SMALL, TEXT_WIDTH, fix_tick_sizes, paper_style, save, saved_line
+from .table import table_of
 
 STEM = "energy"
 WRITES = "energy.pdf, energy.png"
 HEIGHT = 2.6  # inches: one row of panels and the legend
-COLOURS = {"onematrix": "tab:blue", "evenodd": "tab:orange"}  # plain / even-odd
 LINESTYLES = {"picard": "-", "anderson": "--"}  # Picard / Anderson ("DEQ")
-WORDS = {"onematrix": "plain", "evenodd": "even-odd", "picard": "Picard",
-         "anderson": "Anderson"}
+SOLVER_WORDS = {"picard": "Picard", "anderson": "Anderson"}
 
 
-def ham_rows(depth: int) -> list[Experiment]:
-    """The HAM rows of the registry at ``depth``, in registry order."""
-    return [e for e in EXPERIMENTS if e.model == "ham" and e.depth == depth]
+def ham_rows(depth: int, table: str = "table2") -> list[Experiment]:
+    """The HAM rows of the registry's ``table`` at ``depth``, in registry order."""
+    return [e for e in TABLES[table] if e.model == "ham" and e.depth == depth]
+
+
+def ham_depths(table: str = "table2") -> list[int]:
+    """The depths of ``table`` that have HAM rows, in increasing order."""
+    return sorted({e.depth for e in TABLES[table] if e.model == "ham"})
 
 
 def pooled_energy(records: Sequence[RunRecord], exp: Experiment
@@ -73,23 +79,29 @@ def pooled_energy(records: Sequence[RunRecord], exp: Experiment
 
 
 def _label(exp: Experiment) -> str:
-    return f"{exp.row} ({WORDS[exp.structure]}, {WORDS[exp.solver]})"
+    return f"{exp.row} ({get_structure(exp.structure).label}, {SOLVER_WORDS[exp.solver]})"
 
 
-def draw_depth(ax: Axes, records: Sequence[RunRecord], depth: int) -> dict[str, int]:
-    """One panel: the pooled energy curve of each HAM row at ``depth``; runs pooled per key."""
+def _line_style(exp: Experiment) -> dict:
+    return dict(color=get_structure(exp.structure).colour, linestyle=LINESTYLES[exp.solver],
+                linewidth=1.1)
+
+
+def draw_depth(ax: Axes, records: Sequence[RunRecord], depth: int,
+               table: str = "table2") -> dict[str, int]:
+    """One panel: the pooled energy curve of each HAM row of ``table`` at ``depth``; runs
+    pooled per key."""
     ax.set_title(f"{depth}-layer HAM")
     counts: dict[str, int] = {}
     missing = []
-    for exp in ham_rows(depth):
+    for exp in ham_rows(depth, table):
         data, used = pooled_energy(records, exp)
         counts[exp.key] = len(used)
         if data is None:
             missing.append(exp.row)
             continue
         mean = np.asarray(data["mean_energy"])
-        ax.plot(np.arange(1, mean.size + 1), mean, color=COLOURS[exp.structure],
-                linestyle=LINESTYLES[exp.solver], linewidth=1.1, label=exp.row)
+        ax.plot(np.arange(1, mean.size + 1), mean, label=exp.row, **_line_style(exp))
     if not ax.lines:
         ax.text(0.5, 0.5, "no energy files", ha="center", va="center", transform=ax.transAxes,
                 color="0.4", fontsize=SMALL)
@@ -107,21 +119,29 @@ def draw_depth(ax: Axes, records: Sequence[RunRecord], depth: int) -> dict[str, 
 
 
 def make_figure(records: Sequence[RunRecord]) -> tuple[Figure, dict[str, int]]:
-    """The energy figure at text width, one panel per depth (Agg, no pyplot state); and the
-    runs pooled per row key."""
+    """The energy figure at text width, one panel per depth of the runs' table (Agg, no pyplot
+    state); and the runs pooled per row key."""
+    table = table_of(records)
+    depths = ham_depths(table)
     with paper_style():
         fig = Figure(figsize=(TEXT_WIDTH, HEIGHT), layout="constrained")
-        axes = fig.subplots(1, len(DEPTHS), squeeze=False)[0]
+        axes = fig.subplots(1, max(len(depths), 1), squeeze=False)[0]
         counts: dict[str, int] = {}
-        for ax, depth in zip(axes, DEPTHS):
-            counts.update(draw_depth(ax, records, depth))
+        for ax, depth in zip(axes, depths):
+            counts.update(draw_depth(ax, records, depth, table))
+        if not depths:
+            axes[0].text(0.5, 0.5, f"table {table} has no HAM rows", ha="center", va="center",
+                         transform=axes[0].transAxes, color="0.4", fontsize=SMALL)
+            axes[0].set_xticks([])
+            axes[0].set_yticks([])
         if any(ax.lines for ax in axes):
             axes[0].set_ylabel("Mean energy (test set)")
-        # One legend for all panels: the same four rows at every depth.
-        handles = [Line2D([], [], color=COLOURS[e.structure], linestyle=LINESTYLES[e.solver],
-                          linewidth=1.1) for e in ham_rows(DEPTHS[0])]
-        fig.legend(handles, [_label(e) for e in ham_rows(DEPTHS[0])],
-                   loc="outside lower center", ncols=2, handlelength=2.5, columnspacing=2.0)
+        # One legend for all panels: each row once (Table 2: the same four at every depth).
+        rows = list({e.row: e for d in depths for e in ham_rows(d, table)}.values())
+        if rows:
+            fig.legend([Line2D([], [], **_line_style(e)) for e in rows], [_label(e) for e in rows],
+                       loc="outside lower center", ncols=2, handlelength=2.5,
+                       columnspacing=2.0)
         fix_tick_sizes(fig)
     return fig, counts
 

@@ -31,6 +31,8 @@ from runner.store import (DIVERGED, FAILED, FINISHED, INTERRUPTED, KILLED, RUNNI
 from .cli import add_source_args, run_script, source_label, tol_label
 from .runs import DAMAGED, INCOMPLETE, OLD_COUNT, RunRecord
 
+TITLES = {"table2": "Table 2, ours against the paper",
+          "neurips": "The NeurIPS 2023 ablation (its published values are not restated here)"}
 MISSING = "—"  # an em dash: no result of ours for this cell
 NO_STD = "-"  # the standard deviation of a single seed
 # Statuses that are never averaged, in the order the notes list them (damaged: one line each).
@@ -80,8 +82,8 @@ class RowStats:
 
 
 def table_of(records: Sequence[RunRecord]) -> str:
-    """Which registry table the runs belong to: the NeurIPS one when every run whose row the
-    registry knows is one of its rows, else Table 2."""
+    """Which registry table the runs belong to: another table (the NeurIPS one, a registered
+    one) when every run whose row the registry knows is one of its rows, else Table 2."""
     tables = {r.experiment.table for r in records if r.experiment is not None}
     return tables.pop() if len(tables) == 1 else "table2"
 
@@ -188,8 +190,7 @@ def cells(stats: RowStats, notes: dict[str, int], marker: str = " [{}]") -> list
 
 def to_markdown(rows: Sequence[RowStats], records: Sequence[RunRecord], source: str) -> str:
     notes = footnotes(rows)
-    title = ("Table 2, ours against the paper" if rows[0].exp.table == "table2" else
-             "The NeurIPS 2023 ablation (its published values are not restated here)")
+    title = TITLES.get(rows[0].exp.table, f"Table {rows[0].exp.table!r}")
     lines = [f"{title} (source: {source}); mean (std) over seeds.",
              *settings_lines(records), "",
              "| " + " | ".join(HEADER) + " |",

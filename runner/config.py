@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from deq_modules.batches import batches_per_device
-from deq_modules.dataset_names import DATASETS, SPLIT_IMAGES
+from deq_modules.data.batches import batches_per_device
+from deq_modules.data.names import DATASETS, SPLIT_IMAGES
 from deq_modules.experiments import FAST_MODE, TRAINING_RECIPE, Experiment, get_experiment
 
 from .store import check_name, jsonable, run_dir
@@ -228,7 +228,7 @@ class RunConfig:
         """Images of the training and test splits, known without reading a file."""
         if self.dataset != "synthetic":
             return SPLIT_IMAGES[self.dataset]
-        from deq_modules.synthetic import synthetic_options  # imports torch: only here
+        from deq_modules.data.synthetic import synthetic_options  # imports torch: only here
 
         sizes = synthetic_options(self.synthetic_kwargs)
         return {"train": sizes["n_train"], "test": sizes["n_test"]}

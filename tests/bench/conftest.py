@@ -5,7 +5,7 @@ import torch
 from bench import trained_steps
 from deq_modules.experiments import Experiment
 from deq_modules.lit import lit_module_for
-from deq_modules.synthetic import make_synthetic
+from deq_modules.data.synthetic import make_synthetic
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ def test_tiny_json_has_every_column_with_sane_values(tmp_path, capsys):
     for r in out["records"]:
         assert r["mode"] == "paper" and r["fwd_iters"] == r["forward_iter"]
         check_record(r)
-        if Experiment.from_key(r["key"]).ham and HAS_TORCHDEQ:
+        if Experiment.from_key(r["key"]).model == "ham" and HAS_TORCHDEQ:
             assert r["torchdeq_ms"] > 0
         else:
             assert r["torchdeq_ms"] is None

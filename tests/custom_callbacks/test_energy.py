@@ -109,7 +109,7 @@ def test_hopfield_energy_takes_the_input_drive_once_per_batch(toy, tmp_path, str
     from deq_modules.lit import LitHopfieldDEQ
 
     torch.manual_seed(0)
-    module = LitHopfieldDEQ(layers=[20, 16, 8, 12, 3], ham=True, structure=structure,
+    module = LitHopfieldDEQ(layers=[20, 16, 8, 12, 3], model="ham", structure=structure,
                             forward_kwargs=dict(solver="picard", iter=ITERS)).double()
     f = module.deq.f_module
     x = torch.rand(50, 20, dtype=torch.float64)

@@ -59,7 +59,7 @@ def test_the_neurips_2023_setup_is_its_own_table():
     assert [e.row for e in NEURIPS_EXPERIMENTS] == ["N23-HAM", "N23-HAM-DEQ", "N23-HAM-EO",
                                                     "N23-HAM-EO-DEQ"]
     for e in NEURIPS_EXPERIMENTS:  # docs/papers.md, "The NeurIPS 2023 version"
-        assert e.layers == (784, 512, 10) and e.ham and e.depth == 3
+        assert e.layers == (784, 512, 10) and e.model == "ham" and e.depth == 3
         assert (e.forward_iter, e.backward_iter, e.backward_method) == (40, 8, "full_adjoint")
         assert (e.lr, e.g_bound, e.lr_decay) == (0.01, 10.0, False)
         assert e.backward_kwargs == dict(solver="picard", iter=8, method="full_adjoint")

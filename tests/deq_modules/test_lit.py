@@ -29,7 +29,7 @@ def test_small_ham_eo_deq_learns_synthetic(tmp_path):
     L.seed_everything(0)
     data = HopfieldDataModule("synthetic", batch_size=64,
                               synthetic_kwargs=dict(n_train=2000, n_test=300))
-    model = LitEvenOddDEQ([784, 128, 10], ham=True, lr=0.02, schedule_epochs=3,
+    model = LitEvenOddDEQ([784, 128, 10], model="ham", lr=0.02, schedule_epochs=3,
                           forward_kwargs=dict(solver="anderson", iter=20))
     t = trainer(tmp_path, max_epochs=3, limit_val_batches=1)
     t.fit(model, data)
@@ -41,7 +41,7 @@ def test_small_ham_eo_deq_learns_synthetic(tmp_path):
 
 def test_loss_and_micro_accuracy_match_their_definitions(tmp_path, synthetic):
     L.seed_everything(1)
-    model = LitOneMatrixDEQ(SMALL, ham=True, forward_kwargs=dict(solver="picard", iter=10))
+    model = LitOneMatrixDEQ(SMALL, model="ham", forward_kwargs=dict(solver="picard", iter=10))
     result = trainer(tmp_path).test(model, synthetic, verbose=False)[0]
     synthetic.setup("test")
     correct, total, sq = 0, 0, 0.0
@@ -92,7 +92,7 @@ def test_the_papers_schedule_runs_epoch_one_at_lr_and_epoch_ten_at_a_tenth():
 
 @pytest.mark.parametrize("cls", [LitOneMatrixDEQ, LitEvenOddDEQ])
 def test_checkpoint_rebuilds_the_model(tmp_path, synthetic, cls):
-    model = cls(SMALL, ham=False, forward_kwargs=dict(solver="anderson", iter=15, m=3),
+    model = cls(SMALL, model="chn", forward_kwargs=dict(solver="anderson", iter=15, m=3),
                 damping_factor=0.25, inner_iter=3)
     t = trainer(tmp_path, limit_train_batches=2, limit_val_batches=1)
     t.fit(model, synthetic)
@@ -111,7 +111,7 @@ def test_registry_rows_build_their_models():
         model = lit_module_for(exp)
         f = model.f
         assert isinstance(f, EvenOddFunction if exp.structure == "evenodd" else OneMatrixFunction)
-        assert f.ham == exp.ham and tuple(f.layers) == exp.layers
+        assert f.model.name == exp.model and tuple(f.layers) == exp.layers
         assert model.deq.forward_kwargs == exp.forward_kwargs
         assert model.deq.damping_factor == exp.damping
         assert model.hparams.lr == exp.lr
@@ -134,7 +134,7 @@ def save_unfitted(model, tmp_path, name: str):
 
 
 def test_a_checkpoint_of_the_other_structure_is_refused(tmp_path):
-    saved = {cls: save_unfitted(cls(SMALL, ham=False), tmp_path, f"{cls.__name__}.ckpt")
+    saved = {cls: save_unfitted(cls(SMALL, model="chn"), tmp_path, f"{cls.__name__}.ckpt")
              for cls in (LitOneMatrixDEQ, LitEvenOddDEQ)}
     for cls, other, structure, other_structure in ((LitOneMatrixDEQ, LitEvenOddDEQ, "onematrix", "evenodd"),
                                                    (LitEvenOddDEQ, LitOneMatrixDEQ, "evenodd", "onematrix")):
@@ -150,7 +150,7 @@ def test_a_checkpoint_of_the_other_structure_is_refused(tmp_path):
 
 def test_defaults_are_the_registry_row_ham_eo_deq_3_layers():
     default, row = LitHopfieldDEQ(), lit_module_for(get_experiment("HAM-EO-DEQ", 3))
-    assert isinstance(default.f, EvenOddFunction) and default.f.ham and tuple(default.f.layers) == row.f.layers
+    assert isinstance(default.f, EvenOddFunction) and default.f.model.name == "ham" and tuple(default.f.layers) == row.f.layers
     assert default.deq.forward_kwargs == row.deq.forward_kwargs
     assert default.deq.backward_kwargs == row.deq.backward_kwargs
     assert default.deq.damping_factor == row.deq.damping_factor

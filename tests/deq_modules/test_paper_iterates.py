@@ -38,7 +38,7 @@ import pytest
 import torch
 
 from deq_core import DEQ
-from deq_modules.functions import EvenOddFunction, OneMatrixFunction
+from deq_modules.hopfield import EvenOddFunction, OneMatrixFunction
 
 REFERENCE_FILE = Path(__file__).parent / "reference" / "paper_iterates_0c2d9ce.pt"
 LAYERS = [784, 48, 24, 16, 10]
@@ -58,7 +58,7 @@ def portable_function(name: str, perturbation_seed: int | None = None) -> torch.
     """The case's Hopfield map with parameters drawn from numpy (Xavier-uniform blocks, biases
     of the paper's standard deviation 0.01); with a seed, each entry scaled by 1 +- 4 eps."""
     cls, ham, _, _ = CASES[name]
-    f = cls(LAYERS, ham=ham).double()
+    f = cls(LAYERS, model="ham" if ham else "chn").double()
     rng = np.random.Generator(np.random.PCG64(PARAMETER_SEED))
     signs = (np.random.Generator(np.random.PCG64(perturbation_seed))
              if perturbation_seed is not None else None)

@@ -1,11 +1,11 @@
-"""Tests of deq_modules/loader.py: what each rank serves, epoch by epoch."""
+"""Tests of deq_modules/data/loader.py: what each rank serves, epoch by epoch."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from deq_modules.loader import DeviceBatchLoader
+from deq_modules.data.loader import DeviceBatchLoader
 
 
 def test_serves_every_sample_once_with_one_hot_targets(tiny):

@@ -1,4 +1,4 @@
-"""Tests of deq_modules/idx.py: IDX files written here, plain and gzip, good and damaged."""
+"""Tests of deq_modules/data/idx.py: IDX files written here, plain and gzip, good and damaged."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from deq_modules.idx import IdxError, idx_dims, read_idx
+from deq_modules.data.idx import IdxError, idx_dims, read_idx
 
 ARRAYS = {"labels": torch.arange(7, dtype=torch.uint8),
           "images": (torch.arange(5 * 4 * 3) % 256).to(torch.uint8).reshape(5, 4, 3)}

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .dataset_names import NUM_CLASSES, check_dataset_name
+from .names import NUM_CLASSES, check_dataset_name
 from .idx import IdxError, idx_dims, read_idx
 
 Splits = dict[str, tuple[torch.Tensor, torch.Tensor]]  # {"train"/"test": (uint8 images (N, D), labels (N,))}

@@ -1,4 +1,4 @@
-"""Tests of deq_modules/dataset_files.py: missing, damaged and good datasets on disk; no network."""
+"""Tests of deq_modules/data/files.py: missing, damaged and good datasets on disk; no network."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from urllib.error import URLError
 import pytest
 import torchvision
 
-from deq_modules.data import HopfieldDataModule
-from deq_modules.dataset_files import DatasetCorruptError, DatasetNotFoundError, check_dataset
+from deq_modules.data.datamodule import HopfieldDataModule
+from deq_modules.data.files import DatasetCorruptError, DatasetNotFoundError, check_dataset
 
 IDX_DATASETS = ["mnist", "fashion-mnist", "emnist-mnist"]
 

@@ -1,4 +1,5 @@
-"""Tests of deq_modules/functions.py (and activations.py) against the mathematics of docs/papers.md."""
+"""Tests of the Hopfield maps (deq_modules/hopfield: base.py, onematrix.py, evenodd.py, models.py,
+activations.py) against the mathematics of docs/papers.md."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import math
 import pytest
 import torch
 
-from deq_modules.activations import rho, rho_integral, rho_prime, rho_prime_from_rho
-from deq_modules.functions import EvenOddFunction, OneMatrixFunction
+from deq_modules.hopfield.activations import rho, rho_integral, rho_prime, rho_prime_from_rho
+from deq_modules.hopfield import EvenOddFunction, OneMatrixFunction
 
 LAYERS = [[5, 8, 3], [6, 9, 5, 7, 4], [7, 6, 5, 4, 3, 4, 2]]
 DT = torch.float64
@@ -20,7 +21,7 @@ def _sig(u):  # the paper's rho, written independently of the module
 
 def _om(layers, ham, scale=1.0, seed=0, **kw):
     torch.manual_seed(seed)
-    om = OneMatrixFunction(layers, ham=ham, **kw).to(DT)
+    om = OneMatrixFunction(layers, model="ham" if ham else "chn", **kw).to(DT)
     if scale != 1.0:
         with torch.no_grad():
             for p in [om.U, *om.W]:
@@ -103,7 +104,7 @@ def test_dense_W_structure(layers):
 def test_from_OneMatrix_copies_independent_parameters():
     om = _om([6, 9, 5, 7, 4], False)
     eo = EvenOddFunction.from_OneMatrix(om, inner_iter=3, inner_damping=0.2)
-    assert (eo.layers, eo.ham, eo.inner_iter, eo.inner_damping) == (om.layers, False, 3, 0.2)
+    assert (eo.layers, eo.model.name, eo.inner_iter, eo.inner_damping) == (om.layers, "chn", 3, 0.2)
     assert eo.U.dtype == DT
     with torch.no_grad():
         om.W[0].add_(1.0)
@@ -296,8 +297,8 @@ def test_readout_and_layer_state_round_trip(layers, structure):
 def test_state_sizes():
     layers = [7, 6, 5, 4, 3, 4, 2]
     assert OneMatrixFunction(layers).state_size == 24
-    assert EvenOddFunction(layers, ham=True).state_size == 5 + 3 + 2
-    assert EvenOddFunction(layers, ham=False).state_size == 24
+    assert EvenOddFunction(layers, model="ham").state_size == 5 + 3 + 2
+    assert EvenOddFunction(layers, model="chn").state_size == 24
 
 
 def test_even_odd_ham_needs_inputs_for_layer_states():
@@ -312,7 +313,7 @@ def test_even_odd_ham_needs_inputs_for_layer_states():
 def test_xavier_per_block_and_small_biases():
     torch.manual_seed(0)
     layers = [784, 1280, 510, 200, 10]
-    for f in (OneMatrixFunction(layers), EvenOddFunction(layers, ham=False)):
+    for f in (OneMatrixFunction(layers), EvenOddFunction(layers, model="chn")):
         for w, (m, n) in zip([f.U, *f.W], zip(layers[:-1], layers[1:])):
             bound = math.sqrt(6.0 / (m + n))
             assert w.shape == (m, n)
@@ -350,7 +351,7 @@ def test_bad_layers(layers, match):
 )
 def test_bad_inner_settings(kw, match):
     with pytest.raises(ValueError, match=match):
-        EvenOddFunction([5, 8, 3], ham=False, **kw)
+        EvenOddFunction([5, 8, 3], model="chn", **kw)
 
 
 # ---------------------------------------------------------------- small-world connections

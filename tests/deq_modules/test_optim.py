@@ -1,13 +1,20 @@
-"""Tests for madam.Madam against the update rule written out independently here."""
+"""Tests of deq_modules/optim.py (Madam, also `from madam import Madam`) against the update rule
+written out independently here."""
 
 import io
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from madam import Madam
+from deq_modules.optim import Madam
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _param(values, dtype=torch.float64) -> torch.nn.Parameter:
@@ -338,3 +345,15 @@ def test_updates_are_bitwise_those_of_the_rule_written_plainly(dtype):
         g_n = (g / denom).clamp(-g_bound, g_bound)
         q = (q * (g_n * torch.sign(q) * -lr).exp()).clamp(min=-p_max, max=p_max)
         assert torch.equal(p.detach(), q), f"step {t}"
+
+
+def test_madam_is_importable_at_the_top_level_but_the_package_does_not_need_it():
+    import madam
+
+    assert madam.Madam is Madam
+    code = ("import sys, deq_modules.lit, runner.run; "
+            "print('madam' in sys.modules, 'deq_modules.optim' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .dataset_names import NUM_CLASSES
+from .names import NUM_CLASSES
 
 
 def make_synthetic(n_train: int = 2000, n_test: int = 500, input_size: int = 784,

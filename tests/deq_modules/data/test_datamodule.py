@@ -1,4 +1,4 @@
-"""Tests of deq_modules/data.py (the LightningDataModule) on tiny files written here: CPU, seconds."""
+"""Tests of deq_modules/data/datamodule.py (the LightningDataModule) on tiny files written here: CPU, seconds."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 import torchvision
 
-from deq_modules.data import DATASETS, HopfieldDataModule
+from deq_modules.data.datamodule import HopfieldDataModule
+from deq_modules.data.names import DATASETS
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])

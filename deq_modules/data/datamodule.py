@@ -4,7 +4,7 @@ Fashion-MNIST, CIFAR-10 and a generated ``synthetic`` set.
 Images are flattened and scaled to [0, 1]; targets are one-hot (the models are trained with MSE
 against one-hot targets, Appendix F). As in the paper, each whole dataset lives on the training
 device; it is kept there as uint8 (4x smaller than float32) and each batch is converted on the fly.
-Finding, downloading, checking and reading the files is :mod:`deq_modules.dataset_files`.
+Finding, downloading, checking and reading the files is :mod:`deq_modules.data.files`.
 """
 
 from __future__ import annotations
@@ -15,17 +15,10 @@ from typing import Any
 import lightning as L
 import torch
 
-from .dataset_files import (DatasetCorruptError, DatasetNotFoundError, Splits, check_dataset, fetch_dataset,
-                            load_dataset, on_disk, resolve_data_dir)
-from .dataset_names import DATASETS, NUM_CLASSES, check_dataset_name
-from .idx import read_idx
+from .files import Splits, fetch_dataset, load_dataset, on_disk, resolve_data_dir
 from .loader import DeviceBatchLoader
+from .names import NUM_CLASSES, check_dataset_name
 from .synthetic import make_synthetic, synthetic_options
-
-__all__ = [  # the names other code imports from here, wherever they are defined
-    "DATASETS", "NUM_CLASSES", "DatasetCorruptError", "DatasetNotFoundError", "DeviceBatchLoader",
-    "HopfieldDataModule", "check_dataset", "make_synthetic", "read_idx",
-]
 
 
 class HopfieldDataModule(L.LightningDataModule):

@@ -1,7 +1,7 @@
 """How many samples and batches one device gets from a split per epoch.
 
 No imports: the command lines check a batch limit with it before anything is loaded, and
-:class:`~deq_modules.loader.DeviceBatchLoader` serves exactly these counts.
+:class:`~deq_modules.data.loader.DeviceBatchLoader` serves exactly these counts.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .batches import batches_per_device, samples_per_device
-from .dataset_names import NUM_CLASSES
+from .names import NUM_CLASSES
 
 
 class DeviceBatchLoader:

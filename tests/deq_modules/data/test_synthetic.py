@@ -1,11 +1,11 @@
-"""Tests of deq_modules/synthetic.py: deterministic, balanced, learnable but not trivially."""
+"""Tests of deq_modules/data/synthetic.py: deterministic, balanced, learnable but not trivially."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from deq_modules.synthetic import SYNTHETIC_DEFAULTS, make_synthetic, synthetic_options
+from deq_modules.data.synthetic import SYNTHETIC_DEFAULTS, make_synthetic, synthetic_options
 
 
 def test_synthetic_is_deterministic_balanced_and_learnable():
