@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from custom_callbacks import iterations_to_converge
-from deq_modules.dataset_files import DatasetNotFoundError, load_dataset
+from deq_modules.data.files import DatasetNotFoundError, load_dataset
 from deq_modules.experiments import get_experiment, split_run_name
 from deq_modules.lit import lit_module_for
 

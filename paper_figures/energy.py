@@ -171,9 +171,9 @@ def rises(mean_energy: Sequence[float], rel_tol: float = RISE_TOL) -> tuple[int 
 
 def descent_lines(records: Sequence[RunRecord]) -> list[str]:
     """Per HAM row, seed by seed: does the test set's mean energy descend monotonically?"""
-    lines = []
-    for depth in DEPTHS:
-        for exp in ham_rows(depth):
+    lines, table = [], table_of(records)
+    for depth in ham_depths(table):
+        for exp in ham_rows(depth, table):
             _, used = pooled_energy(records, exp)
             if not used:
                 continue

@@ -4,7 +4,7 @@ import torch
 
 from bench import anderson_variants as av
 from deq_core.solvers import anderson, picard
-from deq_modules.synthetic import make_synthetic
+from deq_modules.data.synthetic import make_synthetic
 
 
 def contraction(width=12, seed=0):
