@@ -4,8 +4,9 @@ from .gradients import Backward, backprop, fast_bf16, full_adjoint
 from .loop import Step, iterate
 from .observe import ObserverHandle, SolverStats, relative_residual
 from .registry import (ADJOINT_PRECISIONS, GRADIENTS, SOLVERS, check_adjoint_precision,
-                       check_backward_kwargs, check_forward_kwargs, get_gradient, get_solver, register_gradient,
-                       register_solver, unregister_solver)
+                       check_backward_kwargs, check_forward_kwargs, get_gradient, get_solver,
+                       register_gradient, register_solver, unregister_gradient,
+                       unregister_solver)
 from .solvers import anderson, picard, solve
 
 __all__ = [
@@ -13,5 +14,5 @@ __all__ = [
     "SolverStats", "Step", "anderson", "backprop", "check_adjoint_precision",
     "check_backward_kwargs", "check_forward_kwargs", "fast_bf16", "full_adjoint",
     "get_gradient", "get_solver", "iterate", "picard", "register_gradient", "register_solver",
-    "relative_residual", "solve", "unregister_solver",
+    "relative_residual", "solve", "unregister_gradient", "unregister_solver",
 ]

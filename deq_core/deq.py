@@ -134,7 +134,8 @@ class DEQ(nn.Module):
         self._forward_override: dict[str, Any] | None = None  # set by forward_options()
         self.backward_kwargs = None if backward_kwargs is None else \
             check_backward_kwargs("backward_kwargs", backward_kwargs)
-        check_adjoint_precision(adjoint_precision, self._method())
+        check_adjoint_precision(adjoint_precision, None if self.backward_kwargs is None else
+                                self.backward_kwargs["method"])
         self.adjoint_precision = adjoint_precision
         self.damping_factor = check_damping(damping_factor)
         check_bool("compile_f", compile_f)
@@ -148,9 +149,6 @@ class DEQ(nn.Module):
         self.last_forward_stats: SolverStats | None = None
         self.last_backward_stats: SolverStats | None = None
         self._observers = Observers()
-
-    def _method(self) -> str | None:
-        return None if self.backward_kwargs is None else self.backward_kwargs["method"]
 
     def _state_size(self) -> int | None:
         size = getattr(self.f_module, "state_size", None)

@@ -134,9 +134,12 @@ def register_solver(name: str, solver: SolverFn | type[Step] | None = None, *,
         raise TypeError(f"register_solver({name!r}, ...) takes a function or a subclass of "
                         f"deq_core.Step, got {solver!r}")
     for key, check in checks.items():
-        if key in SOLVE_ARGUMENTS or not callable(check):
-            raise ValueError(f"solver {name!r}: option {key!r} needs a check function, and "
-                             f"{sorted(SOLVE_ARGUMENTS)} are every solver's already")
+        if key in SOLVE_ARGUMENTS:
+            raise ValueError(f"solver {name!r}: {key!r} is an argument of every solver already "
+                             f"({sorted(SOLVE_ARGUMENTS)}); declare only the solver's own options")
+        if not callable(check):
+            raise ValueError(f"solver {name!r}: option {key!r} needs a check(label, value), "
+                             f"got {check!r}")
 
     @functools.wraps(fn)
     def checked(f: Callable[[Tensor], Tensor], z0: Tensor, *, max_iter: int,
@@ -196,10 +199,19 @@ def register_gradient(name: str, fn: Callable[..., Tensor] | None = None, *,
     if fn is None:
         return lambda f: register_gradient(name, f, unrolls=unrolls,
                                            adjoint_precision=adjoint_precision, replace=replace)
+    if not isinstance(name, str) or not name or not callable(fn):
+        raise ValueError(f"register_gradient takes a non-empty name and a function, got "
+                         f"{name!r} and {fn!r}")
     if name in GRADIENTS and not replace:
         raise ValueError(f"backward method {name!r} is registered already; pass replace=True")
     GRADIENTS[name] = GradientSpec(fn, unrolls, adjoint_precision)
     return fn
+
+
+def unregister_gradient(name: str) -> None:
+    """Remove a registered gradient method; an unknown name is an error."""
+    get_gradient(name)
+    del GRADIENTS[name]
 
 
 def get_gradient(name: str) -> GradientSpec:
@@ -218,7 +230,8 @@ def get_gradient(name: str) -> GradientSpec:
 ADJOINT_PRECISIONS = (None, "bf16", "auto")
 
 
-def _check_solve_kwargs(kind: str, kwargs: Mapping[str, Any], extra: frozenset[str]) -> dict[str, Any]:
+def _check_solve_kwargs(kind: str, kwargs: Mapping[str, Any],
+                        extra: frozenset[str]) -> dict[str, Any]:
     if not isinstance(kwargs, Mapping):
         raise ValueError(f"{kind} must be a dict of solver options, got {kwargs!r}")
     kwargs = dict(kwargs)

@@ -436,3 +436,17 @@ def test_compiled_map_gives_the_eager_fixed_point_and_gradients(method, make_tan
 def test_compile_f_must_be_a_bool(tanh_map):
     with pytest.raises(ValueError, match="compile_f must be True or False, got 'yes'"):
         DEQ(tanh_map, forward_kwargs=FORWARD, compile_f="yes")
+
+
+def test_without_backward_kwargs_the_value_comes_and_a_backward_is_refused(tanh_map):
+    """No default gradient: a DEQ built for evaluation gives its value also with grad enabled,
+    and a backward pass through it is an error that names backward_kwargs, never a silently
+    missing gradient."""
+    deq = DEQ(tanh_map, None, forward_kwargs=FORWARD)
+    x = torch.randn(3, 5, dtype=F64)
+    z = deq(x)
+    with torch.no_grad():
+        torch.testing.assert_close(z.detach(), deq(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="backward_kwargs"):
+        z.sum().backward()
+    assert deq.last_backward_stats is None
