@@ -17,8 +17,10 @@ import torch
 from torch import Tensor
 
 from deq_core import DEQ, ObserverHandle
-from deq_core.names import STAGES
 
+# The stages a callback can observe: Lightning's three loops, as the hooks below name them;
+# logged quantities are named ``<stage>/<quantity>`` (``test/iters_to_converge``).
+STAGES = ("train", "val", "test")
 
 
 def get_deq(pl_module: pl.LightningModule, who: str) -> DEQ:

@@ -10,9 +10,8 @@ import torch
 from torch import Tensor
 
 from deq_core import SolverStats
-from deq_core.names import STAGES
 
-from ._base import ObservingCallback
+from ._base import STAGES, ObservingCallback
 
 Tolerance = float | Sequence[float] | Tensor
 

@@ -1,99 +1,27 @@
-"""The DEQ layer: solve ``z* = f(x, z*)`` without a graph, then attach gradients.
+"""The DEQ layer: solve ``z* = f(x, z*)`` without a graph, then attach a gradient.
 
-The value of ``deq(x)`` is always the forward solve's ``z*``, in training too, so that the
-loss and the prediction are taken where the solver stopped (as the papers do), whichever
-gradient is attached. Gradients, selected by ``backward_kwargs["method"]``:
-
-- ``backprop`` (recurrent backpropagation): from the detached fixed point, ``iter`` more
-  differentiable (damped) Picard steps; the incoming gradient ``dL/dz*`` is back-propagated
-  through those steps only (their end state is not the value: a sample that has not
-  converged would otherwise be scored ``iter`` steps further on).
-- ``full_adjoint`` (implicit function theorem): one differentiable step ``f(z*)`` whose
-  incoming gradient ``v`` is replaced by the solution of the adjoint fixed point
-  ``g = J^T g + v`` (``J = df/dz`` at ``z*``), solved with vector-Jacobian products.
-
-With ``solver="picard"``, ``iter=T`` and no ``tol``, ``full_adjoint`` sums the first ``T`` terms
-of the Neumann series ``sum_i (J^T)^i v``: at a fixed point, exactly the gradient ``backprop``
-gets from ``T`` unrolled steps (each of its steps multiplies by ``J^T`` at an iterate, here at
-``z*``), for one state-only vector-Jacobian product per step instead of a differentiable step
-and its backward through the parameters.
+The layer owns the map (``f_module``, damping, ``torch.compile``, the state's dtype), the
+starting state and the forward solve with its observers; the solvers
+(:mod:`deq_core.solvers`), the gradient methods (:mod:`deq_core.gradients`) and the checks of
+their options (:mod:`deq_core.registry`) are looked up by name.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .solvers import (COMMON_OPTIONS, SolverStats, check_positive_int, check_tol, checked_map,
-                      get_solver, relative_residual)
+from .gradients import Backward, fast_bf16
+from .loop import checked_map
+from .observe import ObserverHandle, Observers, SolverStats
+from .registry import (check_adjoint_precision, check_backward_kwargs, check_bool,
+                       check_damping, check_forward_kwargs, get_gradient)
+from .solvers import solve
 
-BACKWARD_METHODS = ("backprop", "full_adjoint")
-# ``adjoint_precision``: the full adjoint's vector-Jacobian products in float32 (None), in
-# bfloat16 ("bf16"), or in bfloat16 where the device multiplies bfloat16 matrices natively
-# ("auto": CPUs with AMX or AVX512-BF16, CUDA GPUs with bfloat16 tensor cores).
-ADJOINT_PRECISIONS = (None, "bf16", "auto")
 Logger = Callable[[str, float], Any]
-
-
-@dataclass
-class _Observer:
-    on_solve: Callable[[SolverStats], None] | None
-    on_iterate: Callable[[int, Tensor], None] | None
-
-
-class ObserverHandle:
-    """Returned by :meth:`DEQ.observe`; ``remove()`` it, or use it as a context manager."""
-
-    def __init__(self, observers: list[_Observer], observer: _Observer):
-        self._observers, self._observer = observers, observer
-
-    def remove(self) -> None:
-        if self._observer in self._observers:
-            self._observers.remove(self._observer)
-
-    def __enter__(self) -> ObserverHandle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
-
-
-def fast_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices natively (faster than float32): a CPU
-    with AMX or AVX512-BF16 (elsewhere torch emulates them, several times slower), a CUDA GPU
-    of compute capability 8.0 or more."""
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
-    if device.type == "cpu":
-        checks = (getattr(torch.cpu, name, None) for name in
-                  ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
-        return any(check is not None and check() for check in checks)
-    return False
-
-
-def _check_kwargs(kind: str, kwargs: Mapping[str, Any], extra: frozenset[str]) -> dict[str, Any]:
-    kwargs = dict(kwargs)
-    if "solver" not in kwargs or "iter" not in kwargs:
-        raise ValueError(f"{kind} needs 'solver' and 'iter'; got keys {sorted(kwargs)}")
-    spec = get_solver(kwargs["solver"])
-    # ``restrict`` is the DEQ's to give (``compact=True`` asks for it)
-    allowed = ({"solver", "iter"} | COMMON_OPTIONS | set(spec.options) | extra) - {"restrict"}
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise ValueError(
-            f"unknown {kind} option(s) {unknown} for solver {kwargs['solver']!r}; "
-            f"valid options: {sorted(allowed)}"
-        )
-    check_positive_int(f"{kind}['iter']", kwargs["iter"])
-    check_tol(f"{kind}['tol']", kwargs.get("tol"))
-    for name, check in spec.options.items():
-        if name in kwargs:
-            check(f"{kind}[{name!r}]", kwargs[name])
-    return kwargs
 
 
 def _in_state_dtype(fz: Tensor, z: Tensor) -> Tensor:
@@ -105,18 +33,6 @@ def _in_state_dtype(fz: Tensor, z: Tensor) -> Tensor:
     return fz
 
 
-def check_forward_kwargs(kind: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """``kwargs`` as a DEQ's forward options (``forward_kwargs`` and the like), checked; ``kind``
-    names them in the error."""
-    kwargs = _check_kwargs(kind, kwargs, frozenset({"compact"}))
-    compact = kwargs.get("compact", False)
-    if not isinstance(compact, bool) or (compact and kwargs.get("tol") is None):
-        raise ValueError(f"{kind}['compact'] must be True or False, and True needs a 'tol' "
-                         f"(samples leave the batch once below it); got {compact!r} with "
-                         f"tol={kwargs.get('tol')!r}")
-    return kwargs
-
-
 def _check_z_init(z_init: Tensor, state_size: int | None) -> None:
     """With a declared ``state_size`` D, ``z_init`` must be ``(D,)``, ``(1, D)`` or ``(B, D)``."""
     if state_size is None or (z_init.dim() in (1, 2) and z_init.shape[-1] == state_size):
@@ -125,12 +41,6 @@ def _check_z_init(z_init: Tensor, state_size: int | None) -> None:
         f"z_init of shape {tuple(z_init.shape)} does not fit f_module.state_size {state_size}; "
         f"expected ({state_size},), (1, {state_size}) or (B, {state_size})"
     )
-
-
-def _valued_at(value: Tensor, graph: Tensor) -> Tensor:
-    """``value``'s numbers with ``graph``'s gradient: the incoming gradient (taken at
-    ``value``) flows into ``graph`` unchanged."""
-    return value + (graph - graph.detach())
 
 
 def _check_input(x: Tensor, z_init: Tensor | None) -> None:
@@ -146,6 +56,21 @@ def _check_input(x: Tensor, z_init: Tensor | None) -> None:
         )
 
 
+class _NoBackward(torch.autograd.Function):
+    """``z*`` unchanged, tied to the inputs that need a gradient, whose backward is an error:
+    the value of a DEQ without ``backward_kwargs`` (a gradient through it would be wrong)."""
+
+    @staticmethod
+    def forward(ctx: Any, z_star: Tensor, *inputs: Tensor) -> Tensor:
+        return z_star.view_as(z_star)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Any:
+        raise ValueError(
+            "a gradient reached a DEQ built without backward_kwargs, which has none; pass "
+            "backward_kwargs=dict(method=..., solver=..., iter=...) to train through it")
+
+
 class DEQ(nn.Module):
     """A Deep Equilibrium layer around ``f_module``.
 
@@ -154,27 +79,26 @@ class DEQ(nn.Module):
             ``forward(Ux, z) -> f(z)``; if ``z_init`` is ``None`` it must declare ``state_size``.
         z_init: initial state, ``(D,)`` or ``(1, D)`` broadcast to the batch, or ``(B, D)``;
             ``None`` means zeros of width ``f_module.state_size``.
+        forward_kwargs: ``{solver, iter}`` plus ``tol``, ``trace``, ``compact`` (with ``tol``:
+            converged samples leave the batch, :mod:`deq_core.compaction`) and the solver's
+            options (``m``, ``lam``, ``fused`` for Anderson); any registered solver
+            (:func:`deq_core.register_solver`).
+        backward_kwargs: ``{solver, iter, method}``; ``method`` is a registered gradient method
+            (:mod:`deq_core.gradients`): ``backprop`` (the default; Picard only) or
+            ``full_adjoint`` (which also takes ``tol`` and solver options). ``None``: the layer
+            has no gradient (for evaluation), and a backward pass through it is an error.
         logger: optional ``callable(name, value)`` receiving ``rel_residual_forward`` and
             ``rel_residual_backward`` (batch means) after each solve.
-        forward_kwargs: ``{solver, iter}`` plus ``tol``, ``trace``, ``compact`` (with ``tol``:
-            converged samples leave the batch, :mod:`deq_core.compaction`) and solver options
-            (``m``, ``lam`` for Anderson).
-        train_forward_kwargs: the same, used instead of ``forward_kwargs`` while the module is
-            in training mode (e.g. a tolerance stop with compaction to train fast, and the
-            fixed iteration count of ``forward_kwargs`` to evaluate); ``None``: always
-            ``forward_kwargs``.
-        backward_kwargs: ``{solver, iter, method}``; ``method`` is ``backprop`` (Picard only)
-            or ``full_adjoint`` (which also accepts ``tol`` and solver options).
         damping_factor: ``d`` in ``[0, 1)``; every step is ``z <- d z + (1 - d) f(z)``,
             forward Euler with step ``1 - d``.
+        train_forward_kwargs: the same as ``forward_kwargs``, used instead of it while the
+            module is in training mode (e.g. a tolerance stop with compaction to train fast,
+            and the fixed iteration count of ``forward_kwargs`` to evaluate); ``None``: always
+            ``forward_kwargs``.
         compile_f: evaluate ``f_module.forward`` through ``torch.compile`` (opt-in; needs a C++
             compiler on CPU, Triton on GPU). It fuses the many small elementwise operations of
             one evaluation, which is what bounds small models; the first calls pay the
             compilation (a minute or more), and results agree with eager to float rounding.
-        fused_anderson: run the bookkeeping of every Anderson solve whose state is float32 on
-            the CPU as one C++ kernel (``anderson(..., fused=True)``, :mod:`deq_core.fused`;
-            opt-in, built at first use with a C++ compiler and ninja); other solves, and
-            states on other devices or dtypes, stay eager. Results agree to float rounding.
         adjoint_precision: the precision of the ``full_adjoint`` method's vector-Jacobian
             products: ``None`` (the state's dtype), ``"bf16"`` (their graph built under
             bfloat16 autocast), or ``"auto"`` (bfloat16 where :func:`fast_bf16` says the
@@ -192,52 +116,30 @@ class DEQ(nn.Module):
         self,
         f_module: nn.Module,
         z_init: Tensor | None = None,
-        logger: Logger | None = None,
-        forward_kwargs: Mapping[str, Any] | None = None,
+        *,
+        forward_kwargs: Mapping[str, Any],
         backward_kwargs: Mapping[str, Any] | None = None,
+        logger: Logger | None = None,
         damping_factor: float = 0.0,
         train_forward_kwargs: Mapping[str, Any] | None = None,
         compile_f: bool = False,
-        fused_anderson: bool = False,
         adjoint_precision: str | None = None,
     ):
         super().__init__()
         self.f_module = f_module
         self.logger = logger
-        self.forward_kwargs = check_forward_kwargs(
-            "forward_kwargs", forward_kwargs or dict(solver="anderson", iter=40))
+        self.forward_kwargs = check_forward_kwargs("forward_kwargs", forward_kwargs)
         self.train_forward_kwargs = None if train_forward_kwargs is None else \
             check_forward_kwargs("train_forward_kwargs", train_forward_kwargs)
         self._forward_override: dict[str, Any] | None = None  # set by forward_options()
-        bkw = dict(backward_kwargs or dict(solver="picard", iter=8, method="backprop"))
-        method = bkw.setdefault("method", "backprop")
-        if method not in BACKWARD_METHODS:
-            raise ValueError(f"unknown backward method {method!r}; valid: {list(BACKWARD_METHODS)}")
-        self.backward_kwargs = _check_kwargs("backward_kwargs", bkw, frozenset({"method"}))
-        if method == "backprop":
-            extra = sorted(set(bkw) - {"solver", "iter", "method"})
-            if bkw["solver"] != "picard" or extra:
-                raise ValueError(
-                    "backward method 'backprop' unrolls plain Picard steps: it takes only "
-                    f"solver='picard', iter and method; got solver={bkw['solver']!r}, extra {extra}"
-                )
-        if isinstance(damping_factor, bool) or not 0.0 <= damping_factor < 1.0:
-            raise ValueError(f"damping_factor must be in [0, 1), got {damping_factor!r}")
-        self.damping_factor = float(damping_factor)
-        if not isinstance(compile_f, bool):
-            raise ValueError(f"compile_f must be True or False, got {compile_f!r}")
-        self.compile_f = compile_f
-        if not isinstance(fused_anderson, bool):
-            raise ValueError(f"fused_anderson must be True or False, got {fused_anderson!r}")
-        self.fused_anderson = fused_anderson
-        if adjoint_precision not in ADJOINT_PRECISIONS:
-            raise ValueError(f"unknown adjoint_precision {adjoint_precision!r}; valid: "
-                             f"{list(ADJOINT_PRECISIONS)}")
-        if adjoint_precision is not None and method != "full_adjoint":
-            raise ValueError(f"adjoint_precision={adjoint_precision!r} sets the precision of "
-                             "the full adjoint's products; backward method "
-                             f"{method!r} has none (use method='full_adjoint' or leave it None)")
+        self.backward_kwargs = None if backward_kwargs is None else \
+            check_backward_kwargs("backward_kwargs", backward_kwargs)
+        check_adjoint_precision(adjoint_precision, None if self.backward_kwargs is None else
+                                self.backward_kwargs["method"])
         self.adjoint_precision = adjoint_precision
+        self.damping_factor = check_damping(damping_factor)
+        check_bool("compile_f", compile_f)
+        self.compile_f = compile_f
         self._compiled_forward: Callable[..., Tensor] | None = None  # built at the first call
         if z_init is None and self._state_size() is None:
             raise ValueError("z_init=None needs f_module.state_size (an int) to build zeros")
@@ -246,7 +148,7 @@ class DEQ(nn.Module):
         self.register_buffer("z_init", None if z_init is None else z_init.detach().clone())
         self.last_forward_stats: SolverStats | None = None
         self.last_backward_stats: SolverStats | None = None
-        self._observers: list[_Observer] = []
+        self._observers = Observers()
 
     def _state_size(self) -> int | None:
         size = getattr(self.f_module, "state_size", None)
@@ -265,25 +167,12 @@ class DEQ(nn.Module):
         handle: call ``remove()`` or use ``with deq.observe(...):``. Observers never change the
         result, and several can be active at once.
         """
-        observer = _Observer(on_solve, on_iterate)
-        self._observers.append(observer)
-        return ObserverHandle(self._observers, observer)
+        return self._observers.add(on_solve, on_iterate)
 
     @property
     def n_observers(self) -> int:
         """How many observers are registered (removed ones no longer count)."""
         return len(self._observers)
-
-    def _on_iterate(self) -> Callable[[int, Tensor], None] | None:
-        hooks = [o.on_iterate for o in self._observers if o.on_iterate is not None]
-        if not hooks:
-            return None
-
-        def call_all(n: int, z: Tensor) -> None:
-            for hook in hooks:
-                hook(n, z)
-
-        return call_all
 
     # -- the map -------------------------------------------------------------------------
     def _f(self, Ux: Tensor, z: Tensor, eager: bool = False) -> Tensor:
@@ -331,23 +220,13 @@ class DEQ(nn.Module):
             raise ValueError(f"z_init has batch {z0.shape[0]} but the input has batch {batch}")
         return z0
 
-    def _solve(self, step: Callable[[Tensor], Tensor], z0: Tensor, kwargs: Mapping[str, Any],
-               on_iterate: Callable[[int, Tensor], None] | None = None,
-               trace: bool = False, Ux: Tensor | None = None) -> tuple[Tensor, SolverStats]:
-        options = {k: v for k, v in kwargs.items()
-                   if k not in ("solver", "iter", "method", "compact")}
-        if kwargs.get("compact") and Ux is not None:
-            options["restrict"] = lambda idx: self.step_map(Ux[idx])
-        options["trace"] = bool(options.get("trace", False)) or trace
-        if self.fused_anderson and kwargs["solver"] == "anderson" and "fused" not in options \
-                and z0.device.type == "cpu" and z0.dtype == torch.float32:
-            options["fused"] = True
-        spec = get_solver(kwargs["solver"])
-        return spec.fn(step, z0, max_iter=kwargs["iter"], on_iterate=on_iterate, **options)
-
     def _log(self, name: str, stats: SolverStats) -> None:
         if self.logger is not None:
             self.logger(name, stats.rel_residual.mean().detach())
+
+    def _report_backward(self, stats: SolverStats) -> None:
+        self.last_backward_stats = stats
+        self._log("rel_residual_backward", stats)
 
     # -- forward -------------------------------------------------------------------------
     def _drive(self, x: Tensor) -> Tensor:
@@ -376,22 +255,30 @@ class DEQ(nn.Module):
         _check_input(x, self.z_init)
         Ux = self._drive(x)
         with torch.no_grad():
-            step = self.step_map(Ux.detach())
-            z_star, stats = self._solve(
-                step, self.initial_state(Ux), self.active_forward_kwargs,
-                on_iterate=self._on_iterate(), trace=bool(self._observers), Ux=Ux.detach(),
+            drive = Ux.detach()
+            z_star, stats = solve(
+                self.step_map(drive), self.initial_state(Ux), self.active_forward_kwargs,
+                on_iterate=self._observers.on_iterate(), trace=bool(self._observers),
+                restrict=lambda idx: self.step_map(drive[idx]),
             )
         self.last_forward_stats = stats
         self._log("rel_residual_forward", stats)
-        for observer in list(self._observers):
-            if observer.on_solve is not None:
-                observer.on_solve(stats)
+        self._observers.solved(stats)
         z_star = z_star.detach()
         if not (torch.is_grad_enabled() and (Ux.requires_grad or self._has_trainable_params())):
             return z_star
-        if self.backward_kwargs["method"] == "backprop":
-            return self._backprop(Ux, z_star)
-        return self._full_adjoint(Ux, z_star)
+        return self._attach_gradient(Ux, z_star)
+
+    def _attach_gradient(self, Ux: Tensor, z_star: Tensor) -> Tensor:
+        if self.backward_kwargs is None:  # the value, with a backward that says what is missing
+            return _NoBackward.apply(z_star, Ux, *self.f_module.parameters())
+        method = self.backward_kwargs["method"]
+        spec = get_gradient(method)
+        # backward_kwargs or adjoint_precision may have been reassigned since __init__
+        check_adjoint_precision(self.adjoint_precision, method)
+        low = self.adjoint_dtype(z_star.device) if spec.adjoint_precision else None
+        return spec.fn(Backward(Ux, z_star, self.backward_kwargs, self.step_map,
+                                self._report_backward, low))
 
     @property
     def active_forward_kwargs(self) -> dict[str, Any]:
@@ -430,54 +317,10 @@ class DEQ(nn.Module):
             return torch.bfloat16
         return None
 
-    def _backprop(self, Ux: Tensor, z_star: Tensor) -> Tensor:
-        if self.adjoint_precision is not None:  # backward_kwargs were changed after __init__
-            raise ValueError(f"adjoint_precision={self.adjoint_precision!r} needs backward "
-                             "method 'full_adjoint'; this DEQ's is 'backprop'")
-        step = self.step_map(Ux)
-        z = z_star
-        for _ in range(self.backward_kwargs["iter"]):
-            z_prev, z = z, step(z)
-        stats = SolverStats("picard", self.backward_kwargs["iter"],
-                            relative_residual(z.detach(), z_prev.detach()))
-        self.last_backward_stats = stats
-        self._log("rel_residual_backward", stats)
-        return _valued_at(z_star, z)
-
-    def _full_adjoint(self, Ux: Tensor, z_star: Tensor) -> Tensor:
-        z = self.step_map(Ux)(z_star)  # carries the gradient to Ux and the parameters
-        z_leaf = z_star.clone().requires_grad_(True)
-        low = self.adjoint_dtype(z_star.device)
-        autocast = nullcontext() if low is None else torch.autocast(z_star.device.type, dtype=low)
-        with torch.enable_grad(), autocast:
-            # Its graph gives J^T g by autograd, once per adjoint iteration (retain_graph): built
-            # eagerly, since a compiled graph may donate its buffers to a single backward. Built
-            # under autocast, its products (and their vector-Jacobian products) are in ``low``.
-            fz_leaf = self.step_map(Ux.detach(), eager=True)(z_leaf)
-
-        def adjoint(v: Tensor | None) -> Tensor | None:
-            if v is None:  # an undefined incoming gradient stays undefined
-                return None
-
-            def vjp_step(g: Tensor) -> Tensor:
-                (jtg,) = torch.autograd.grad(fz_leaf, z_leaf, g, retain_graph=True)
-                return jtg + v
-
-            with torch.no_grad():
-                g, stats = self._solve(vjp_step, torch.zeros_like(v), self.backward_kwargs)
-            self.last_backward_stats = stats
-            self._log("rel_residual_backward", stats)
-            return g
-
-        if z.requires_grad:
-            z.register_hook(adjoint)
-        return _valued_at(z_star, z)
-
     def extra_repr(self) -> str:
         train = "" if self.train_forward_kwargs is None else \
             f"train_forward_kwargs={self.train_forward_kwargs}, "
         compiled = (", compile_f=True" if self.compile_f else "") + \
-            (", fused_anderson=True" if self.fused_anderson else "") + \
             (f", adjoint_precision={self.adjoint_precision!r}" if self.adjoint_precision else "")
         return (f"forward_kwargs={self.forward_kwargs}, {train}backward_kwargs={self.backward_kwargs}, "
                 f"damping_factor={self.damping_factor}{compiled}")

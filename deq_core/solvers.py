@@ -1,190 +1,163 @@
-"""Fixed-point solvers: one signature, one registry.
+"""The built-in fixed-point solvers, and :func:`solve`, which runs any registered one.
 
-Every solver is a plain function
+Every solver is a function
 
     solver(f, z0, *, max_iter, tol=None, trace=False, on_iterate=None, **options) -> (z, SolverStats)
 
 that looks for ``z = f(z)`` starting from ``z0`` (shape ``(B, ...)``; the first dimension is the
-batch). ``f`` is evaluated exactly once per iteration. The relative residual of iteration ``n`` is
-``|f(z_n) - z_n| / |f(z_n)|`` per sample, i.e. ``|s_{n+1} - s_n| / |s_{n+1}|`` in the papers'
-notation. Without ``tol`` a solver runs exactly ``max_iter`` iterations and never synchronises
-with the host; with ``tol`` it stops once every sample of the batch is below it (one ``.item()``
-per iteration, the price of deciding on the host). Options are checked once, before the first
-evaluation; every image ``f(z)`` must have the shape and dtype of ``z`` (no broadcasting).
+batch), registered by name (:func:`deq_core.register_solver`). ``f`` is evaluated exactly once
+per iteration. The relative residual of iteration ``n`` is ``|f(z_n) - z_n| / |f(z_n)|`` per
+sample, i.e. ``|s_{n+1} - s_n| / |s_{n+1}|`` in the papers' notation. Without ``tol`` a solver
+runs exactly ``max_iter`` iterations and never synchronises with the host; with ``tol`` it stops
+once every sample of the batch is below it (one ``.item()`` per iteration, the price of deciding
+on the host). Options are checked once, before the first evaluation; every image ``f(z)`` must
+have the shape and dtype of ``z`` (no broadcasting).
 
 With ``trace=True`` a solve also records the papers' convergence measure, ``step_trace``: the
 relative change between consecutive *outputs of the map*, ``r_n = |s_{n+1} - s_n| / |s_{n+1}|``
 with ``s_{n+1} = f(z_n)``, for ``n = 1 .. n_iter - 1``. For Picard ``z_n = s_n``, so ``r_n`` is
 ``trace[n]``; for Anderson the outputs are the images of the mixed points and ``r_n`` differs
 from the fixed-point residual of the point that was evaluated.
+
+Both solvers here are :class:`~deq_core.loop.Step` updates driven by the shared loop
+(:func:`deq_core.loop.iterate`), which also gives them compaction (``restrict``).
 """
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .compaction import ActiveSet, Restrict
-
-FixedPointMap = Callable[[Tensor], Tensor]
-IterateCallback = Callable[[int, Tensor], None]
-OptionCheck = Callable[[str, Any], None]  # (label, value); raises ValueError naming both
-
-# Keeps 0/0 finite when a state is exactly zero; tiny enough not to matter otherwise.
-_EPS = 1e-30
+from .compaction import Restrict
+from .loop import FixedPointMap, Step, iterate
+from .observe import EPS, IterateCallback, SolverStats, relative_residual
+from .registry import (check_choice, check_nonnegative, check_positive_int, check_restrict,
+                       get_solver, register_solver)
 
 
-@dataclass
-class SolverStats:
-    """What a solve did.
-
-    Attributes:
-        solver: registry name of the solver.
-        n_iter: number of iterations (evaluations of ``f``) performed.
-        rel_residual: ``(B,)`` final relative residual of each sample.
-        trace: ``(n_iter, B)`` relative residual of each sample at every iteration, or ``None``
-            when not requested.
-        step_trace: ``(n_iter - 1, B)`` relative change between consecutive outputs of the
-            map, ``r_1 .. r_{n_iter - 1}`` (module docstring), or ``None`` when not requested.
-            A sample that left the batch (compaction) has ``0`` from then on: its output no
-            longer changes.
-    """
-
-    solver: str
-    n_iter: int
-    rel_residual: Tensor
-    trace: Tensor | None = field(default=None, repr=False)
-    step_trace: Tensor | None = field(default=None, repr=False)
-
-
-def relative_residual(fz: Tensor, z: Tensor) -> Tensor:
-    """``|f(z) - z| / |f(z)|`` per sample (all dimensions but the first are flattened)."""
-    diff = (fz - z).flatten(1).norm(dim=1)
-    return diff / (fz.flatten(1).norm(dim=1) + _EPS)
-
-
-def _stack(rows: list[Tensor], batch: int, like: Tensor) -> Tensor:
-    """``rows`` as an ``(n, batch)`` tensor (``(0, batch)`` when there are none)."""
-    return torch.stack(rows) if rows else like.new_zeros(0, batch)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def check_positive_int(label: str, value: Any) -> None:
-    """``max_iter``, ``m``: an integer >= 1 (``True`` and ``2.0`` are refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{label} must be an integer >= 1, got {value!r}")
-
-
-def check_tol(label: str, value: Any) -> None:
-    """``tol``: ``None`` (run ``max_iter`` iterations) or a positive finite number."""
-    if value is None:
-        return
-    if not _is_real(value) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{label} must be a positive finite number or None, got {value!r}")
-
-
-def check_nonnegative(label: str, value: Any) -> None:
-    """``lam``: a non-negative finite number."""
-    if not _is_real(value) or not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{label} must be a non-negative finite number, got {value!r}")
-
-
-def check_bool(label: str, value: Any) -> None:
-    """``fused``: ``True`` or ``False`` (not 0/1)."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{label} must be True or False, got {value!r}")
-
-
-def check_restrict(label: str, value: Any) -> None:
-    """``restrict``: ``None`` or a callable (active indices -> the map on those samples)."""
-    if value is not None and not callable(value):
-        raise ValueError(f"{label} must be a callable or None, got {value!r}")
-
-
-def _check_start(solver: str, z0: Any, max_iter: Any, tol: Any) -> None:
-    if not isinstance(z0, Tensor) or z0.dim() < 1:
-        shape = tuple(z0.shape) if isinstance(z0, Tensor) else type(z0).__name__
-        raise ValueError(f"{solver}: z0 must have a batch dimension (B, ...), got shape {shape}")
-    check_positive_int(f"{solver}: max_iter", max_iter)
-    check_tol(f"{solver}: tol", tol)
-
-
-def checked_map(where: str, f: FixedPointMap) -> FixedPointMap:
-    """``f`` refusing an image that differs from its input in shape or dtype (shape and dtype
-    are metadata: the check never synchronises with the device)."""
-
-    def checked_f(z: Tensor) -> Tensor:
-        fz = f(z)
-        if not isinstance(fz, Tensor):
-            raise ValueError(f"{where}: f returned {type(fz).__name__}; f must return a Tensor")
-        if fz.shape != z.shape or fz.dtype != z.dtype:
-            raise ValueError(
-                f"{where}: f returned shape {tuple(fz.shape)} and dtype {fz.dtype} for an input "
-                f"of shape {tuple(z.shape)} and dtype {z.dtype}; f must return the shape and "
-                "dtype of its input"
-            )
-        return fz
-
-    return checked_f
-
-
-def _converged(res: Tensor, tol: float | None) -> bool:
-    return tol is not None and bool((res < tol).all())
-
-
-def picard(
-    f: FixedPointMap,
-    z0: Tensor,
-    *,
-    max_iter: int,
-    tol: float | None = None,
-    trace: bool = False,
-    on_iterate: IterateCallback | None = None,
-    restrict: Restrict | None = None,
-) -> tuple[Tensor, SolverStats]:
+class Picard(Step):
     """Plain fixed-point iteration ``z_{n+1} = f(z_n)`` (forward Euler with step 1).
 
     With ``restrict`` and ``tol``, converged samples leave the working batch
     (:mod:`deq_core.compaction`).
     """
-    _check_start("picard", z0, max_iter, tol)
-    active = ActiveSet(restrict, tol, z0)
-    f = checked_map("picard", f)
-    z, shape = z0, z0.shape
-    residuals, steps = [], []
-    for n in range(max_iter):
-        fz = f(z)
-        res = relative_residual(fz, z)
-        row = active.full("res", res)
-        if trace:
-            residuals.append(row)
-            if n > 0:  # z is the previous output here: the residual is the output's change
-                steps.append(active.spread(res, 0.0))
-        z = fz
-        if on_iterate is not None:
-            on_iterate(n, active.state(z).view(shape))
-        if active.enabled:
-            keep = active.leave(res < tol, z)
-            if keep is not None:
-                z = z[keep]
-                if active.size == 0:
-                    break
-                f = checked_map("picard", active.map())
-        elif _converged(res, tol):
-            break
-    stacked = torch.stack(residuals) if trace else None
-    step_trace = _stack(steps, shape[0], row) if trace else None
-    return active.result(z, shape), SolverStats("picard", n + 1, row, stacked, step_trace)
+
+    def __call__(self, n: int, x: Tensor, fx: Tensor) -> Tensor:
+        self.res = self.best_res = relative_residual(fx, x)
+        self.best = fx
+        return fx
+
+    def keep(self, mask: Tensor, x: Tensor) -> Tensor:
+        self.best = x[mask]  # x is best: one copy
+        return self.best
 
 
+picard = register_solver("picard", Picard)
+
+
+class _Anderson(Step):
+    """What the eager and the fused Anderson steps share: the window and the regularisation."""
+
+    def __init__(self, x: Tensor, *, m: int, lam: float) -> None:
+        self.m, self.lam = m, lam
+
+
+class AndersonStep(_Anderson):
+    """:func:`anderson`'s iteration in tensor operations (any device and dtype)."""
+
+    def __init__(self, x: Tensor, *, m: int, lam: float) -> None:
+        super().__init__(x, m=m, lam=lam)
+        batch, width = x.shape
+        # Ring buffers of the images f(x_i) and residuals g_i = f(x_i) - x_i: all the mix needs.
+        self.F = x.new_zeros(batch, m, width)
+        self.G = x.new_zeros(batch, m, width)
+        self.work = torch.promote_types(x.dtype, torch.float32)  # x.dtype for float32/float64
+        self.eye = torch.eye(m, dtype=self.work, device=x.device)
+        self.tiny = torch.finfo(self.work).tiny ** 0.5
+        self.best_res: Tensor | None = None
+        self.was_mixed = torch.zeros(batch, dtype=torch.bool, device=x.device)
+
+    def __call__(self, n: int, x: Tensor, fx: Tensor) -> Tensor:
+        F, G, m, work = self.F, self.G, self.m, self.work
+        slot = n % m
+        F[:, slot] = fx
+        g = torch.sub(fx, x, out=G[:, slot])
+        res = self.res = g.norm(dim=1) / (fx.norm(dim=1) + EPS)
+        if self.best_res is None:
+            self.best, self.best_res, self.anchor_fx, self.anchor_res = fx, res, fx, res
+            accepted = torch.ones_like(self.was_mixed)
+        else:
+            better = res <= self.best_res
+            self.best = torch.where(better[:, None], fx, self.best)
+            self.best_res = torch.where(better, res, self.best_res)
+            # A plain step is always taken; a mixed point only if no worse than the anchor.
+            accepted = ~self.was_mixed | (res <= self.anchor_res)
+            self.anchor_fx = torch.where(accepted[:, None], fx, self.anchor_fx)
+            self.anchor_res = torch.where(accepted, res, self.anchor_res)
+        k = min(n + 1, m)
+        Gk = G[:, :k].to(work)
+        gram = Gk @ Gk.transpose(1, 2)
+        reg = self.lam * gram.diagonal(dim1=1, dim2=2).mean(dim=1) + self.tiny
+        sol, info = torch.linalg.solve_ex(gram + reg[:, None, None] * self.eye[:k, :k],
+                                          torch.ones(x.shape[0], k, 1, dtype=work,
+                                                     device=x.device))
+        alpha = sol / sol.sum(dim=1, keepdim=True)
+        mixed = (alpha.transpose(1, 2) @ F[:, :k].to(work))[:, 0].to(x.dtype)
+        ok = (info == 0) & torch.isfinite(alpha).all(dim=1)[:, 0]
+        # Mix where usable; where the mix made things worse, a plain step from the anchor.
+        self.was_mixed = ok & accepted & (k > 1)  # with one pair the "mix" is the plain step
+        return torch.where(self.was_mixed[:, None], mixed, self.anchor_fx)
+
+    def keep(self, mask: Tensor, x: Tensor) -> Tensor:
+        for name in ("F", "G", "best", "best_res", "anchor_fx", "anchor_res", "was_mixed"):
+            setattr(self, name, getattr(self, name)[mask])
+        return x[mask]
+
+
+class AndersonKernelStep(_Anderson):
+    """:func:`anderson`'s iteration as :mod:`deq_core.fused`'s C++ kernel (CPU float32), which
+    updates its buffers and the point in place."""
+
+    in_place = True
+
+    def __init__(self, x: Tensor, *, m: int, lam: float) -> None:
+        from . import fused  # builds nothing yet; the kernel is compiled at its first step
+
+        fused.check_state(x, m)
+        super().__init__(x, m=m, lam=lam)
+        batch, width = x.shape
+        self.F, self.G = x.new_zeros(batch, m, width), x.new_zeros(batch, m, width)
+        self.gram = torch.zeros(batch, m, m, dtype=torch.float64)
+        self.res, self.best = x.new_zeros(batch), x.new_zeros(batch, width)
+        self.best_res, self.anchor_res = x.new_zeros(batch), x.new_zeros(batch)
+        self.anchor_slot = torch.zeros(batch, dtype=torch.long)
+        self.was_mixed = torch.zeros(batch, dtype=torch.bool)
+        self.tiny = torch.finfo(torch.float32).tiny ** 0.5
+        self._fused = fused
+
+    def __call__(self, n: int, x: Tensor, fx: Tensor) -> Tensor:
+        self._fused.step(x, fx, self.F, self.G, self.gram, self.res, self.best, self.best_res,
+                   self.anchor_slot, self.anchor_res, self.was_mixed, n, self.lam, self.tiny, EPS)
+        return x
+
+    def keep(self, mask: Tensor, x: Tensor) -> Tensor:
+        for name in ("F", "G", "gram", "res", "best", "best_res", "anchor_slot", "anchor_res",
+                     "was_mixed"):
+            setattr(self, name, getattr(self, name)[mask])
+        return x[mask]
+
+
+def _anderson_step(x: Tensor, *, m: int, lam: float, fused: bool | str) -> _Anderson:
+    kernel = fused is True or (fused == "auto" and x.device.type == "cpu"
+                               and x.dtype == torch.float32)
+    return (AndersonKernelStep if kernel else AndersonStep)(x, m=m, lam=lam)
+
+
+@register_solver("anderson", options={
+    "m": check_positive_int, "lam": check_nonnegative, "fused": check_choice(False, True, "auto"),
+    "restrict": check_restrict})
 def anderson(
     f: FixedPointMap,
     z0: Tensor,
@@ -196,7 +169,7 @@ def anderson(
     m: int = 4,
     lam: float = 1e-10,
     restrict: Restrict | None = None,
-    fused: bool = False,
+    fused: bool | str = False,
 ) -> tuple[Tensor, SolverStats]:
     """Safeguarded Anderson acceleration (type II, mixing parameter 1), batched per sample.
 
@@ -222,150 +195,27 @@ def anderson(
     CPU float32 states; built at first use, which needs a C++ compiler and ninja): the same
     algorithm, to float rounding (its Gram matrix is updated a row at a time and solved in
     float64), 5 to 10x cheaper per iteration than these ~65 tensor operations.
+    ``fused="auto"`` runs the kernel where the state is on the CPU in float32 and the tensor
+    operations elsewhere (the same options then serve CPU and GPU runs).
     """
-    _check_start("anderson", z0, max_iter, tol)
-    check_positive_int("anderson: m", m)
-    check_nonnegative("anderson: lam", lam)
-    check_bool("anderson: fused", fused)
-    active = ActiveSet(restrict, tol, z0)
-    f = checked_map("anderson", f)
-    if fused:
-        return _anderson_fused(f, z0, max_iter, tol, trace, on_iterate, m, lam, active)
-    batch, shape = z0.shape[0], z0.shape
-    x = z0.reshape(batch, math.prod(shape[1:]))  # not (batch, -1): ambiguous for batch 0
-    width = x.shape[1]
-    # Ring buffers of the images f(x_i) and residuals g_i = f(x_i) - x_i: all the mix needs.
-    F = x.new_zeros(batch, m, width)
-    G = x.new_zeros(batch, m, width)
-    work = torch.promote_types(x.dtype, torch.float32)  # x.dtype itself for float32/float64
-    eye = torch.eye(m, dtype=work, device=x.device)
-    tiny = torch.finfo(work).tiny ** 0.5
-    best_fx = best_res = anchor_fx = anchor_res = None
-    was_mixed = torch.zeros(batch, dtype=torch.bool, device=x.device)
-    residuals, steps, prev_fx = [], [], x
-    for n in range(max_iter):
-        fx = f(x.view(batch, *shape[1:])).reshape(batch, width)
-        slot = n % m
-        F[:, slot] = fx
-        g = torch.sub(fx, x, out=G[:, slot])
-        res = g.norm(dim=1) / (fx.norm(dim=1) + _EPS)
-        if trace:
-            residuals.append(active.full("res", res))
-            if n > 0:
-                steps.append(active.spread(relative_residual(fx, prev_fx), 0.0))
-        prev_fx = fx
-        if best_res is None:
-            best_fx, best_res, anchor_fx, anchor_res = fx, res, fx, res
-            accepted = torch.ones_like(was_mixed)
-        else:
-            better = res <= best_res
-            best_fx = torch.where(better[:, None], fx, best_fx)
-            best_res = torch.where(better, res, best_res)
-            # A plain step is always taken; a mixed point only if no worse than the anchor.
-            accepted = ~was_mixed | (res <= anchor_res)
-            anchor_fx = torch.where(accepted[:, None], fx, anchor_fx)
-            anchor_res = torch.where(accepted, res, anchor_res)
-        k = min(n + 1, m)
-        Gk = G[:, :k].to(work)
-        gram = Gk @ Gk.transpose(1, 2)
-        reg = lam * gram.diagonal(dim1=1, dim2=2).mean(dim=1) + tiny
-        sol, info = torch.linalg.solve_ex(gram + reg[:, None, None] * eye[:k, :k],
-                                          torch.ones(batch, k, 1, dtype=work, device=x.device))
-        alpha = sol / sol.sum(dim=1, keepdim=True)
-        mixed = (alpha.transpose(1, 2) @ F[:, :k].to(work))[:, 0].to(x.dtype)
-        ok = (info == 0) & torch.isfinite(alpha).all(dim=1)[:, 0]
-        # Mix where usable; where the mix made things worse, a plain step from the anchor.
-        was_mixed = ok & accepted & (k > 1)  # with one pair the "mix" is the plain step
-        x = torch.where(was_mixed[:, None], mixed, anchor_fx)
-        if on_iterate is not None:
-            on_iterate(n, active.state(x).view(shape))
-        final_res = active.full("best", best_res)
-        if active.enabled:  # every per-sample tensor follows the samples that stay
-            x, F, G, best_fx, best_res, anchor_fx, anchor_res, was_mixed, prev_fx = \
-                active.shrink(best_res < tol, best_fx, (x, F, G, best_fx, best_res, anchor_fx,
-                                                        anchor_res, was_mixed, prev_fx))
-            if active.size < batch:
-                batch = active.size
-                if batch == 0:
-                    break
-                f = checked_map("anderson", active.map())
-        elif _converged(best_res, tol):
-            break
-    stacked = torch.stack(residuals) if trace else None
-    step_trace = _stack(steps, shape[0], final_res) if trace else None
-    return active.result(best_fx, shape), SolverStats("anderson", n + 1, final_res, stacked,
-                                                      step_trace)
+    return iterate("anderson", _anderson_step, f, z0, max_iter=max_iter, tol=tol, trace=trace,
+                   on_iterate=on_iterate, restrict=restrict, m=m, lam=lam, fused=fused)
 
 
-def _anderson_fused(f: FixedPointMap, z0: Tensor, max_iter: int, tol: float | None, trace: bool,
-                    on_iterate: IterateCallback | None, m: int, lam: float,
-                    active: ActiveSet) -> tuple[Tensor, SolverStats]:
-    """:func:`anderson` with :mod:`deq_core.fused`'s kernel for each iteration's bookkeeping.
-    The kernel updates its buffers in place: what leaves this function is copied."""
-    from . import fused
-
-    fused.check_state(z0, m)
-    batch, shape = z0.shape[0], z0.shape
-    x = z0.reshape(batch, math.prod(shape[1:])).clone()
-    width = x.shape[1]
-    F, G = x.new_zeros(batch, m, width), x.new_zeros(batch, m, width)
-    gram = torch.zeros(batch, m, m, dtype=torch.float64)
-    res, best_fx, best_res, anchor_res = (x.new_zeros(batch), torch.zeros_like(x),
-                                          x.new_zeros(batch), x.new_zeros(batch))
-    anchor_slot = torch.zeros(batch, dtype=torch.long)
-    was_mixed = torch.zeros(batch, dtype=torch.bool)
-    tiny = torch.finfo(torch.float32).tiny ** 0.5
-    residuals, steps, prev_fx = [], [], x
-    final_res = active.full("best", best_res.clone())
-    for n in range(max_iter):
-        fx = f(x.view(batch, *shape[1:])).reshape(batch, width)
-        if trace and n > 0:  # before the kernel, which updates buffers in place
-            steps.append(active.spread(relative_residual(fx, prev_fx), 0.0))
-        prev_fx = fx
-        fused.step(x, fx, F, G, gram, res, best_fx, best_res, anchor_slot, anchor_res, was_mixed,
-                   n, lam, tiny, _EPS)
-        if trace:
-            residuals.append(active.full("res", res.clone()))
-        if on_iterate is not None:
-            on_iterate(n, active.state(x.clone()).view(shape))
-        final_res = active.full("best", best_res.clone())
-        if active.enabled:  # every per-sample buffer follows the samples that stay
-            x, F, G, gram, res, best_fx, best_res, anchor_slot, anchor_res, was_mixed, prev_fx = \
-                active.shrink(best_res < tol, best_fx, (x, F, G, gram, res, best_fx, best_res,
-                                                        anchor_slot, anchor_res, was_mixed,
-                                                        prev_fx))
-            if active.size < batch:
-                batch = active.size
-                if batch == 0:
-                    break
-                f = checked_map("anderson", active.map())
-        elif _converged(best_res, tol):
-            break
-    stacked = torch.stack(residuals) if trace else None
-    step_trace = _stack(steps, shape[0], final_res) if trace else None
-    return active.result(best_fx.clone(), shape), SolverStats("anderson", n + 1, final_res,
-                                                              stacked, step_trace)
+# Keys of a DEQ's solver options that are not the solver's own.
+_DEQ_KEYS = ("solver", "iter", "method", "compact")
 
 
-@dataclass(frozen=True)
-class SolverSpec:
-    """A registered solver and the extra keyword options it accepts."""
-
-    fn: Callable[..., tuple[Tensor, SolverStats]]
-    options: Mapping[str, OptionCheck]  # solver-specific keyword -> its check
-
-
-SOLVERS: dict[str, SolverSpec] = {
-    "picard": SolverSpec(picard, {"restrict": check_restrict}),
-    "anderson": SolverSpec(anderson, {"m": check_positive_int, "lam": check_nonnegative,
-                                      "restrict": check_restrict, "fused": check_bool}),
-}
-COMMON_OPTIONS = frozenset({"tol", "trace"})
-
-
-def get_solver(name: str) -> SolverSpec:
-    """Look a solver up by name; an unknown name is a ``ValueError`` listing the valid ones."""
-    try:
-        return SOLVERS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown solver {name!r}; valid solvers: {sorted(SOLVERS)}") from None
+def solve(f: FixedPointMap, z0: Tensor, kwargs: Mapping[str, Any], *,
+          on_iterate: IterateCallback | None = None, trace: bool = False,
+          restrict: Callable[[Tensor], FixedPointMap] | None = None) -> tuple[Tensor, SolverStats]:
+    """Run the solver named by ``kwargs["solver"]`` for at most ``kwargs["iter"]`` iterations
+    with the rest of ``kwargs`` (a DEQ's checked forward or backward options); ``trace`` asks
+    for the traces whatever ``kwargs`` says, and ``restrict`` is given to the solver when
+    ``kwargs`` asks for compaction."""
+    options = {k: v for k, v in kwargs.items() if k not in _DEQ_KEYS}
+    if kwargs.get("compact") and restrict is not None:
+        options["restrict"] = restrict
+    options["trace"] = bool(options.get("trace", False)) or trace
+    return get_solver(kwargs["solver"]).fn(f, z0, max_iter=kwargs["iter"], on_iterate=on_iterate,
+                                           **options)

@@ -9,9 +9,7 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from deq_core import DEQ
-from deq_core.deq import check_forward_kwargs
-from deq_core.names import STAGES
+from deq_core import DEQ, check_adjoint_precision, check_backward_kwargs, check_forward_kwargs
 
 from .experiments import (FAST_MODE, Experiment, fast_adjoint_precision, fast_backward,
                           fast_validation, get_experiment)
@@ -19,6 +17,7 @@ from .hopfield import get_structure
 from .hopfield.base import LayeredHopfield
 from .optim import Madam
 
+STAGES = ("train", "val", "test")  # Lightning's loops: logged names are "<stage>/<quantity>"
 TRAIN_PRECISIONS = (None, "bf16")
 # Every default below is this registry row's setting: the paper's HAM-EO-DEQ with 3 layers
 _DEFAULT = get_experiment("HAM-EO-DEQ", 3)
@@ -96,16 +95,16 @@ class LitHopfieldDEQ(L.LightningModule):
             raise ValueError(f"schedule_epochs must be >= 1 or None, got {schedule_epochs!r}")
         self.save_hyperparameters()
         self.val_forward_kwargs = None if val_forward_kwargs is None else \
-            check_forward_kwargs("val_forward_kwargs", val_forward_kwargs)
+            check_forward_kwargs("val_forward_kwargs", _fused(val_forward_kwargs, fused_anderson))
         layers = list(layers)
         f = spec.build(layers, model, inner_iter=inner_iter, inner_damping=inner_damping)
         self.deq = DEQ(
             f, None,
-            forward_kwargs=forward_kwargs or _DEFAULT.forward_kwargs,
-            backward_kwargs=backward_kwargs or _DEFAULT.backward_kwargs,
-            damping_factor=damping_factor, train_forward_kwargs=train_forward_kwargs,
-            compile_f=compile_f, fused_anderson=fused_anderson,
-            adjoint_precision=adjoint_precision,
+            forward_kwargs=_fused(forward_kwargs or _DEFAULT.forward_kwargs, fused_anderson),
+            backward_kwargs=_fused(backward_kwargs or _DEFAULT.backward_kwargs, fused_anderson),
+            damping_factor=damping_factor,
+            train_forward_kwargs=_fused(train_forward_kwargs, fused_anderson),
+            compile_f=compile_f, adjoint_precision=adjoint_precision,
         )
         n_classes = layers[-1]
         self.acc = torch.nn.ModuleDict(
@@ -164,6 +163,14 @@ class LitHopfieldDEQ(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, epoch_decay(hp.schedule_epochs or max(self.trainer.max_epochs or 1, 1)))
         return dict(optimizer=optimizer, lr_scheduler=dict(scheduler=scheduler, interval="epoch"))
+
+
+def _fused(kwargs: dict[str, Any] | None, fused_anderson: bool) -> dict[str, Any] | None:
+    """``kwargs`` with Anderson's bookkeeping as the C++ kernel where the state is CPU float32
+    (the solver's ``fused="auto"``) when ``fused_anderson`` asks for it."""
+    if not fused_anderson or kwargs is None or kwargs.get("solver") != "anderson":
+        return kwargs
+    return {**kwargs, "fused": "auto"}
 
 
 def epoch_decay(schedule_epochs: int):
@@ -245,9 +252,9 @@ def apply_fast_mode(module: LitHopfieldDEQ) -> LitHopfieldDEQ:
         module.hparams["val_forward_kwargs"] = kwargs
     backward = fast_backward(module.deq.backward_kwargs)
     precision = fast_adjoint_precision(backward)
-    checked = DEQ(module.f, backward_kwargs=backward, adjoint_precision=precision)
-    module.deq.backward_kwargs, module.deq.adjoint_precision = \
-        checked.backward_kwargs, checked.adjoint_precision
+    checked = check_backward_kwargs("backward_kwargs", backward)
+    check_adjoint_precision(precision, checked["method"])
+    module.deq.backward_kwargs, module.deq.adjoint_precision = checked, precision
     module.hparams["backward_kwargs"] = backward
     module.hparams["adjoint_precision"] = precision
     return module

@@ -20,7 +20,7 @@ from runner.store import (CONFIG, FAILED, FINISHED, INTERRUPTED, ITERS_RULE, ITE
                           TEST_NOT_CONVERGED, TRAJECTORIES, atomic_write_json, finished_problems,
                           is_finite_number, iter_runs, live_status, read_json)
 
-# Logged names: one name per quantity, from the store's format (deq_core.names).
+# Logged names: one name per quantity, from the store's format (runner.store).
 ACC_KEY, ITERS_KEY, NOT_CONVERGED_KEY = TEST_ACC, TEST_ITERS, TEST_NOT_CONVERGED
 # Two statuses of records, beside the store's: a run that says it finished but whose files do
 # not hold up (runner.store.finished_problems, or test metrics missing) is DAMAGED; a run

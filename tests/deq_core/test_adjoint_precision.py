@@ -67,12 +67,13 @@ def test_the_adjoint_products_run_in_the_chosen_precision(make_tanh_map, monkeyp
 
 def test_auto_follows_the_device(make_tanh_map, monkeypatch):
     f = make_tanh_map(dtype=torch.float32)
-    deq = DEQ(f, backward_kwargs=ADJOINT, adjoint_precision="auto")
+    deq = DEQ(f, forward_kwargs=FORWARD, backward_kwargs=ADJOINT, adjoint_precision="auto")
     monkeypatch.setattr(deq_core.deq, "fast_bf16", lambda device: True)
     assert deq.adjoint_dtype(torch.device("cpu")) == torch.bfloat16
     monkeypatch.setattr(deq_core.deq, "fast_bf16", lambda device: False)
     assert deq.adjoint_dtype(torch.device("cpu")) is None
-    assert DEQ(f, backward_kwargs=ADJOINT).adjoint_dtype(torch.device("cpu")) is None
+    plain = DEQ(f, forward_kwargs=FORWARD, backward_kwargs=ADJOINT)
+    assert plain.adjoint_dtype(torch.device("cpu")) is None
     assert "adjoint_precision='auto'" in repr(deq)
 
 
@@ -89,11 +90,12 @@ def test_bad_adjoint_precisions_are_refused_early(make_tanh_map):
     with pytest.raises(ValueError, match=r"unknown adjoint_precision 'fp16'; valid: "
                                          + repr(list(ADJOINT_PRECISIONS)).replace("[", r"\[")
                                          .replace("]", r"\]")):
-        DEQ(f, backward_kwargs=ADJOINT, adjoint_precision="fp16")
+        DEQ(f, forward_kwargs=FORWARD, backward_kwargs=ADJOINT, adjoint_precision="fp16")
     with pytest.raises(ValueError, match="backward method 'backprop' has none"):
-        DEQ(f, backward_kwargs=dict(solver="picard", iter=4), adjoint_precision="bf16")
+        DEQ(f, forward_kwargs=FORWARD, backward_kwargs=dict(solver="picard", iter=4),
+            adjoint_precision="bf16")
     # switched to unrolled steps after construction: refused at the backward, not ignored
-    deq = DEQ(f, backward_kwargs=ADJOINT, adjoint_precision="bf16")
+    deq = DEQ(f, forward_kwargs=FORWARD, backward_kwargs=ADJOINT, adjoint_precision="bf16")
     deq.backward_kwargs = dict(solver="picard", iter=4, method="backprop")
     with pytest.raises(ValueError, match="needs backward method 'full_adjoint'"):
         deq(torch.randn(3, 5, dtype=torch.float64))

@@ -70,7 +70,8 @@ class Tanh(nn.Module):
 def test_compacted_deq_matches_the_plain_solve_and_trains(solver):
     x = torch.randn(16, 5)
     plain = DEQ(Tanh(), forward_kwargs=dict(solver=solver, iter=100, tol=1e-7))
-    fast = DEQ(Tanh(), forward_kwargs=dict(solver=solver, iter=100, tol=1e-7, compact=True))
+    fast = DEQ(Tanh(), forward_kwargs=dict(solver=solver, iter=100, tol=1e-7, compact=True),
+               backward_kwargs=dict(solver="picard", iter=8, method="backprop"))
     with torch.no_grad():
         torch.testing.assert_close(fast(x), plain(x), rtol=0, atol=1e-5)
     fast(x).square().sum().backward()
@@ -107,7 +108,8 @@ def test_train_forward_kwargs_apply_in_training_mode_only():
         deq(x)
     assert deq.last_forward_stats.n_iter == 50  # evaluation: the fixed count
     with pytest.raises(ValueError, match="train_forward_kwargs\\['compact'\\]"):
-        DEQ(Tanh(), train_forward_kwargs=dict(solver="picard", iter=5, compact=True))
+        DEQ(Tanh(), forward_kwargs=dict(solver="picard", iter=5),
+            train_forward_kwargs=dict(solver="picard", iter=5, compact=True))
 
 
 def test_forward_options_override_the_mode_inside_their_block_only():

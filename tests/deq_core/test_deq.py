@@ -15,6 +15,11 @@ BACKWARDS = {
 }
 
 
+# What the tests below that need only some solve use (the engine has no defaults).
+FORWARD = dict(solver="anderson", iter=40)
+BACKPROP = dict(solver="picard", iter=8, method="backprop")
+
+
 def unrolled(module, x, n=300, damping=0.0):
     """Reference: autograd through a long plain Picard chain from zero."""
     Ux = module.preprocess_inputs(x)
@@ -182,11 +187,13 @@ def test_any_batch_size_with_one_z_init(shape, tanh_map):
         assert z.shape == (batch, 12)
         assert relative_residual(tanh_map(tanh_map.preprocess_inputs(x), z), z).max() < 1e-5
     with pytest.raises(ValueError, match="z_init has batch 3 but the input has batch 7"):
-        DEQ(tanh_map, torch.zeros(3, 12, dtype=F64))(torch.randn(7, 5, dtype=F64))
+        DEQ(tanh_map, torch.zeros(3, 12, dtype=F64),
+            forward_kwargs=FORWARD)(torch.randn(7, 5, dtype=F64))
 
 
 def test_inside_sequential_train_and_eval(tanh_map):
-    model = nn.Sequential(DEQ(tanh_map, None), nn.Linear(12, 3, dtype=F64))
+    model = nn.Sequential(DEQ(tanh_map, None, forward_kwargs=FORWARD, backward_kwargs=BACKPROP),
+                          nn.Linear(12, 3, dtype=F64))
     x = torch.randn(8, 5, dtype=F64)
     model.train()
     model(x).pow(2).sum().backward()
@@ -233,7 +240,7 @@ def test_repeated_calls_do_not_accumulate_graphs(method, tanh_map):
 def test_logger_gets_forward_and_backward_residuals(method, tanh_map):
     logged = {}
     deq = DEQ(tanh_map, None, logger=lambda k, v: logged.__setitem__(k, float(v)),
-              backward_kwargs=dict(BACKWARDS[method], iter=50))
+              forward_kwargs=FORWARD, backward_kwargs=dict(BACKWARDS[method], iter=50))
     deq(torch.randn(3, 5, dtype=F64)).sum().backward()
     assert set(logged) == {"rel_residual_forward", "rel_residual_backward"}
     assert 0 <= logged["rel_residual_forward"] < 1e-6
@@ -311,7 +318,7 @@ def test_observers_see_trace_and_iterates(tanh_map):
 )
 def test_bad_options_are_refused_with_the_valid_choices(kwargs, message, tanh_map):
     with pytest.raises(ValueError, match=message):
-        DEQ(tanh_map, None, **kwargs)
+        DEQ(tanh_map, None, **{"forward_kwargs": FORWARD, **kwargs})
 
 
 def test_z_init_none_needs_state_size():
@@ -323,7 +330,7 @@ def test_z_init_none_needs_state_size():
             return z
 
     with pytest.raises(ValueError, match="state_size"):
-        DEQ(NoSize(), None)
+        DEQ(NoSize(), None, forward_kwargs=FORWARD)
 
 
 class WrongWidth(nn.Module):
@@ -341,18 +348,19 @@ class WrongWidth(nn.Module):
 @pytest.mark.parametrize("shape", [(5,), (1, 5), (3, 5)])
 def test_z_init_of_the_wrong_width_is_refused(shape, make_tanh_map):
     with pytest.raises(ValueError, match=rf"z_init of shape \({shape[0]},.*state_size 6"):
-        DEQ(make_tanh_map(width=6), torch.zeros(shape, dtype=F64))
+        DEQ(make_tanh_map(width=6), torch.zeros(shape, dtype=F64), forward_kwargs=FORWARD)
 
 
 def test_z_init_must_have_the_dtype_of_x(make_tanh_map):
-    deq = DEQ(make_tanh_map(dtype=torch.float32), torch.zeros(12, dtype=F64))
+    deq = DEQ(make_tanh_map(dtype=torch.float32), torch.zeros(12, dtype=F64),
+              forward_kwargs=FORWARD)
     with pytest.raises(ValueError, match=r"z_init has dtype torch.float64 but x has torch.float32"):
         deq(torch.randn(4, 5, dtype=torch.float32))
 
 
 def test_unbatched_x_is_refused(tanh_map):
     with pytest.raises(ValueError, match=r"batch dimension.*shape \(5,\).*\(1, 5\)"):
-        DEQ(tanh_map, None)(torch.randn(5, dtype=F64))
+        DEQ(tanh_map, None, forward_kwargs=FORWARD)(torch.randn(5, dtype=F64))
 
 
 @pytest.mark.parametrize("shape", [(3, 2, 5), (3, 5, 2)])
@@ -361,7 +369,7 @@ def test_x_with_more_dimensions_says_which_shape_the_deq_expects(shape, tanh_map
     preprocess_inputs: either way the error names x's shape and the one expected."""
     with pytest.raises(ValueError, match=rf"x of shape \({shape[0]}, {shape[1]}, {shape[2]}\)"
                                          r".*\(batch, features\).*x.reshape\(3, -1\)"):
-        DEQ(tanh_map, None)(torch.randn(*shape, dtype=F64))
+        DEQ(tanh_map, None, forward_kwargs=FORWARD)(torch.randn(*shape, dtype=F64))
 
 
 def test_a_preprocess_that_flattens_takes_images(make_tanh_map):
@@ -371,7 +379,8 @@ def test_a_preprocess_that_flattens_takes_images(make_tanh_map):
             return x.reshape(x.shape[0], -1) @ self.U
 
     x = torch.randn(3, 5, 1, dtype=F64)
-    assert DEQ(Flattening(), None)(x).shape == (3, 12)
+    assert DEQ(Flattening(), None, forward_kwargs=FORWARD,
+               backward_kwargs=BACKPROP)(x).shape == (3, 12)
 
 
 @pytest.mark.parametrize("solver", ["picard", "anderson"])
@@ -385,7 +394,7 @@ def test_f_of_the_wrong_width_is_refused(solver, damping):
 
 @pytest.mark.parametrize("method", list(BACKWARDS))
 def test_empty_batch_returns_an_empty_state_and_zero_gradients(method, tanh_map):
-    deq = DEQ(tanh_map, None, backward_kwargs=BACKWARDS[method])
+    deq = DEQ(tanh_map, None, forward_kwargs=FORWARD, backward_kwargs=BACKWARDS[method])
     x = torch.zeros(0, 5, dtype=F64, requires_grad=True)
     z = deq(x)
     assert z.shape == (0, 12)
@@ -426,4 +435,18 @@ def test_compiled_map_gives_the_eager_fixed_point_and_gradients(method, make_tan
 
 def test_compile_f_must_be_a_bool(tanh_map):
     with pytest.raises(ValueError, match="compile_f must be True or False, got 'yes'"):
-        DEQ(tanh_map, compile_f="yes")
+        DEQ(tanh_map, forward_kwargs=FORWARD, compile_f="yes")
+
+
+def test_without_backward_kwargs_the_value_comes_and_a_backward_is_refused(tanh_map):
+    """No default gradient: a DEQ built for evaluation gives its value also with grad enabled,
+    and a backward pass through it is an error that names backward_kwargs, never a silently
+    missing gradient."""
+    deq = DEQ(tanh_map, None, forward_kwargs=FORWARD)
+    x = torch.randn(3, 5, dtype=F64)
+    z = deq(x)
+    with torch.no_grad():
+        torch.testing.assert_close(z.detach(), deq(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="backward_kwargs"):
+        z.sum().backward()
+    assert deq.last_backward_stats is None
