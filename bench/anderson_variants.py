@@ -18,15 +18,15 @@ details (``docs/papers.md``):
 - Returned state: ours is the image of each sample's best point, the published one the last
   image.
 
-This script solves the same test images with the trained weights of finished runs under the
-four combinations of the first two (the third changes no iteration count, only the returned
-state, so it shows in the accuracy), counts iterations by the papers' rule
+This script solves the same test images with the trained weights of finished runs four ways
+(ours, the published variant, ours with each of the first two differences alone; the third
+changes no iteration count, only the returned state, so it shows in the accuracy), counts iterations by the papers' rule
 (:func:`custom_callbacks.iterations_to_converge` on the map's consecutive outputs) and prints a
 markdown table: mean iterations to converge, the share of images that never converged and the
 test accuracy per variant, and the share of images for which ours needs more iterations than
-the published variant. The solves here are written out in full (:func:`solve`) so that one
-loop runs every variant; a test checks that its "ours" variant is
-:func:`deq_core.solvers.anderson` step for step.
+the published variant. Every variant is an option of :func:`deq_core.solvers.anderson`
+(``tikhonov``, ``safeguard``, ``returns``); the eager steps run here, also for ours, so the four
+solves differ in those options only.
 """
 from __future__ import annotations
 
@@ -34,101 +34,25 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from custom_callbacks import iterations_to_converge
+from deq_core.solvers import PUBLISHED_ANDERSON, anderson
 from deq_modules.data.files import DatasetNotFoundError, load_dataset
 from deq_modules.experiments import get_experiment, split_run_name
 from deq_modules.lit import lit_module_for
 
-TIKHONOV = ("relative", "absolute")
-SAFEGUARD = ("after", "before")
-RETURNS = ("best", "last")
-OURS = ("relative", "after", "best")
-PUBLISHED = ("absolute", "before", "last")
-# (label, tikhonov, safeguard, returns): ours, the published solver, each difference alone.
+# (label, the solver's options): ours, the published solver, each difference alone.
 VARIANTS = (
-    ("ours", *OURS),
-    ("published", *PUBLISHED),
-    ("ours, absolute Tikhonov", "absolute", "after", "best"),
-    ("ours, safeguard before evaluating", "relative", "before", "best"),
+    ("ours", {}),
+    ("published", PUBLISHED_ANDERSON),
+    ("ours, absolute Tikhonov", dict(tikhonov="absolute")),
+    ("ours, safeguard before evaluating", dict(safeguard="before")),
 )
 TOL = 1e-4  # the papers' convergence threshold
-_EPS = 1e-30  # as deq_core.solvers: keeps 0/0 finite
-
-
-def _choice(label: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ValueError(f"{label} {value!r}; valid: {list(valid)}")
-
-
-def solve(f: Callable[[Tensor], Tensor], z0: Tensor, max_iter: int, *, m: int = 4,
-          lam: float = 1e-10, tikhonov: str = "relative", safeguard: str = "after",
-          returns: str = "best") -> tuple[Tensor, Tensor]:
-    """Anderson acceleration (type II, window ``m``) in one of the variants above.
-
-    Returns ``(z, step_trace)``: the returned state (``(B, width)``) and the ``(max_iter - 1,
-    B)`` relative changes between consecutive outputs of ``f`` (the papers' ``r_n``).
-    """
-    _choice("tikhonov", tikhonov, TIKHONOV)
-    _choice("safeguard", safeguard, SAFEGUARD)
-    _choice("returns", returns, RETURNS)
-    batch = z0.shape[0]
-    x = z0.reshape(batch, -1)
-    width = x.shape[1]
-    F, G = x.new_zeros(batch, m, width), x.new_zeros(batch, m, width)
-    work = torch.promote_types(x.dtype, torch.float32)
-    tiny = torch.finfo(work).tiny ** 0.5
-    ones = torch.ones(batch, m, 1, dtype=work)
-    was_mixed = torch.zeros(batch, dtype=torch.bool)
-    best_fx = best_res = anchor_fx = anchor_res = prev_fx = fx = None
-    steps = []
-    for n in range(max_iter):
-        fx = f(x)
-        slot, k = n % m, min(n + 1, m)
-        F[:, slot], G[:, slot] = fx, fx - x
-        res = G[:, slot].norm(dim=1) / (fx.norm(dim=1) + _EPS)
-        if prev_fx is not None:
-            steps.append((fx - prev_fx).norm(dim=1) / (fx.norm(dim=1) + _EPS))
-        prev_fx = fx
-        if best_res is None:
-            best_fx, best_res, anchor_fx, anchor_res = fx, res, fx, res
-            accepted = torch.ones_like(was_mixed)
-        else:
-            better = res <= best_res
-            best_fx = torch.where(better[:, None], fx, best_fx)
-            best_res = torch.where(better, res, best_res)
-            if safeguard == "after":  # a mixed point that came out worse is not built on
-                accepted = ~was_mixed | (res <= anchor_res)
-            else:  # the decision was taken before evaluating: every point is built on
-                accepted = torch.ones_like(was_mixed)
-            anchor_fx = torch.where(accepted[:, None], fx, anchor_fx)
-            anchor_res = torch.where(accepted, res, anchor_res)
-        Gk = G[:, :k].to(work)
-        gram = Gk @ Gk.transpose(1, 2)
-        if tikhonov == "relative":
-            reg = lam * gram.diagonal(dim1=1, dim2=2).mean(dim=1) + tiny
-        else:
-            reg = torch.full((batch,), lam, dtype=work)
-        eye = torch.eye(k, dtype=work)
-        sol, info = torch.linalg.solve_ex(gram + reg[:, None, None] * eye, ones[:, :k])
-        alpha = sol / sol.sum(dim=1, keepdim=True)
-        mixed = (alpha.transpose(1, 2) @ F[:, :k].to(work))[:, 0].to(x.dtype)
-        ok = (info == 0) & torch.isfinite(alpha).all(dim=1)[:, 0] & (k > 1)
-        if safeguard == "after":
-            was_mixed = ok & accepted
-            x = torch.where(was_mixed[:, None], mixed, anchor_fx)
-        else:
-            predicted = (alpha.transpose(1, 2) @ Gk)[:, 0].norm(dim=1)
-            was_mixed = ok & (predicted <= G[:, slot].to(work).norm(dim=1))
-            x = torch.where(was_mixed[:, None], mixed, fx)
-    z = best_fx if returns == "best" else fx
-    trace = torch.stack(steps) if steps else x.new_zeros(0, batch)
-    return z.reshape(z0.shape), trace
 
 
 def _module(results: Path, sweep: str, run: str):
@@ -148,19 +72,19 @@ def measure(module, forward_iter: int, images: Tensor, labels: Tensor, batch: in
     """Per variant: mean iterations, share never converged, accuracy; and per non-ours
     variant the share of images where ours needs more iterations."""
     kwargs = module.deq.forward_kwargs
-    iters = {label: [] for label, *_ in VARIANTS}
-    never = {label: 0 for label, *_ in VARIANTS}
-    correct = {label: 0 for label, *_ in VARIANTS}
+    iters = {label: [] for label, _ in VARIANTS}
+    never = {label: 0 for label, _ in VARIANTS}
+    correct = {label: 0 for label, _ in VARIANTS}
     with torch.no_grad():
         for x, y in zip(images.split(batch), labels.split(batch)):
             Ux = module.f.preprocess_inputs(x)
             step = module.deq.step_map(Ux)
             z0 = module.deq.initial_state(Ux)
-            for label, tikhonov, safeguard, returns in VARIANTS:
-                z, trace = solve(step, z0, forward_iter, m=kwargs.get("m", 4),
-                                 lam=kwargs.get("lam", 1e-10), tikhonov=tikhonov,
-                                 safeguard=safeguard, returns=returns)
-                n, converged = iterations_to_converge(trace, TOL)
+            for label, options in VARIANTS:
+                z, stats = anderson(step, z0, max_iter=forward_iter, trace=True,
+                                    m=kwargs.get("m", 4), lam=kwargs.get("lam", 1e-10),
+                                    **options)
+                n, converged = iterations_to_converge(stats.step_trace, TOL)
                 iters[label].append(n)
                 never[label] += int((~converged).sum())
                 correct[label] += int((module.f.readout(z).argmax(dim=1) == y).sum())
@@ -175,12 +99,12 @@ def measure(module, forward_iter: int, images: Tensor, labels: Tensor, batch: in
 
 
 def table(records: dict[str, dict]) -> str:
-    head = ["run"] + [f"{label}: iters / never / acc" for label, *_ in VARIANTS] + \
+    head = ["run"] + [f"{label}: iters / never / acc" for label, _ in VARIANTS] + \
         ["ours needs more than published"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for run, rec in records.items():
         cells = [run] + [f"{rec[label]['iters']:.2f} / {100 * rec[label]['never']:.1f} % / "
-                         f"{rec[label]['acc']:.2f} %" for label, *_ in VARIANTS]
+                         f"{rec[label]['acc']:.2f} %" for label, _ in VARIANTS]
         cells.append(f"{100 * rec['published']['ours_more']:.1f} % of images")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

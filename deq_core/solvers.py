@@ -57,6 +57,13 @@ class Picard(Step):
 picard = register_solver("picard", Picard)
 
 
+# Anderson's variants: ours (the defaults) and the published code's (docs/papers.md).
+TIKHONOV = ("relative", "absolute")
+SAFEGUARD = ("after", "before")
+RETURNS = ("best", "last")
+PUBLISHED_ANDERSON = dict(tikhonov="absolute", safeguard="before", returns="last")
+
+
 class _Anderson(Step):
     """What the eager and the fused Anderson steps share: the window and the regularisation."""
 
@@ -65,10 +72,13 @@ class _Anderson(Step):
 
 
 class AndersonStep(_Anderson):
-    """:func:`anderson`'s iteration in tensor operations (any device and dtype)."""
+    """:func:`anderson`'s iteration in tensor operations (any device and dtype), in any of
+    its variants."""
 
-    def __init__(self, x: Tensor, *, m: int, lam: float) -> None:
+    def __init__(self, x: Tensor, *, m: int, lam: float, tikhonov: str = "relative",
+                 safeguard: str = "after", returns: str = "best") -> None:
         super().__init__(x, m=m, lam=lam)
+        self.tikhonov, self.safeguard, self.returns = tikhonov, safeguard, returns
         batch, width = x.shape
         # Ring buffers of the images f(x_i) and residuals g_i = f(x_i) - x_i: all the mix needs.
         self.F = x.new_zeros(batch, m, width)
@@ -85,27 +95,39 @@ class AndersonStep(_Anderson):
         F[:, slot] = fx
         g = torch.sub(fx, x, out=G[:, slot])
         res = self.res = g.norm(dim=1) / (fx.norm(dim=1) + EPS)
-        if self.best_res is None:
+        after = self.safeguard == "after"
+        if self.returns == "last":
+            self.best, self.best_res = fx, res
+        if self.best_res is None or (self.returns == "last" and n == 0):
             self.best, self.best_res, self.anchor_fx, self.anchor_res = fx, res, fx, res
             accepted = torch.ones_like(self.was_mixed)
         else:
-            better = res <= self.best_res
-            self.best = torch.where(better[:, None], fx, self.best)
-            self.best_res = torch.where(better, res, self.best_res)
-            # A plain step is always taken; a mixed point only if no worse than the anchor.
-            accepted = ~self.was_mixed | (res <= self.anchor_res)
+            if self.returns == "best":
+                better = res <= self.best_res
+                self.best = torch.where(better[:, None], fx, self.best)
+                self.best_res = torch.where(better, res, self.best_res)
+            # A plain step is always taken; a mixed point only if no worse than the anchor
+            # (safeguard "before": the decision was taken before evaluating it, so it is).
+            accepted = ~self.was_mixed | (res <= self.anchor_res) if after else \
+                torch.ones_like(self.was_mixed)
             self.anchor_fx = torch.where(accepted[:, None], fx, self.anchor_fx)
             self.anchor_res = torch.where(accepted, res, self.anchor_res)
         k = min(n + 1, m)
         Gk = G[:, :k].to(work)
         gram = Gk @ Gk.transpose(1, 2)
-        reg = self.lam * gram.diagonal(dim1=1, dim2=2).mean(dim=1) + self.tiny
+        if self.tikhonov == "relative":
+            reg = self.lam * gram.diagonal(dim1=1, dim2=2).mean(dim=1) + self.tiny
+        else:
+            reg = gram.new_full((x.shape[0],), self.lam)
         sol, info = torch.linalg.solve_ex(gram + reg[:, None, None] * self.eye[:k, :k],
                                           torch.ones(x.shape[0], k, 1, dtype=work,
                                                      device=x.device))
         alpha = sol / sol.sum(dim=1, keepdim=True)
         mixed = (alpha.transpose(1, 2) @ F[:, :k].to(work))[:, 0].to(x.dtype)
         ok = (info == 0) & torch.isfinite(alpha).all(dim=1)[:, 0]
+        if not after:  # mix only where the linear model predicts a residual no larger
+            predicted = (alpha.transpose(1, 2) @ Gk)[:, 0].norm(dim=1)
+            ok &= predicted <= g.to(work).norm(dim=1)
         # Mix where usable; where the mix made things worse, a plain step from the anchor.
         self.was_mixed = ok & accepted & (k > 1)  # with one pair the "mix" is the plain step
         return torch.where(self.was_mixed[:, None], mixed, self.anchor_fx)
@@ -149,15 +171,24 @@ class AndersonKernelStep(_Anderson):
         return x[mask]
 
 
-def _anderson_step(x: Tensor, *, m: int, lam: float, fused: bool | str) -> _Anderson:
-    kernel = fused is True or (fused == "auto" and x.device.type == "cpu"
-                               and x.dtype == torch.float32)
-    return (AndersonKernelStep if kernel else AndersonStep)(x, m=m, lam=lam)
+def _anderson_step(x: Tensor, *, m: int, lam: float, fused: bool | str, tikhonov: str,
+                   safeguard: str, returns: str) -> _Anderson:
+    ours = (tikhonov, safeguard, returns) == (TIKHONOV[0], SAFEGUARD[0], RETURNS[0])
+    if fused is True and not ours:
+        raise ValueError(f"anderson: fused=True runs our variant only (tikhonov={TIKHONOV[0]!r}, "
+                         f"safeguard={SAFEGUARD[0]!r}, returns={RETURNS[0]!r}); got "
+                         f"tikhonov={tikhonov!r}, safeguard={safeguard!r}, returns={returns!r}: "
+                         "use fused=False or 'auto'")
+    if ours and (fused is True or (fused == "auto" and x.device.type == "cpu"
+                                   and x.dtype == torch.float32)):
+        return AndersonKernelStep(x, m=m, lam=lam)
+    return AndersonStep(x, m=m, lam=lam, tikhonov=tikhonov, safeguard=safeguard, returns=returns)
 
 
 @register_solver("anderson", options={
     "m": check_positive_int, "lam": check_nonnegative, "fused": check_choice(False, True, "auto"),
-    "restrict": check_restrict})
+    "restrict": check_restrict, "tikhonov": check_choice(*TIKHONOV),
+    "safeguard": check_choice(*SAFEGUARD), "returns": check_choice(*RETURNS)})
 def anderson(
     f: FixedPointMap,
     z0: Tensor,
@@ -170,6 +201,9 @@ def anderson(
     lam: float = 1e-10,
     restrict: Restrict | None = None,
     fused: bool | str = False,
+    tikhonov: str = "relative",
+    safeguard: str = "after",
+    returns: str = "best",
 ) -> tuple[Tensor, SolverStats]:
     """Safeguarded Anderson acceleration (type II, mixing parameter 1), batched per sample.
 
@@ -197,9 +231,18 @@ def anderson(
     float64), 5 to 10x cheaper per iteration than these ~65 tensor operations.
     ``fused="auto"`` runs the kernel where the state is on the CPU in float32 and the tensor
     operations elsewhere (the same options then serve CPU and GPU runs).
+
+    The published code's variant (``PUBLISHED_ANDERSON``) is three options away:
+    ``tikhonov="absolute"`` regularises with ``lam`` itself; ``safeguard="before"`` decides
+    before evaluating: it mixes where the linear model's predicted residual
+    ``|sum_i alpha_i g_i|`` is no larger than the newest ``|g_k|`` (our reading of the published
+    rule) and builds on every evaluated point; ``returns="last"`` returns the last image (and
+    decides convergence on its residual). Only our variant has a fused kernel: with another,
+    ``fused="auto"`` runs the tensor operations and ``fused=True`` is an error.
     """
     return iterate("anderson", _anderson_step, f, z0, max_iter=max_iter, tol=tol, trace=trace,
-                   on_iterate=on_iterate, restrict=restrict, m=m, lam=lam, fused=fused)
+                   on_iterate=on_iterate, restrict=restrict, m=m, lam=lam, fused=fused,
+                   tikhonov=tikhonov, safeguard=safeguard, returns=returns)
 
 
 # Keys of a DEQ's solver options that are not the solver's own.
