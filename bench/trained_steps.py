@@ -11,7 +11,7 @@ script loads the weights of finished runs (``<results>/<sweep>/<run>/checkpoints
 and times one training step (forward solve, loss, backward, Madam step) on the same batches of
 real training images in three modes:
 
-- ``paper``: the paper's settings (fixed forward iterations, backward through unrolled steps);
+- ``paper``: paper settings (fixed forward iterations, backward through unrolled steps);
 - ``fast-unrolled``: the fast mode's forward (tolerance stop, compaction) with the paper's
   unrolled backward (the fast mode before the Neumann backward);
 - ``fast``: the fast mode as it is now (:data:`deq_modules.experiments.FAST_MODE`).
@@ -30,7 +30,7 @@ the row's training steps in the whole sweep, its epochs x 5 seeds: ``bench.speed
 plus its evaluation passes. Those are timed on as many batches of real test images, as the
 runs do them: a validation pass over the test split after every epoch but the last (with the
 mode's validation forward: the paper's fixed count, or the fast mode's tolerance stop), and the
-test at the paper's settings with the per-iteration energy the test records for the figures.
+test at paper settings with the per-iteration energy the test records for the figures.
 """
 from __future__ import annotations
 
