@@ -16,7 +16,7 @@ and then trains here the runs it started that did not finish. Otherwise the grid
 each run logged as an offline W&B run (``wandb sync`` uploads it later). Either way every run
 lands in ``<results>/<name>/<run>/``; finished runs are skipped when the sweep is started
 again, a run that was killed resumes from its last epoch checkpoint, and two sweeps started on
-the same results directory share the grid (each run is trained by one of them).
+the same results store share the grid (each run is trained by one of them).
 
 Exit status: 0 every run finished (or diverged: recorded), 1 some run failed, 2 bad arguments
 or stored runs with other settings, 128 + N interrupted by signal N (start again to resume).

@@ -1,4 +1,4 @@
-"""Train and test one experiment of Table 2, e.g.
+"""Train and test one run of Table 2 (a row at a depth, one seed), e.g.
 
     python train.py --row HAM-EO-DEQ --layers 3 --seed 0 --dataset fashion-mnist --epochs 1
     python train.py --experiment=HAM-EO-DEQ-L3 --seed=0      # the form W&B sweep agents use

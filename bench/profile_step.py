@@ -1,7 +1,7 @@
 """Where the time of a training step goes: matrix products, other torch operations, the rest.
 
     OMP_NUM_THREADS=1 python -m bench.profile_step --runs HAM-L5-s0,HAM-EO-DEQ-L7-s0 \\
-        --results RESULTS --sweep NAME --data-dir /usr/share/datasets/fashion-mnist \\
+        --results RESULTS --sweep NAME [--data-dir DIR] \\
         [--dataset fashion-mnist] [--mode paper|fast|both] [--fused-anderson] [--steps 6] \\
         [--top 8] [--map-batches 1,2,4,8,16,32,64] [--json FILE]
     python -m bench.profile_step --rows HAM-EO-DEQ-L3 [--tiny] ...   # fresh weights, synthetic
@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from deq_modules.data.files import resolve_data_dir
 from deq_modules.experiments import EXPERIMENTS, Experiment, get_experiment, split_run_name
 from deq_modules.lit import LitHopfieldDEQ, apply_fast_mode
 
@@ -204,7 +205,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", help="comma-separated run names (ROW-Ld-sN) of trained runs")
     p.add_argument("--results", type=Path, help="results folder of --runs")
     p.add_argument("--sweep", help="sweep name of --runs")
-    p.add_argument("--data-dir", type=Path, help="dataset folder of --runs")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="dataset directory of --runs (default $HOPFIELD_DATA_DIR or ./data)")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--rows", help="comma-separated Table 2 rows (e.g. HAM-L5): fresh weights, "
                                   "synthetic images")
@@ -219,13 +221,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if (args.runs is None) == (args.rows is None):
-        p.error("give either --runs (trained runs, with --results, --sweep and --data-dir) or "
+        p.error("give either --runs (trained runs, with --results and --sweep) or "
                 "--rows (fresh weights)")
     if args.runs is not None:
-        missing = [f"--{k.replace('_', '-')}" for k in ("results", "sweep", "data_dir")
+        missing = [f"--{k.replace('_', '-')}" for k in ("results", "sweep")
                    if getattr(args, k) is None]
         if missing:
             p.error(f"--runs needs {', '.join(missing)}")
+        args.data_dir = resolve_data_dir(args.data_dir)
         args.names = [r.strip() for r in args.runs.split(",") if r.strip()]
         bad = [r for r in args.names if split_run_name(r) is None]
         if bad:

@@ -10,7 +10,7 @@ available, else cpu), float32, batch 64:
 - ``ms/step``: median (and quartiles) of ``--reps`` timed training steps after ``--warmup``
   untimed ones; a step is forward solve + recurrent backprop + Madam step (bench/rows.py);
 - ``fwd iters``: forward iterations used, the mean of ``deq.last_forward_stats.n_iter`` (the
-  paper's count in paper mode; fast mode may stop early); ``iters/sample``: the mean
+  paper's count at paper settings; the fast mode may stop early); ``iters/sample``: the mean
   iterations a sample stays in the batch (less, where fast mode's compaction lets converged
   samples leave; from one traced solve after the timed steps), which the FLOP count uses;
 - ``GFLOP/s`` and ``roofline``: the analytic FLOP count of the step (bench/flops.py: matrix
@@ -23,7 +23,7 @@ available, else cpu), float32, batch 64:
 - ``mem``: peak memory of one step at the paper's forward iterations and at 10x as many. On
   CUDA ``torch.cuda.max_memory_allocated``; on the CPU the activation bytes saved for backward
   (``saved_tensors_hooks``, deterministic). A DEQ solves without a graph, so both are equal;
-- ``torchdeq``: ms/step of the same map under torchdeq (HAM rows, paper mode; bench/peer.py),
+- ``torchdeq``: ms/step of the same map under torchdeq (HAM rows, paper settings; bench/peer.py),
   when torchdeq is installed (``pip install -r bench/requirements.txt``);
 - ``--compile``: the map under ``torch.compile`` (``mode`` reads ``paper+compile``); the
   compilation happens in the warm-up steps and is not timed, so use ``--warmup`` >= 2;
@@ -172,7 +172,8 @@ def table_totals(records: Sequence[dict[str, Any]]) -> str:
         mine = [r for r in records if r["mode"].replace("+fused", "") == mode]
         fused = " (Anderson rows with --fused-anderson)" if any(
             r.get("fused_anderson") for r in mine) else ""
-        lines.append(f"whole sweep, {mode} mode{fused} ({len({r['key'] for r in mine})} rows x "
+        label = {"paper": "paper settings", "fast": "fast mode"}.get(mode, mode)
+        lines.append(f"whole sweep, {label}{fused} ({len({r['key'] for r in mine})} rows x "
                      f"5 seeds): {hours:.2f} h")
     return "\n".join(lines)
 

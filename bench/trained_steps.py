@@ -1,7 +1,7 @@
 """Training-step time of trained networks on real images, in each training mode.
 
     OMP_NUM_THREADS=1 python -m bench.trained_steps --results RESULTS --sweep NAME \\
-        --runs HAM-EO-DEQ-L5-s0,CHN-DEQ-L3-s0 --data-dir /usr/share/datasets/fashion-mnist \\
+        --runs HAM-EO-DEQ-L5-s0,CHN-DEQ-L3-s0 [--data-dir DIR] \\
         [--dataset fashion-mnist] [--batches 10] [--eval-batches 5] [--fused-anderson] \\
         [--adjoint-precision auto|bf16|none] [--json FILE]
 
@@ -11,7 +11,7 @@ script loads the weights of finished runs (``<results>/<sweep>/<run>/checkpoints
 and times one training step (forward solve, loss, backward, Madam step) on the same batches of
 real training images in three modes:
 
-- ``paper``: the paper's settings (fixed forward iterations, backward through unrolled steps);
+- ``paper``: paper settings (fixed forward iterations, backward through unrolled steps);
 - ``fast-unrolled``: the fast mode's forward (tolerance stop, compaction) with the paper's
   unrolled backward (the fast mode before the Neumann backward);
 - ``fast``: the fast mode as it is now (:data:`deq_modules.experiments.FAST_MODE`).
@@ -30,7 +30,7 @@ the row's training steps in the whole sweep, its epochs x 5 seeds: ``bench.speed
 plus its evaluation passes. Those are timed on as many batches of real test images, as the
 runs do them: a validation pass over the test split after every epoch but the last (with the
 mode's validation forward: the paper's fixed count, or the fast mode's tolerance stop), and the
-test at the paper's settings with the per-iteration energy the test records for the figures.
+test at paper settings with the per-iteration energy the test records for the figures.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ import torch
 
 from custom_callbacks import EnergyTracker
 from deq_core import fast_bf16
-from deq_modules.data.files import load_dataset
+from deq_modules.data.files import load_dataset, resolve_data_dir
 from deq_modules.experiments import EXPERIMENTS, FAST_MODE, get_experiment, split_run_name
 from deq_modules.lit import LitHopfieldDEQ, lit_module_for
 from deq_modules.optim import Madam
@@ -258,7 +258,8 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", required=True)
     p.add_argument("--runs", required=True, help="comma-separated run names (ROW-Ld-sN)")
     p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="dataset directory (default $HOPFIELD_DATA_DIR or ./data)")
     p.add_argument("--batches", type=int, default=10)
     p.add_argument("--eval-batches", type=int, default=5,
                    help="test batches timed per evaluation pass (0: time training steps only)")
@@ -270,6 +271,7 @@ def main(argv=None) -> int:
                         "what bfloat16 saves")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    args.data_dir = resolve_data_dir(args.data_dir)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     bad = [r for r in runs if split_run_name(r) is None]
     if bad:

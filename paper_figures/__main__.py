@@ -56,8 +56,10 @@ an unknown --sweep or no finished run is an error and writes nothing."""
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m paper_figures",
-        description="Table 2, Figures 3-4 and the energy figure from a sweep's results "
-                    "(no model is run again).",
+        description="Everything of one sweep in one command: Table 2, the claims check, "
+                    "Figures 3-4, the energy figure and the training curves, from the sweep's "
+                    "runs in the store (no model is run again), e.g. "
+                    "python -m paper_figures --sweep quick",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_args(parser)
     trajectories.add_figure_args(parser)

@@ -331,7 +331,7 @@ def devices_arg(text: str) -> int | str:
 
 def add_run_args(parser: argparse.ArgumentParser, default_name: str | None) -> None:
     """The options every entry point shares: data, training length, results, devices, W&B."""
-    g = parser.add_argument_group("run settings (the paper's where not given)")
+    g = parser.add_argument_group("run settings (paper settings where not given)")
     g.add_argument("--dataset", default=None, choices=DATASETS,
                    help="dataset (default emnist-mnist, the paper's)")
     g.add_argument("--data-dir", default=None,
@@ -347,7 +347,7 @@ def add_run_args(parser: argparse.ArgumentParser, default_name: str | None) -> N
                    help="train in the fast mode: each sample's forward solve stops at the "
                         "convergence tolerance and leaves the batch, and the backward computes "
                         "the paper's unrolled-steps gradient at the fixed point (validation "
-                        "stops at the tolerance too; the test keeps the paper's settings); "
+                        "stops at the tolerance too; the test keeps paper settings); "
                         "recorded in the run's config")
     g.add_argument("--compile", action="store_true",
                    help="evaluate the Hopfield map through torch.compile (needs a C++ compiler "
@@ -365,9 +365,11 @@ def add_run_args(parser: argparse.ArgumentParser, default_name: str | None) -> N
                    help="validate/test on this many batches or this fraction")
     g.add_argument("--synthetic-sizes", type=synthetic_sizes, default=None, metavar="TRAIN,TEST",
                    help="images in the synthetic set (default 2000,500)")
-    g.add_argument("--results", default="results", help="results directory (default results/)")
+    g.add_argument("--results", default="results", help="the results store, a directory of sweeps "
+                                                        "(default results/)")
     g.add_argument("--name", type=_sweep_name, default=default_name,
-                   help=f"sweep name: runs go to RESULTS/NAME/RUN/ (default {default_name})")
+                   help="sweep name: runs go to RESULTS/NAME/RUN/ (default "
+                        + (default_name or "the --table name; quick with --quick") + ")")
     g.add_argument("--accelerator", default="auto", help="Lightning accelerator (default auto)")
     g.add_argument("--devices", type=devices_arg, default=1,
                    help="devices per run; N > 1 trains each run with Lightning DDP (default 1)")

@@ -1,16 +1,16 @@
-"""The fast mode against the paper's settings, run for run, from four committed sweeps:
+"""The fast mode against paper settings, run for run, from four committed sweeps:
 
     python docs/reproduction/fast_vs_paper.py [--readme]
 
-For every run of ``docs/reproduction/fmnist-1ep-paper/`` (trained with the paper's settings),
+For every run of ``docs/reproduction/fmnist-1ep-paper/`` (trained with paper settings),
 its twins of the same row and seed in ``docs/reproduction/fmnist-1ep-fast-neumann/``
 (``--fast`` as it is now: the gradient computed at the fixed point) and, where there is one, in
 ``docs/reproduction/fmnist-1ep-fast/`` (trained with ``--fast`` when the fast mode still
 backpropagated through the paper's unrolled steps; the seeds trained later have none) and,
 where there is one, in ``docs/reproduction/fmnist-1ep-fast-bf16adj/`` (``--fast`` with the
 Neumann backward's products in bfloat16, ``FAST_MODE["adjoint_precision"]``, trained later on
-another machine); otherwise the same command: data, epochs, seed, hence the same batches; all are tested at the
-paper's settings. Prints a markdown table (test accuracy, test
+another machine); otherwise the same command: data, epochs, seed, hence the same batches; all are tested at
+paper settings. Prints a markdown table (test accuracy, test
 iterations) and, per row, the mean over seeds; then the bfloat16-adjoint runs against float32
 fast runs trained on their VM (``docs/reproduction/fmnist-1ep-fast-bf16vm/``). ``--write``
 also writes them into docs/performance.md's ``<!-- fast-vs-paper -->`` and

@@ -54,7 +54,7 @@ def test_operations_are_counted_once_with_their_inner_calls():
 @pytest.mark.parametrize("args, message", [
     ([], "give either --runs"),
     (["--rows", "HAM-L5", "--runs", "HAM-L5-s0"], "give either --runs"),
-    (["--runs", "HAM-L5-s0"], "--runs needs --results, --sweep, --data-dir"),
+    (["--runs", "HAM-L5-s0"], "--runs needs --results, --sweep"),
     (["--runs", "HAM-L5", "--results", "r", "--sweep", "s", "--data-dir", "d"],
      "are not run names"),
     (["--rows", "HAM-L4"], "unknown ['HAM-L4']; valid: ["),
@@ -101,3 +101,10 @@ def test_restoring_the_weights_is_neither_timed_nor_profiled():
     assert len(restored) == 5  # warm-up, two timed, two profiled steps, each from the weights
     assert "aten::cumsum" not in {t["op"] for t in record["top"]}
     assert "aten::addmm" in {t["op"] for t in record["top"]}
+
+
+def test_runs_read_the_dataset_from_hopfield_data_dir(tmp_path, monkeypatch):
+    """--runs without --data-dir: the dataset directory is $HOPFIELD_DATA_DIR."""
+    monkeypatch.setenv("HOPFIELD_DATA_DIR", str(tmp_path / "from-env"))
+    args = profile_step._parse(["--runs", "HAM-L5-s0", "--results", "r", "--sweep", "s"])
+    assert args.data_dir == tmp_path / "from-env"

@@ -217,7 +217,7 @@ def test_fused_anderson_times_the_kernel_on_anderson_rows_only(tmp_path, monkeyp
     assert totals["paper"] == pytest.approx(sum(r["sweep_hours"] for r in by_key.values()))
     assert payload["sweep_hours"] == totals
     assert speed.table_totals(payload["records"]) == (
-        "whole sweep, paper mode (Anderson rows with --fused-anderson) (2 rows x 5 seeds): "
+        "whole sweep, paper settings (Anderson rows with --fused-anderson) (2 rows x 5 seeds): "
         f"{totals['paper']:.2f} h")
     # every forward iteration of the warm-up and the two timed steps of the Anderson row (the
     # FLOP count's traced solve and the memory steps may add more)

@@ -74,3 +74,22 @@ def test_adjoint_precision_option_sets_the_fast_modes_and_restores_fast_mode(
         assert dict(built) == {"paper": None, "fast-unrolled": None, "fast": expected}
         assert f"fast adjoint precision {expected}" in capsys.readouterr().out
         assert FAST_MODE["adjoint_precision"] is None  # restored for whatever runs next
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_data_dir_defaults_to_hopfield_data_dir(tmp_path, monkeypatch, given):
+    """Without --data-dir the dataset is read from $HOPFIELD_DATA_DIR; --data-dir wins."""
+    seen = []
+
+    def load(name, data_dir):
+        seen.append(data_dir)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(trained_steps, "load_dataset", load)
+    monkeypatch.setenv("HOPFIELD_DATA_DIR", str(tmp_path / "from-env"))
+    args = ["--results", str(tmp_path), "--sweep", "sw", "--runs", "HAM-L3-s0"]
+    if given:
+        args += ["--data-dir", str(tmp_path / "given")]
+    with pytest.raises(RuntimeError, match="stop here"):
+        trained_steps.main(args)
+    assert seen == [tmp_path / ("given" if given else "from-env")]

@@ -124,3 +124,23 @@ def test_python_m_paper_figures_makes_table_and_figures(store, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "claims.md", "curves.pdf", "curves.png", "energy.pdf", "energy.png", "fig3.pdf",
         "fig3.png", "fig4.pdf", "fig4.png", "table2.csv", "table2.md", "table2.tex"]
+
+
+def test_python_m_paper_figures_with_a_sweep_name_makes_everything_in_one_command(store, tmp_path):
+    """``python -m paper_figures --sweep NAME`` (the README's command after ``sweep.py --quick``):
+    the table, the claims and every figure of that sweep, into figures/ by default."""
+    (store / "table2").rename(store / "quick")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    store.rename(workdir / "results")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "paper_figures", "--sweep", "quick"],
+                            cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    written = sorted(p.name for p in (workdir / "figures").iterdir())
+    assert written == ["claims.md", "curves.pdf", "curves.png", "energy.pdf", "energy.png",
+                       "fig3.pdf", "fig3.png", "fig4.pdf", "fig4.png", "table2.csv",
+                       "table2.md", "table2.tex"]
+    assert "results/quick" in (workdir / "figures" / "table2.md").read_text()
+    for name in ("table2.md", "claims.md", "fig3.pdf", "fig4.pdf", "energy.pdf", "curves.pdf"):
+        assert name in result.stdout  # one "wrote ..." line per output
