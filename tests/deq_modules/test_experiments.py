@@ -1,7 +1,7 @@
 import pytest
 
 from deq_modules.experiments import (
-    ARCHITECTURES, EXPERIMENTS, ROWS, get_experiment, select, speedup,
+    ARCHITECTURES, EXPERIMENTS, NEURIPS_EXPERIMENTS, ROWS, Experiment, get_experiment, select, speedup,
 )
 
 # The speedup column of Table 2, in table order.
@@ -82,3 +82,28 @@ def test_table_2_configs_keep_their_keys():
     stored = get_experiment("HAM-EO-DEQ", 5).to_dict()
     assert not {"architecture", "lr_decay", "table"} & set(stored)
     assert get_experiment("N23-HAM", 3).to_dict()["lr_decay"] is False
+
+
+def test_the_anderson_rows_solve_with_the_published_variant():
+    from deq_core.solvers import PUBLISHED_ANDERSON
+    for exp in [*EXPERIMENTS, *NEURIPS_EXPERIMENTS]:
+        options = {k: v for k, v in exp.forward_kwargs.items() if k not in ("solver", "iter")}
+        assert options == (PUBLISHED_ANDERSON if exp.solver == "anderson" else {}), exp.key
+
+
+def test_stored_picard_runs_keep_their_identity_and_anderson_runs_do_not():
+    # config.json of runs stored before solver_options existed (the committed 10-epoch runs)
+    import json
+    from pathlib import Path
+    stored = sorted(Path(__file__).parents[2].glob("docs/reproduction/fmnist-10ep/*/config.json"))
+    assert stored, "the committed 10-epoch runs are missing"
+    for path in stored:
+        config = json.loads(path.read_text())
+        exp = Experiment.from_key(config["experiment"]["row"] + f"-L{config['experiment']['depth']}")
+        mine = json.loads(json.dumps(exp.to_dict()))
+        old = config["experiment"]
+        if exp.solver == "picard":
+            assert mine == old, path.parent.name
+        else:
+            assert "solver_options" not in old and mine != old
+            assert {k: v for k, v in mine.items() if k != "solver_options"} == old
