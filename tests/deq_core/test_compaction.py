@@ -89,9 +89,9 @@ def test_compacted_deq_matches_the_plain_solve_and_its_gradients(solver, backwar
 
 
 def test_compact_needs_a_tolerance():
-    with pytest.raises(ValueError, match="True needs a 'tol'"):
+    with pytest.raises(ValueError, match=r"'compact'.*'tol'"):
         DEQ(Tanh(), forward_kwargs=dict(solver="picard", iter=10, compact=True))
-    with pytest.raises(ValueError, match="unknown forward_kwargs option"):
+    with pytest.raises(ValueError, match=r"forward_kwargs\b.*'restrict'"):
         DEQ(Tanh(), forward_kwargs=dict(solver="picard", iter=10, restrict=lambda i: None))
 
 
@@ -151,7 +151,7 @@ def test_forward_options_override_the_mode_inside_their_block_only():
     with deq.forward_options(dict(solver="anderson", iter=7)):  # also in training mode
         deq(x)
     assert deq.last_forward_stats.n_iter == 7
-    with pytest.raises(ValueError, match=r"unknown solver 'newton'"):
+    with pytest.raises(ValueError, match=r"'newton'"):
         with deq.forward_options(dict(solver="newton", iter=5)):
             pass
     with pytest.raises(ValueError, match=r"forward_options\['compact'\]"):
