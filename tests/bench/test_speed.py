@@ -41,7 +41,10 @@ def check_record(r):
     assert 0 < r["ms_q25"] <= r["ms_median"] <= r["ms_q75"]
     assert len(r["ms_samples"]) == 2 and all(t > 0 for t in r["ms_samples"])
     assert 1 <= r["fwd_iters"] <= exp.forward_iter
-    assert r["gflop_per_step"] > 0 and r["gflops"] > 0 and r["peak_gflops"] > 0
+    assert r["gflop_per_step"] > 0 and r["peak_gflops"] > 0
+    # the rate is the step's work over its median time, the roofline that rate over the peak
+    assert r["gflops"] == pytest.approx(r["gflop_per_step"] / (r["ms_median"] / 1e3), rel=1e-9)
+    assert r["roofline"] == pytest.approx(r["gflops"] / r["peak_gflops"], rel=1e-9)
     assert 0 < r["roofline"] < 2  # a matmul roofline: above it only by timing noise
     assert r["mem_kind"] == "saved_for_backward" and r["mem_bytes"] > 0
     # The forward solve runs without a graph: 10x the iterations, the same memory.

@@ -371,7 +371,9 @@ def test_a_preprocess_that_flattens_takes_images(make_tanh_map):
             return x.reshape(x.shape[0], -1) @ self.U
 
     x = torch.randn(3, 5, 1, dtype=F64)
-    assert DEQ(Flattening(), None)(x).shape == (3, 12)
+    z = DEQ(Flattening(), None)(x)
+    # the same equilibrium as the plain map's on the flattened input (same weights: same seed)
+    torch.testing.assert_close(z, DEQ(make_tanh_map(), None)(x.reshape(3, 5)), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("solver", ["picard", "anderson"])
@@ -402,8 +404,11 @@ def test_compiled_map_gives_the_eager_fixed_point_and_gradients(method, make_tan
     """``compile_f`` changes how f is evaluated, not what: the same fixed point and gradients
     (to float rounding), also when compaction shrinks the batch between iterations, and with
     the adjoint's vector-Jacobian products (the fast mode's backward), which reuse one graph."""
+    from torch._dynamo.utils import counters
     x = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     results = []
+    torch._dynamo.reset()
+    counters.clear()
     for compile_f in (False, True):
         f = make_tanh_map()
         deq = DEQ(f, forward_kwargs=dict(solver="anderson", iter=30),
@@ -422,6 +427,7 @@ def test_compiled_map_gives_the_eager_fixed_point_and_gradients(method, make_tan
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b)
     assert "compile_f=True" in repr(deq)
+    assert counters["stats"]["unique_graphs"] >= 1  # compiled indeed, not eager twice
 
 
 def test_compile_f_must_be_a_bool(tanh_map):
