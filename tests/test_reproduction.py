@@ -141,7 +141,7 @@ def _run(root, sweep, name, fast, **config):
 def test_fast_vs_paper_refuses_twins_that_differ_in_more_than_the_mode(tmp_path):
     fvp = _fast_vs_paper_module()
     _run(tmp_path, fvp.PAPER, "HAM-L3-s0", False)
-    with pytest.raises(ValueError, match="HAM-L3-s0: no fast-mode twin in fmnist-1ep-fast-neumann"):
+    with pytest.raises(ValueError, match=r"HAM-L3-s0\b.*fmnist-1ep-fast-neumann"):
         fvp.twins(tmp_path)
     _run(tmp_path, fvp.NEUMANN, "HAM-L3-s0", True)
     (pair,) = fvp.twins(tmp_path)  # the unrolled twin is optional (later seeds have none)
@@ -153,8 +153,8 @@ def test_fast_vs_paper_refuses_twins_that_differ_in_more_than_the_mode(tmp_path)
     assert "| HAM-L3 | 0 | 50.00 | - | 50.00 | 50.00 | - | +0.00 | +0.00 | 9.00 / 9.00 |" in \
         fvp.markdown(fvp.twins(tmp_path))
     _run(tmp_path, fvp.FAST, "HAM-L3-s0", True, epochs=2)
-    with pytest.raises(ValueError, match=r"HAM-L3-s0: the twins in fmnist-1ep-paper and "
-                                         r"fmnist-1ep-fast differ in \['epochs'\]"):
+    with pytest.raises(ValueError, match=r"HAM-L3-s0\b.*fmnist-1ep-paper\b.*fmnist-1ep-fast\b"
+                                         r".*'epochs'"):
         fvp.twins(tmp_path)
     (tmp_path / fvp.FAST / "HAM-L3-s0").rename(tmp_path / "wrong")
     _run(tmp_path, fvp.FAST, "HAM-L3-s0", True)
@@ -167,9 +167,9 @@ def test_fast_vs_paper_refuses_twins_that_differ_in_more_than_the_mode(tmp_path)
         fvp.same_machine_markdown([pair])
     (tmp_path / fvp.FAST_BF16_VM / "HAM-L3-s0").rename(tmp_path / "wrong-vm")
     _run(tmp_path, fvp.FAST_BF16_VM, "HAM-L3-s0", True, fast_mode={"adjoint_precision": "bf16"})
-    with pytest.raises(ValueError, match=r"differ in \['adjoint_precision'\]"):
+    with pytest.raises(ValueError, match=r"'adjoint_precision'"):
         fvp.same_machine(tmp_path)
     (tmp_path / fvp.NEUMANN / "HAM-L3-s0").rename(tmp_path / "wrong-neumann")
     _run(tmp_path, fvp.NEUMANN, "HAM-L3-s0", False)
-    with pytest.raises(ValueError, match=r"fmnist-1ep-fast-neumann differ in \['fast'\]"):
+    with pytest.raises(ValueError, match=r"fmnist-1ep-fast-neumann\b.*'fast'"):
         fvp.twins(tmp_path)

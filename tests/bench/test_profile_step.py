@@ -1,5 +1,6 @@
 """bench.profile_step: where a training step's time goes, for fresh rows and trained runs."""
 import json
+import re
 
 import pytest
 import torch
@@ -15,8 +16,12 @@ def test_a_fresh_row_splits_its_profiled_step(tmp_path, capsys):
     (record,) = json.loads(out.read_text())
     assert (record["name"], record["mode"], record["steps"]) == ("HAM-EO-DEQ-L3", "paper", 1)
     assert record["products_ms"] > 0 and record["other_ms"] > 0 and record["other_calls"] > 0
+    # The split adds up to the profiled wall time, always: the self times of operations on one
+    # thread cannot exceed it (a few percent for the profiler's and the timer's clocks), so
+    # ``outside_ms`` is never a clamped zero that hides a double count.
     parts = record["products_ms"] + record["other_ms"] + record["outside_ms"]
-    assert parts == pytest.approx(record["profiled_ms"]) or record["outside_ms"] == 0
+    assert record["outside_ms"] >= 0
+    assert parts == pytest.approx(record["profiled_ms"], rel=0.05)
     assert "aten::addmm" in {t["op"] for t in record["top"]}
     # the map: the tiny row's only weight block is (1990 // 16) x 10 float32
     scaling = record["map"]
@@ -51,21 +56,23 @@ def test_operations_are_counted_once_with_their_inner_calls():
     assert [e.name for e in ops if profile_step._outermost_op(e)] == ["aten::to"]
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "give either --runs"),
-    (["--rows", "HAM-L5", "--runs", "HAM-L5-s0"], "give either --runs"),
-    (["--runs", "HAM-L5-s0"], "--runs needs --results, --sweep"),
+@pytest.mark.parametrize("args, names", [
+    ([], ["--runs", "--rows"]),
+    (["--rows", "HAM-L5", "--runs", "HAM-L5-s0"], ["--runs", "--rows"]),
+    (["--runs", "HAM-L5-s0"], ["--results", "--sweep"]),
     (["--runs", "HAM-L5", "--results", "r", "--sweep", "s", "--data-dir", "d"],
-     "are not run names"),
-    (["--rows", "HAM-L4"], "unknown ['HAM-L4']; valid: ["),
-    (["--rows", "HAM-L5", "--steps", "0"], "--steps must be >= 1"),
-    (["--rows", "HAM-L5", "--map-batches", "1,x"], "comma-separated whole numbers"),
-    (["--rows", "HAM-L5", "--map-batches", "0,4"], "--map-batches must be >= 1"),
+     ["--runs", "'HAM-L5'"]),
+    (["--rows", "HAM-L4"], ["'HAM-L4'", "'HAM-L5'"]),  # the bad row and a valid one
+    (["--rows", "HAM-L5", "--steps", "0"], ["--steps", r"\b0\b"]),
+    (["--rows", "HAM-L5", "--map-batches", "1,x"], ["--map-batches", "'1,x'"]),
+    (["--rows", "HAM-L5", "--map-batches", "0,4"], ["--map-batches", "'0,4'"]),
 ])
-def test_bad_arguments_are_refused_by_name(args, message, capsys):
+def test_bad_arguments_are_refused_by_name(args, names, capsys):
     with pytest.raises(SystemExit):
         profile_step.main(args)
-    assert message in capsys.readouterr().err
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # the line after the usage
+    for name in names:
+        assert re.search(name, error), (name, error)
 
 
 def test_the_table_has_a_line_per_run_and_mode():

@@ -4,7 +4,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import deq_core.deq
-from deq_core import ADJOINT_PRECISIONS, DEQ, fast_bf16
+from deq_core import DEQ, fast_bf16
 
 ADJOINT = dict(solver="picard", iter=12, method="full_adjoint")
 FORWARD = dict(solver="anderson", iter=60, tol=1e-6)
@@ -87,15 +87,12 @@ def test_fast_bf16_reads_the_hardware():
 
 def test_bad_adjoint_precisions_are_refused_early(make_tanh_map):
     f = make_tanh_map()
-    with pytest.raises(ValueError, match=r"unknown adjoint_precision 'fp16'; valid: "
-                                         + repr(list(ADJOINT_PRECISIONS)).replace("[", r"\[")
-                                         .replace("]", r"\]")):
+    with pytest.raises(ValueError, match=r"adjoint_precision\b.*'fp16'.*'bf16'"):
         DEQ(f, forward_kwargs=FORWARD, backward_kwargs=ADJOINT, adjoint_precision="fp16")
-    with pytest.raises(ValueError, match="backward method 'backprop' has none"):
-        DEQ(f, forward_kwargs=FORWARD, backward_kwargs=dict(solver="picard", iter=4),
-            adjoint_precision="bf16")
+    with pytest.raises(ValueError, match=r"adjoint_precision\b.*'bf16'.*'backprop'"):
+        DEQ(f, forward_kwargs=FORWARD, backward_kwargs=dict(solver="picard", iter=4), adjoint_precision="bf16")
     # switched to unrolled steps after construction: refused at the backward, not ignored
     deq = DEQ(f, forward_kwargs=FORWARD, backward_kwargs=ADJOINT, adjoint_precision="bf16")
     deq.backward_kwargs = dict(solver="picard", iter=4, method="backprop")
-    with pytest.raises(ValueError, match="needs backward method 'full_adjoint'"):
+    with pytest.raises(ValueError, match=r"'full_adjoint'.*'backprop'"):
         deq(torch.randn(3, 5, dtype=torch.float64))

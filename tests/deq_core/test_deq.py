@@ -186,7 +186,7 @@ def test_any_batch_size_with_one_z_init(shape, tanh_map):
         z = deq(x)
         assert z.shape == (batch, 12)
         assert relative_residual(tanh_map(tanh_map.preprocess_inputs(x), z), z).max() < 1e-5
-    with pytest.raises(ValueError, match="z_init has batch 3 but the input has batch 7"):
+    with pytest.raises(ValueError, match=r"z_init\b.*\b3\b.*\b7\b"):
         DEQ(tanh_map, torch.zeros(3, 12, dtype=F64),
             forward_kwargs=FORWARD)(torch.randn(7, 5, dtype=F64))
 
@@ -277,43 +277,43 @@ def test_observers_see_trace_and_iterates(tanh_map):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(forward_kwargs=dict(solver="newton", iter=5)), r"unknown solver 'newton'.*anderson"),
+        (dict(forward_kwargs=dict(solver="newton", iter=5)), r"'newton'.*\banderson\b"),
         (dict(forward_kwargs=dict(solver="anderson", iter=5, tolerance=1e-3)),
-         r"unknown forward_kwargs option\(s\) \['tolerance'\].*valid options.*'tol'"),
+         r"forward_kwargs\b.*'tolerance'.*'tol'"),
         (dict(forward_kwargs=dict(solver="picard", iter=5, m=3)), r"\['m'\].*'picard'"),
-        (dict(forward_kwargs=dict(solver="picard", iter=0)), r"'iter'\] must be an integer >= 1, got 0"),
-        (dict(forward_kwargs=dict(solver="picard", iter=2.5)), r"got 2.5"),
-        (dict(forward_kwargs=dict(solver="picard")), r"needs 'solver' and 'iter'"),
-        (dict(forward_kwargs=dict(solver="picard", iter=3, tol=-1.0)), r"'tol'\] must be a positive"),
+        (dict(forward_kwargs=dict(solver="picard", iter=0)), r"'iter'\].*\b0\b"),
+        (dict(forward_kwargs=dict(solver="picard", iter=2.5)), r"'iter'\].*\b2\.5\b"),
+        (dict(forward_kwargs=dict(solver="picard")), r"forward_kwargs\b.*'iter'"),
+        (dict(forward_kwargs=dict(solver="picard", iter=3, tol=-1.0)), r"'tol'\].*-1\.0\b"),
         (dict(backward_kwargs=dict(solver="picard", iter=3, method="implicit")),
-         r"unknown backward method 'implicit'.*'backprop', 'full_adjoint'"),
+         r"'implicit'.*'full_adjoint'"),
         (dict(backward_kwargs=dict(solver="picard", iter=3, method="backprop", mm=4)),
-         r"unknown backward_kwargs option\(s\) \['mm'\]"),
+         r"backward_kwargs\b.*'mm'"),
         (dict(backward_kwargs=dict(solver="anderson", iter=3, method="backprop")),
-         r"'backprop'.*solver='anderson'"),
-        (dict(damping_factor=1.0), r"damping_factor must be in \[0, 1\), got 1.0"),
-        (dict(damping_factor=-0.1), r"got -0.1"),
+         r"'backprop'.*\banderson\b"),
+        (dict(damping_factor=1.0), r"damping_factor\b.*\b1\.0\b"),
+        (dict(damping_factor=-0.1), r"damping_factor\b.*-0\.1\b"),
         (dict(forward_kwargs=dict(solver="picard", iter=3, tol="1e-3")),
-         r"forward_kwargs\['tol'\] must be a positive finite number or None, got '1e-3'"),
-        (dict(forward_kwargs=dict(solver="picard", iter=3, tol=math.nan)), r"'tol'\].*got nan"),
-        (dict(forward_kwargs=dict(solver="picard", iter=3, tol=math.inf)), r"'tol'\].*got inf"),
-        (dict(forward_kwargs=dict(solver="picard", iter=True)), r"'iter'\].*got True"),
-        (dict(forward_kwargs=dict(solver="picard", iter=-4)), r"'iter'\].*got -4"),
+         r"forward_kwargs\['tol'\].*'1e-3'"),
+        (dict(forward_kwargs=dict(solver="picard", iter=3, tol=math.nan)), r"'tol'\].*\bnan\b"),
+        (dict(forward_kwargs=dict(solver="picard", iter=3, tol=math.inf)), r"'tol'\].*\binf\b"),
+        (dict(forward_kwargs=dict(solver="picard", iter=True)), r"'iter'\].*\bTrue\b"),
+        (dict(forward_kwargs=dict(solver="picard", iter=-4)), r"'iter'\].*-4\b"),
         (dict(forward_kwargs=dict(solver="anderson", iter=3, m=2.5)),
-         r"forward_kwargs\['m'\] must be an integer >= 1, got 2.5"),
-        (dict(forward_kwargs=dict(solver="anderson", iter=3, m=True)), r"'m'\].*got True"),
-        (dict(forward_kwargs=dict(solver="anderson", iter=3, m=0)), r"'m'\].*got 0"),
+         r"forward_kwargs\['m'\].*\b2\.5\b"),
+        (dict(forward_kwargs=dict(solver="anderson", iter=3, m=True)), r"'m'\].*\bTrue\b"),
+        (dict(forward_kwargs=dict(solver="anderson", iter=3, m=0)), r"'m'\].*\b0\b"),
         (dict(forward_kwargs=dict(solver="anderson", iter=3, lam=math.nan)),
-         r"forward_kwargs\['lam'\] must be a non-negative finite number, got nan"),
-        (dict(forward_kwargs=dict(solver="anderson", iter=3, lam=-1.0)), r"'lam'\].*got -1.0"),
+         r"forward_kwargs\['lam'\].*\bnan\b"),
+        (dict(forward_kwargs=dict(solver="anderson", iter=3, lam=-1.0)), r"'lam'\].*-1\.0\b"),
         (dict(backward_kwargs=dict(solver="anderson", iter=3, method="full_adjoint", tol="x")),
-         r"backward_kwargs\['tol'\].*got 'x'"),
+         r"backward_kwargs\['tol'\].*'x'"),
         (dict(backward_kwargs=dict(solver="anderson", iter=3, method="full_adjoint", m=2.5)),
-         r"backward_kwargs\['m'\].*got 2.5"),
+         r"backward_kwargs\['m'\].*\b2\.5\b"),
         (dict(backward_kwargs=dict(solver="anderson", iter=3, method="full_adjoint", lam=math.inf)),
-         r"backward_kwargs\['lam'\].*got inf"),
+         r"backward_kwargs\['lam'\].*\binf\b"),
         (dict(backward_kwargs=dict(solver="picard", iter=0, method="full_adjoint")),
-         r"backward_kwargs\['iter'\].*got 0"),
+         r"backward_kwargs\['iter'\].*\b0\b"),
     ],
 )
 def test_bad_options_are_refused_with_the_valid_choices(kwargs, message, tanh_map):
@@ -347,19 +347,19 @@ class WrongWidth(nn.Module):
 
 @pytest.mark.parametrize("shape", [(5,), (1, 5), (3, 5)])
 def test_z_init_of_the_wrong_width_is_refused(shape, make_tanh_map):
-    with pytest.raises(ValueError, match=rf"z_init of shape \({shape[0]},.*state_size 6"):
+    with pytest.raises(ValueError, match=rf"z_init\b.*\({shape[0]},.*state_size\b.*\b6\b"):
         DEQ(make_tanh_map(width=6), torch.zeros(shape, dtype=F64), forward_kwargs=FORWARD)
 
 
 def test_z_init_must_have_the_dtype_of_x(make_tanh_map):
     deq = DEQ(make_tanh_map(dtype=torch.float32), torch.zeros(12, dtype=F64),
               forward_kwargs=FORWARD)
-    with pytest.raises(ValueError, match=r"z_init has dtype torch.float64 but x has torch.float32"):
+    with pytest.raises(ValueError, match=r"z_init\b.*torch\.float64.*torch\.float32"):
         deq(torch.randn(4, 5, dtype=torch.float32))
 
 
 def test_unbatched_x_is_refused(tanh_map):
-    with pytest.raises(ValueError, match=r"batch dimension.*shape \(5,\).*\(1, 5\)"):
+    with pytest.raises(ValueError, match=r"\(5,\).*\(1, 5\)"):
         DEQ(tanh_map, None, forward_kwargs=FORWARD)(torch.randn(5, dtype=F64))
 
 
@@ -367,8 +367,8 @@ def test_unbatched_x_is_refused(tanh_map):
 def test_x_with_more_dimensions_says_which_shape_the_deq_expects(shape, tanh_map):
     """(3, 2, 5) makes a drive of (3, 2, 12) that broadcasts inside f; (3, 5, 2) fails inside
     preprocess_inputs: either way the error names x's shape and the one expected."""
-    with pytest.raises(ValueError, match=rf"x of shape \({shape[0]}, {shape[1]}, {shape[2]}\)"
-                                         r".*\(batch, features\).*x.reshape\(3, -1\)"):
+    with pytest.raises(ValueError, match=rf"\({shape[0]}, {shape[1]}, {shape[2]}\)"
+                                         r".*x\.reshape\(3, -1\)"):
         DEQ(tanh_map, None, forward_kwargs=FORWARD)(torch.randn(*shape, dtype=F64))
 
 
@@ -379,8 +379,9 @@ def test_a_preprocess_that_flattens_takes_images(make_tanh_map):
             return x.reshape(x.shape[0], -1) @ self.U
 
     x = torch.randn(3, 5, 1, dtype=F64)
-    assert DEQ(Flattening(), None, forward_kwargs=FORWARD,
-               backward_kwargs=BACKPROP)(x).shape == (3, 12)
+    z = DEQ(Flattening(), None, forward_kwargs=FORWARD)(x)
+    # the same equilibrium as the plain map's on the flattened input (same weights: same seed)
+    torch.testing.assert_close(z, DEQ(make_tanh_map(), None, forward_kwargs=FORWARD)(x.reshape(3, 5)), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("solver", ["picard", "anderson"])
@@ -388,7 +389,7 @@ def test_a_preprocess_that_flattens_takes_images(make_tanh_map):
 def test_f_of_the_wrong_width_is_refused(solver, damping):
     deq = DEQ(WrongWidth(), None, forward_kwargs=dict(solver=solver, iter=5),
               damping_factor=damping)
-    with pytest.raises(ValueError, match=r"f returned shape \(4, 7\) .* shape \(4, 6\)"):
+    with pytest.raises(ValueError, match=r"\(4, 7\).*\(4, 6\)"):
         deq(torch.randn(4, 5, dtype=F64))
 
 
@@ -411,8 +412,11 @@ def test_compiled_map_gives_the_eager_fixed_point_and_gradients(method, make_tan
     """``compile_f`` changes how f is evaluated, not what: the same fixed point and gradients
     (to float rounding), also when compaction shrinks the batch between iterations, and with
     the adjoint's vector-Jacobian products (the fast mode's backward), which reuse one graph."""
+    from torch._dynamo.utils import counters
     x = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     results = []
+    torch._dynamo.reset()
+    counters.clear()
     for compile_f in (False, True):
         f = make_tanh_map()
         deq = DEQ(f, forward_kwargs=dict(solver="anderson", iter=30),
@@ -431,10 +435,11 @@ def test_compiled_map_gives_the_eager_fixed_point_and_gradients(method, make_tan
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b)
     assert "compile_f=True" in repr(deq)
+    assert counters["stats"]["unique_graphs"] >= 1  # compiled indeed, not eager twice
 
 
 def test_compile_f_must_be_a_bool(tanh_map):
-    with pytest.raises(ValueError, match="compile_f must be True or False, got 'yes'"):
+    with pytest.raises(ValueError, match=r"compile_f\b.*'yes'"):
         DEQ(tanh_map, forward_kwargs=FORWARD, compile_f="yes")
 
 

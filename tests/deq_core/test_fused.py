@@ -64,12 +64,11 @@ def test_fused_solve_reaches_the_fixed_point_with_compaction_and_tolerance():
 
 def test_fused_is_refused_where_the_kernel_does_not_run():
     f, _, z0 = tanh_problem()
-    with pytest.raises(ValueError, match=r"fused Anderson runs on CPU float32 states, got "
-                                         r"torch.float64"):
+    with pytest.raises(ValueError, match=r"torch\.float64"):  # the dtype it cannot run on
         anderson(lambda z: f(z.float()).double(), z0.double(), max_iter=3, fused=True)
-    with pytest.raises(ValueError, match=r"anderson: fused .*got 1"):
+    with pytest.raises(ValueError, match=r"\bfused\b.*\b1\b"):
         anderson(f, z0, max_iter=3, fused=1)
-    with pytest.raises(ValueError, match=r"supports m <= 16, got m=17"):
+    with pytest.raises(ValueError, match=r"(?=.*\b17\b).*\b16\b"):  # m and the largest, any order
         anderson(f, z0, max_iter=3, m=17, fused=True)
     assert "fused" in get_solver("anderson").options
 
@@ -117,5 +116,5 @@ def test_fused_auto_runs_the_kernel_on_cpu_float32_states_only(monkeypatch):
     calls.clear()
     z64 = DEQ(Tanh().double(), **auto)(x.double())  # float64: eager
     assert calls == [] and z64.dtype == torch.float64
-    with pytest.raises(ValueError, match=r"forward_kwargs\['fused'\].*got 'yes'"):
+    with pytest.raises(ValueError, match=r"\bfused\b.*'yes'"):
         DEQ(Tanh(), forward_kwargs=dict(forward, fused="yes"))

@@ -148,23 +148,23 @@ def test_anderson_safeguard_never_gets_stuck_where_picard_diverges():
 
 
 BAD_OPTIONS = [
-    (dict(tol="1e-3"), r"tol must be a positive finite number or None, got '1e-3'"),
-    (dict(tol=math.nan), r"tol .* got nan"),
-    (dict(tol=math.inf), r"tol .* got inf"),
-    (dict(tol=0.0), r"tol .* got 0.0"),
-    (dict(tol=-1e-3), r"tol .* got -0.001"),
-    (dict(max_iter=0), r"max_iter must be an integer >= 1, got 0"),
-    (dict(max_iter=-2), r"max_iter .* got -2"),
-    (dict(max_iter=True), r"max_iter .* got True"),
-    (dict(max_iter=3.0), r"max_iter .* got 3.0"),
+    (dict(tol="1e-3"), r"\btol\b.*'1e-3'"),  # the option and its bad value, in any wording
+    (dict(tol=math.nan), r"\btol\b.*\bnan\b"),
+    (dict(tol=math.inf), r"\btol\b.*\binf\b"),
+    (dict(tol=0.0), r"\btol\b.*\b0\.0\b"),
+    (dict(tol=-1e-3), r"\btol\b.*-0\.001\b"),
+    (dict(max_iter=0), r"\bmax_iter\b.*\b0\b"),
+    (dict(max_iter=-2), r"\bmax_iter\b.*-2\b"),
+    (dict(max_iter=True), r"\bmax_iter\b.*\bTrue\b"),
+    (dict(max_iter=3.0), r"\bmax_iter\b.*\b3\.0\b"),
 ]
 BAD_ANDERSON_OPTIONS = [
-    (dict(m=2.5), r"m must be an integer >= 1, got 2.5"),
-    (dict(m=True), r"m .* got True"),
-    (dict(m=0), r"m .* got 0"),
-    (dict(lam=math.nan), r"lam must be a non-negative finite number, got nan"),
-    (dict(lam=math.inf), r"lam .* got inf"),
-    (dict(lam=-1.0), r"lam .* got -1.0"),
+    (dict(m=2.5), r"\bm\b.*\b2\.5\b"),
+    (dict(m=True), r"\bm\b.*\bTrue\b"),
+    (dict(m=0), r"\bm\b.*\b0\b"),
+    (dict(lam=math.nan), r"\blam\b.*\bnan\b"),
+    (dict(lam=math.inf), r"\blam\b.*\binf\b"),
+    (dict(lam=-1.0), r"\blam\b.*-1\.0\b"),
 ]
 
 
@@ -178,7 +178,7 @@ def test_bad_options_are_refused_before_any_evaluation(solver, options, message)
         raise AssertionError("f must not be evaluated with bad options")
 
     options = dict(dict(max_iter=5), **options)
-    with pytest.raises(ValueError, match=rf"{solver.__name__}: {message}"):
+    with pytest.raises(ValueError, match=rf"\b{solver.__name__}\b.*{message}"):
         solver(f, torch.zeros(2, 3), **options)
 
 
@@ -186,20 +186,20 @@ def test_bad_options_are_refused_before_any_evaluation(solver, options, message)
 @pytest.mark.parametrize(
     "bad_f, message",
     [
-        (lambda z: torch.cat([z, z[:, :1]], dim=1), r"shape \(4, 7\) .* input of shape \(4, 6\)"),
-        (lambda z: 0.5 * z[:1], r"shape \(1, 6\) .* input of shape \(4, 6\)"),  # broadcastable
-        (lambda z: 0.5 * z.double(), r"dtype torch.float64 .* input .* dtype torch.float32"),
-        (lambda z: (0.5 * z).tolist(), r"list; f must return a Tensor"),
+        (lambda z: torch.cat([z, z[:, :1]], dim=1), r"\(4, 7\).*\(4, 6\)"),  # returned, wanted
+        (lambda z: 0.5 * z[:1], r"\(1, 6\).*\(4, 6\)"),  # broadcastable
+        (lambda z: 0.5 * z.double(), r"torch\.float64.*torch\.float32"),
+        (lambda z: (0.5 * z).tolist(), r"\blist\b.*\bTensor\b"),
     ],
 )
 def test_f_must_return_the_shape_and_dtype_of_its_input(solver, bad_f, message):
-    with pytest.raises(ValueError, match=rf"{solver.__name__}: f returned .*{message}"):
+    with pytest.raises(ValueError, match=rf"\b{solver.__name__}\b.*\bf\b.*{message}"):
         solver(bad_f, torch.ones(4, 6), max_iter=5)
 
 
 @pytest.mark.parametrize("solver", [picard, anderson])
 def test_z0_needs_a_batch_dimension(solver):
-    with pytest.raises(ValueError, match=r"z0 must have a batch dimension.*shape \(\)"):
+    with pytest.raises(ValueError, match=r"\bz0\b.*\(\)"):  # z0 and its shape ()
         solver(lambda z: z, torch.tensor(1.0), max_iter=5)
 
 

@@ -41,15 +41,15 @@ def test_published_speedups_follow_from_published_iterations():
 
 def test_lookup_and_selection_errors():
     assert get_experiment("HAM-EO-DEQ", 5).run_name(2) == "HAM-EO-DEQ-L5-s2"
-    with pytest.raises(ValueError, match=r"unknown row 'HAM-EOO'.*'HAM-EO-DEQ'"):
+    with pytest.raises(ValueError, match=r"'HAM-EOO'.*'HAM-EO-DEQ'"):
         get_experiment("HAM-EOO", 3)
-    with pytest.raises(ValueError, match=r"'CHN-EO' has no 5-layer experiment.*\[3\]"):
+    with pytest.raises(ValueError, match=r"'CHN-EO'.*\b5\b.*\[3\]"):
         get_experiment("CHN-EO", 5)
     assert len(select(rows=["HAM", "HAM-EO"], depths=[5, 7])) == 4
     assert len(select()) == 17 and len(ROWS) == 9
-    with pytest.raises(ValueError, match="unknown depth 4"):
+    with pytest.raises(ValueError, match=r"\b4\b.*\[3, 5, 7\]"):
         select(depths=[4])
-    with pytest.raises(ValueError, match=r"^CHN-DEQ has no depth 5, 7 \(it has 3\);"):
+    with pytest.raises(ValueError, match=r"CHN-DEQ\b.*\b5, 7\b.*\b3\b"):
         select(rows=["CHN-DEQ", "HAM"], depths=[3, 5, 7])  # never silently HAM alone
 
 

@@ -120,7 +120,7 @@ def test_registry_rows_build_their_models():
 
 
 def test_bad_structure_is_refused():
-    with pytest.raises(ValueError, match=r"unknown structure 'oddeven'.*'onematrix', 'evenodd'"):
+    with pytest.raises(ValueError, match=r"'oddeven'.*'evenodd'"):
         LitHopfieldDEQ(SMALL, structure="oddeven")
 
 
@@ -138,8 +138,7 @@ def test_a_checkpoint_of_the_other_structure_is_refused(tmp_path):
              for cls in (LitOneMatrixDEQ, LitEvenOddDEQ)}
     for cls, other, structure, other_structure in ((LitOneMatrixDEQ, LitEvenOddDEQ, "onematrix", "evenodd"),
                                                    (LitEvenOddDEQ, LitOneMatrixDEQ, "evenodd", "onematrix")):
-        with pytest.raises(ValueError, match=f"{cls.__name__} builds structure '{structure}', but "
-                                             f"structure='{other_structure}' was given"):
+        with pytest.raises(ValueError, match=f"{cls.__name__}.*'{structure}'.*'{other_structure}'"):
             cls.load_from_checkpoint(saved[other])
         with pytest.raises(ValueError, match=f"structure='{other_structure}'"):
             cls(SMALL, structure=other_structure)
@@ -217,8 +216,7 @@ def test_fast_mode_validates_with_its_training_forward_and_tests_with_paper_sett
     assert kept.val_forward_kwargs is None
     assert iterations(kept, "validation_step") == exp.forward_iter
     monkeypatch.setitem(experiments.FAST_MODE, "validation", "sometimes")
-    with pytest.raises(ValueError, match=r"unknown FAST_MODE\['validation'\] 'sometimes'; "
-                                         r"valid: \['fast', 'paper'\]"):
+    with pytest.raises(ValueError, match=r"'validation'.*'sometimes'.*'paper'"):
         lit_module_for(exp, input_size=784, fast=True)
     with pytest.raises(ValueError, match=r"val_forward_kwargs\['compact'\]"):
         LitHopfieldDEQ(val_forward_kwargs=dict(solver="picard", iter=5, compact=True))
@@ -303,8 +301,7 @@ def test_fast_mode_can_keep_the_paper_backward(monkeypatch):
     assert apply_fast_mode(lit_module_for(exp)).deq.backward_kwargs == exp.backward_kwargs
     assert lit_module_for(exp, fast=True).deq.train_forward_kwargs["compact"] is True
     monkeypatch.setitem(experiments.FAST_MODE, "backward", "implicit")
-    with pytest.raises(ValueError, match=r"unknown FAST_MODE\['backward'\] 'implicit'; "
-                                         r"valid: \['unrolled', 'neumann'\]"):
+    with pytest.raises(ValueError, match=r"'backward'.*'implicit'.*'neumann'"):
         lit_module_for(exp, fast=True)
 
 
@@ -332,6 +329,5 @@ def test_fast_mode_sets_the_adjoint_precision_and_checkpoints_keep_it(monkeypatc
     assert apply_fast_mode(lit_module_for(exp)).deq.adjoint_precision is None
     monkeypatch.setitem(experiments.FAST_MODE, "backward", "neumann")
     monkeypatch.setitem(experiments.FAST_MODE, "adjoint_precision", "half")
-    with pytest.raises(ValueError, match=r"unknown adjoint_precision 'half'; valid: "
-                                         r"\[None, 'bf16', 'auto'\]"):
+    with pytest.raises(ValueError, match=r"adjoint_precision\b.*'half'.*'bf16'"):
         lit_module_for(exp, fast=True)

@@ -53,7 +53,7 @@ def _error_case(case, store, tmp_path, fixtures):
         fixtures.write_run(store, "HAM", 3, 0, fixtures.finished_summary(12.0, 0.97),
                            sweep="quick")
         return ["--results", str(store), "--sweep", "tabel2"], \
-            ["tabel2", str(store), "quick, table2"]
+            ["tabel2", str(store), "quick"]  # the bad sweep, where, a valid one
     if case == "missing results":
         missing = tmp_path / "no-such-results"
         return ["--results", str(missing)], [str(missing)]

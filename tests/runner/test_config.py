@@ -1,5 +1,6 @@
 """runner/config.py: one mapping between command lines and runs, and early, clear refusals."""
 import argparse
+import re
 from dataclasses import asdict
 
 import pytest
@@ -73,7 +74,7 @@ def test_sweep_refuses_a_store_trained_on_another_number_of_devices(tmp_path, ca
     atomic_write_json(cfg.directory / "config.json", cfg.to_dict())  # trained with 1 device
     assert sweep.main([*args, "--devices", "2"]) == 2
     err = capsys.readouterr().err
-    assert "HAM-L3-s0: devices: stored 1, now 2" in err and "nothing was run" in err
+    assert re.search(r"HAM-L3-s0\b.*\bdevices\b.*\b1\b.*\b2\b", err), err  # stored, then now
     assert sweep.main(args) == 0
 
 
@@ -108,16 +109,16 @@ def test_batch_limits(text, value):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(epochs=0), "epochs must be a whole number >= 1"),
-    (dict(epochs=-3), "epochs must be a whole number >= 1"),
-    (dict(limit_train_batches=0), "limit_train_batches must be"),
-    (dict(limit_test_batches=float("nan")), "limit_test_batches must be"),
-    (dict(seed=-1), "seed must be"),
-    (dict(dataset="imagenet"), "unknown dataset 'imagenet'"),
-    (dict(sweep="../x"), "plain folder name"),
-    (dict(lr=float("nan")), "lr must be a positive number"),
-    (dict(row="HAM-XL"), "unknown row 'HAM-XL'"),
-    (dict(depth=5, row="CHN-DEQ"), "exists for \\[3\\] layers"),
+    (dict(epochs=0), r"\bepochs\b.*\b0\b"),  # the field and its bad value, in any wording
+    (dict(epochs=-3), r"\bepochs\b.*-3\b"),
+    (dict(limit_train_batches=0), r"\blimit_train_batches\b.*\b0\b"),
+    (dict(limit_test_batches=float("nan")), r"\blimit_test_batches\b.*\bnan\b"),
+    (dict(seed=-1), r"\bseed\b.*-1\b"),
+    (dict(dataset="imagenet"), r"'imagenet'.*'mnist'"),  # and a valid one
+    (dict(sweep="../x"), r"'\.\./x'"),
+    (dict(lr=float("nan")), r"\blr\b.*\bnan\b"),
+    (dict(row="HAM-XL"), r"'HAM-XL'.*'HAM'"),
+    (dict(depth=5, row="CHN-DEQ"), r"'CHN-DEQ'.*\b5\b.*\[3\]"),
 ])
 def test_library_users_get_the_same_refusals(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -84,11 +84,11 @@ def test_conversion_equals_the_papers_rule_on_the_same_solve(solve):
 
 def test_conversion_refuses_what_it_cannot_shift(solve):
     old, _ = solve
-    with pytest.raises(recount.CannotRecount, match="format"):
+    with pytest.raises(recount.CannotRecount, match=r"\bformat\b.*\b2\b"):
         recount.recount_trajectories({**old, "format_version": 2}, 2)
     stopped = {**old, "counts": old["counts"].copy()}
     stopped["counts"][-1] //= 2  # fewer samples at the last row: a tolerance stopped some
-    with pytest.raises(recount.CannotRecount, match="different lengths"):
+    with pytest.raises(recount.CannotRecount):
         recount.recount_trajectories(stopped, 2)
 
 

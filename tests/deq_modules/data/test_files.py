@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import random
+import re
 from urllib.error import URLError
 
 import pytest
@@ -40,7 +41,7 @@ def test_missing_files_give_one_clear_error(tmp_path, dataset):
 def test_one_missing_file_is_named(tmp_path, tiny):
     tiny.write_dataset(tmp_path, "mnist", flat=True)
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(DatasetNotFoundError, match=f"{tmp_path} lacks t10k-labels-idx1-ubyte\\."):
+    with pytest.raises(DatasetNotFoundError, match=re.escape(str(tmp_path)) + ".*t10k-labels-idx1-ubyte"):
         check_dataset("mnist", tmp_path, download=False)
 
 
@@ -90,14 +91,16 @@ def test_labels_that_do_not_fit_the_images_are_named(tmp_path, tiny):
     tiny.write_dataset(tmp_path, "mnist", gz=False)
     raw = tmp_path / "MNIST/raw"
     tiny.write_idx(raw / "t10k-labels-idx1-ubyte", tiny.known_labels(tiny.N_TEST - 1), gz=False)
-    with pytest.raises(DatasetCorruptError, match=f"{raw / 't10k-labels-idx1-ubyte'}: holds labels of shape"):
+    with pytest.raises(DatasetCorruptError,  # the file, its labels' length, the images'
+                       match=re.escape(str(raw / "t10k-labels-idx1-ubyte"))
+                       + rf".*\b{tiny.N_TEST - 1}\b.*\b{tiny.N_TEST}\b"):
         check_dataset("mnist", tmp_path)
     tiny.write_idx(raw / "t10k-labels-idx1-ubyte", tiny.known_labels(tiny.N_TEST) + 10, gz=False)
-    with pytest.raises(DatasetCorruptError, match="outside 0..9"):
+    with pytest.raises(DatasetCorruptError, match=r"t10k-labels-idx1-ubyte.*\b19\b.*\b9\b"):
         HopfieldDataModule("mnist", data_dir=tmp_path).setup()
     tiny.write_dataset(tmp_path, "mnist", gz=False)
     tiny.write_idx(raw / "train-images-idx3-ubyte", tiny.known_images(tiny.N_TRAIN, 0)[:, :27], gz=False)
-    with pytest.raises(DatasetCorruptError, match=r"train-images-idx3-ubyte: holds an array of shape \[50, 27, 28\]"):
+    with pytest.raises(DatasetCorruptError, match=r"train-images-idx3-ubyte.*\[50, 27, 28\]"):
         check_dataset("mnist", tmp_path)
 
 
@@ -142,7 +145,7 @@ def test_data_dir_defaults_to_the_environment_variable(tmp_path, tiny, monkeypat
 
 def test_synthetic_and_unknown_names():
     assert check_dataset("synthetic").startswith("synthetic:")
-    with pytest.raises(ValueError, match=r"unknown dataset 'emnist'; valid: emnist-mnist, mnist, fashion-mnist"):
+    with pytest.raises(ValueError, match=r"'emnist'.*\bemnist-mnist\b"):
         check_dataset("emnist")
 
 

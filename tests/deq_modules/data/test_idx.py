@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import random
-import re
 
 import pytest
 import torch
@@ -54,10 +53,13 @@ def test_every_damaged_file_is_an_error_naming_it(tmp_path, tiny, read):
 
 def test_messages_say_what_is_wrong(tmp_path, tiny):
     files = damaged_files(tmp_path, tiny)
-    expected = {"wrong-magic": "magic 00000d01", "short-payload": "header says [5, 4, 3] (60 bytes), payload has 59",
-                "short-header": "header truncated", "random-bytes.gz": "gzip", "truncated.gz": "gzip"}
-    for name, text in expected.items():
-        with pytest.raises(IdxError, match=re.escape(text)):
+    expected = {  # the values that show what is wrong, in any wording
+        "wrong-magic": r"\b00000d01\b",  # the magic found
+        "short-payload": r"\[5, 4, 3\].*\b60\b.*\b59\b",  # the dims, the bytes they need, found
+        "short-header": r"\b5\b.*\b12\b",  # header bytes present, needed
+        "random-bytes.gz": r"\bgzip\b", "truncated.gz": r"\bgzip\b"}
+    for name, pattern in expected.items():
+        with pytest.raises(IdxError, match=pattern):
             read_idx(files[name])
 
 

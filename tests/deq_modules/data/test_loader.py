@@ -39,5 +39,5 @@ def test_distributed_shards(tiny):
 
 
 def test_batch_size_must_be_positive():
-    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"batch_size\b.*\b0\b"):
         DeviceBatchLoader(torch.zeros(3, 1, dtype=torch.uint8), torch.zeros(3, dtype=torch.long), 0)

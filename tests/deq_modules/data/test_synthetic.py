@@ -32,5 +32,5 @@ def test_options_are_the_defaults_of_make_synthetic_and_refuse_unknown_keys():
     assert synthetic_options() == SYNTHETIC_DEFAULTS
     assert synthetic_options({"n_train": 5}) == {**SYNTHETIC_DEFAULTS, "n_train": 5}
     assert set(SYNTHETIC_DEFAULTS) == {"n_train", "n_test", "input_size", "noise", "seed"}
-    with pytest.raises(ValueError, match=r"unknown synthetic_kwargs \['n_trian'\]; valid: n_train, n_test"):
+    with pytest.raises(ValueError, match=r"synthetic_kwargs\b.*'n_trian'.*\bn_train\b"):
         synthetic_options({"n_trian": 5})
