@@ -3,7 +3,8 @@
 The eager Anderson step is some 65 small tensor operations per iteration, each reading or
 writing a ``(B, D)`` or ``(B, m, D)`` tensor; on a CPU that costs 1 to 2.4 ms per iteration on
 the states of the Hopfield rows, as much as or more than the map itself. The kernel does the
-same work sample by sample in one pass over each history row. It is compiled with
+same work sample by sample in one pass over each history row, in any of Anderson's variants
+(``tikhonov``, ``safeguard``, ``returns``). It is compiled with
 ``torch.utils.cpp_extension`` at first use (a C++ compiler and ``ninja`` are needed; about a
 minute, then cached by torch) and runs on CPU float32 states.
 """
@@ -51,7 +52,11 @@ def check_state(x: Tensor, m: int) -> None:
 
 def step(x: Tensor, fx: Tensor, F: Tensor, G: Tensor, gram: Tensor, res: Tensor,
          best_fx: Tensor, best_res: Tensor, anchor_slot: Tensor, anchor_res: Tensor,
-         was_mixed: Tensor, n: int, lam: float, tiny: float, eps: float) -> None:
-    """One iteration, every tensor but ``fx`` updated in place (see the kernel's comment)."""
+         was_mixed: Tensor, n: int, lam: float, tiny: float, eps: float,
+         absolute_tikhonov: bool = False, safeguard_before: bool = False,
+         return_last: bool = False) -> None:
+    """One iteration, every tensor but ``fx`` updated in place (see the kernel's comment); the
+    three flags pick Anderson's variant (all false: ours)."""
     load().anderson_step(x, fx.contiguous(), F, G, gram, res, best_fx, best_res, anchor_slot,
-                         anchor_res, was_mixed, n, lam, tiny, eps)
+                         anchor_res, was_mixed, n, lam, tiny, eps, absolute_tikhonov,
+                         safeguard_before, return_last)

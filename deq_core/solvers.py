@@ -139,12 +139,13 @@ class AndersonStep(_Anderson):
 
 
 class AndersonKernelStep(_Anderson):
-    """:func:`anderson`'s iteration as :mod:`deq_core.fused`'s C++ kernel (CPU float32), which
-    updates its buffers and the point in place."""
+    """:func:`anderson`'s iteration as :mod:`deq_core.fused`'s C++ kernel (CPU float32), in any
+    of its variants, which updates its buffers and the point in place."""
 
     in_place = True
 
-    def __init__(self, x: Tensor, *, m: int, lam: float) -> None:
+    def __init__(self, x: Tensor, *, m: int, lam: float, tikhonov: str = "relative",
+                 safeguard: str = "after", returns: str = "best") -> None:
         from . import fused  # builds nothing yet; the kernel is compiled at its first step
 
         fused.check_state(x, m)
@@ -157,11 +158,14 @@ class AndersonKernelStep(_Anderson):
         self.anchor_slot = torch.zeros(batch, dtype=torch.long)
         self.was_mixed = torch.zeros(batch, dtype=torch.bool)
         self.tiny = torch.finfo(torch.float32).tiny ** 0.5
+        # the kernel's flags absolute_tikhonov, safeguard_before, return_last
+        self.variant = (tikhonov == "absolute", safeguard == "before", returns == "last")
         self._fused = fused
 
     def __call__(self, n: int, x: Tensor, fx: Tensor) -> Tensor:
         self._fused.step(x, fx, self.F, self.G, self.gram, self.res, self.best, self.best_res,
-                   self.anchor_slot, self.anchor_res, self.was_mixed, n, self.lam, self.tiny, EPS)
+                         self.anchor_slot, self.anchor_res, self.was_mixed, n, self.lam,
+                         self.tiny, EPS, *self.variant)
         return x
 
     def keep(self, mask: Tensor, x: Tensor) -> Tensor:
@@ -173,16 +177,10 @@ class AndersonKernelStep(_Anderson):
 
 def _anderson_step(x: Tensor, *, m: int, lam: float, fused: bool | str, tikhonov: str,
                    safeguard: str, returns: str) -> _Anderson:
-    ours = (tikhonov, safeguard, returns) == (TIKHONOV[0], SAFEGUARD[0], RETURNS[0])
-    if fused is True and not ours:
-        raise ValueError(f"anderson: fused=True runs our variant only (tikhonov={TIKHONOV[0]!r}, "
-                         f"safeguard={SAFEGUARD[0]!r}, returns={RETURNS[0]!r}); got "
-                         f"tikhonov={tikhonov!r}, safeguard={safeguard!r}, returns={returns!r}: "
-                         "use fused=False or 'auto'")
-    if ours and (fused is True or (fused == "auto" and x.device.type == "cpu"
-                                   and x.dtype == torch.float32)):
-        return AndersonKernelStep(x, m=m, lam=lam)
-    return AndersonStep(x, m=m, lam=lam, tikhonov=tikhonov, safeguard=safeguard, returns=returns)
+    variant = dict(tikhonov=tikhonov, safeguard=safeguard, returns=returns)
+    if fused is True or (fused == "auto" and x.device.type == "cpu" and x.dtype == torch.float32):
+        return AndersonKernelStep(x, m=m, lam=lam, **variant)
+    return AndersonStep(x, m=m, lam=lam, **variant)
 
 
 @register_solver("anderson", options={
@@ -237,8 +235,7 @@ def anderson(
     before evaluating: it mixes where the linear model's predicted residual
     ``|sum_i alpha_i g_i|`` is no larger than the newest ``|g_k|`` (our reading of the published
     rule) and builds on every evaluated point; ``returns="last"`` returns the last image (and
-    decides convergence on its residual). Only our variant has a fused kernel: with another,
-    ``fused="auto"`` runs the tensor operations and ``fused=True`` is an error.
+    decides convergence on its residual). The fused kernel runs every variant.
     """
     return iterate("anderson", _anderson_step, f, z0, max_iter=max_iter, tol=tol, trace=trace,
                    on_iterate=on_iterate, restrict=restrict, m=m, lam=lam, fused=fused,

@@ -1,9 +1,15 @@
 // One iteration of deq_core's safeguarded Anderson acceleration, fused: after fx = f(x), for
 // each sample, store the pair, update its Gram matrix by one row, take the residual, track the
-// best and the anchor point, solve the small regularised system and write the next x. It
-// computes what deq_core.solvers.anderson's eager step computes (to float rounding: the Gram
-// matrix is updated incrementally and solved in float64), reading each history row once
-// instead of in some 65 separate tensor operations. CPU, float32, contiguous tensors.
+// returned point and the anchor point, solve the small regularised system and write the next
+// x. It computes what deq_core.solvers.AndersonStep computes, in any of its variants (to float
+// rounding: the Gram matrix is updated incrementally and solved in float64), reading each
+// history row once instead of in some 65 separate tensor operations. CPU, float32, contiguous
+// tensors. The variant is three flags, all false for ours:
+//   absolute_tikhonov  the regulariser is lam itself, not lam * mean(diag(gram)) + tiny;
+//   safeguard_before   every evaluated point becomes the anchor, and the mix is taken only
+//                      where the linear model's predicted residual |sum_i alpha_i g_i| is no
+//                      larger than the newest |g_k| (else the plain step f(x_k));
+//   return_last        best_fx / best_res are the newest image and residual, not the best.
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -16,7 +22,8 @@ constexpr int kMaxM = 16;
 void anderson_step(torch::Tensor x, torch::Tensor fx, torch::Tensor F, torch::Tensor G,
                    torch::Tensor gram, torch::Tensor res, torch::Tensor best_fx,
                    torch::Tensor best_res, torch::Tensor anchor_slot, torch::Tensor anchor_res,
-                   torch::Tensor was_mixed, int64_t n, double lam, double tiny, double eps) {
+                   torch::Tensor was_mixed, int64_t n, double lam, double tiny, double eps,
+                   bool absolute_tikhonov, bool safeguard_before, bool return_last) {
   const int64_t B = x.size(0), D = x.size(1), m = F.size(1);
   TORCH_CHECK(m <= kMaxM, "fused Anderson supports m <= ", kMaxM, ", got ", m);
   for (const auto& t : {x, fx, F, G, res, best_fx, best_res, anchor_res})
@@ -41,13 +48,26 @@ void anderson_step(torch::Tensor x, torch::Tensor fx, torch::Tensor F, torch::Te
     float* Fs = Fp + (b * m + slot) * D;
     float* Gs = Gp + (b * m + slot) * D;
     float gg = 0.f, ff = 0.f;
+    if (return_last) {  // the newest image is the returned one: copy it in the same pass
+      float* bf = BF + b * D;
 #pragma omp simd reduction(+ : gg, ff)
-    for (int64_t d = 0; d < D; ++d) {
-      const float g = fb[d] - xb[d];
-      Fs[d] = fb[d];
-      Gs[d] = g;
-      gg += g * g;
-      ff += fb[d] * fb[d];
+      for (int64_t d = 0; d < D; ++d) {
+        const float g = fb[d] - xb[d];
+        Fs[d] = fb[d];
+        bf[d] = fb[d];
+        Gs[d] = g;
+        gg += g * g;
+        ff += fb[d] * fb[d];
+      }
+    } else {
+#pragma omp simd reduction(+ : gg, ff)
+      for (int64_t d = 0; d < D; ++d) {
+        const float g = fb[d] - xb[d];
+        Fs[d] = fb[d];
+        Gs[d] = g;
+        gg += g * g;
+        ff += fb[d] * fb[d];
+      }
     }
     double* Gb = GR + b * m * m;  // row-major m x m; only the k x k corner is live
     Gb[slot * m + slot] = gg;
@@ -62,28 +82,24 @@ void anderson_step(torch::Tensor x, torch::Tensor fx, torch::Tensor F, torch::Te
     const float r = std::sqrt(gg) / (std::sqrt(ff) + static_cast<float>(eps));
     RES[b] = r;
     bool accepted = true;
-    if (n == 0) {
+    if (return_last) {
+      BR[b] = r;  // best_fx was written above
+    } else if (n == 0 || r <= BR[b]) {
       std::copy(fb, fb + D, BF + b * D);
       BR[b] = r;
+    }
+    // A plain step is always taken; a mixed point only if no worse than the anchor (safeguard
+    // before: the decision was taken before evaluating the point, so every point is taken).
+    if (n > 0 && !safeguard_before) accepted = !WM[b] || r <= AR[b];
+    if (accepted) {
       AS[b] = slot;
       AR[b] = r;
-    } else {
-      if (r <= BR[b]) {
-        std::copy(fb, fb + D, BF + b * D);
-        BR[b] = r;
-      }
-      // a plain step is always taken; a mixed point only if no worse than the anchor
-      accepted = !WM[b] || r <= AR[b];
-      if (accepted) {
-        AS[b] = slot;
-        AR[b] = r;
-      }
     }
     // alpha ~ (gram + reg I)^{-1} 1, normalised to sum 1; Gaussian elimination, partial pivoting
     double A[kMaxM][kMaxM + 1];
     double trace = 0.0;
     for (int64_t i = 0; i < k; ++i) trace += Gb[i * m + i];
-    const double reg = lam * trace / k + tiny;
+    const double reg = absolute_tikhonov ? lam : lam * trace / k + tiny;
     for (int64_t i = 0; i < k; ++i) {
       for (int64_t j = 0; j < k; ++j) A[i][j] = Gb[i * m + j] + (i == j ? reg : 0.0);
       A[i][k] = 1.0;
@@ -119,6 +135,18 @@ void anderson_step(torch::Tensor x, torch::Tensor fx, torch::Tensor F, torch::Te
       alpha[i] = static_cast<float>(sol[i] / total);
       ok = std::isfinite(alpha[i]);
     }
+    if (ok && safeguard_before && k > 1) {
+      // The linear model's predicted residual: |sum_i alpha_i g_i|^2 = sum_ij alpha_i alpha_j
+      // <g_i, g_j> = alpha^T Gram alpha, with the unregularised Gram matrix; no pass over the
+      // rows. In float64, against the newest residual |g_k|^2 = gg.
+      double predicted = 0.0;
+      for (int64_t i = 0; i < k; ++i) {
+        double row = 0.0;
+        for (int64_t j = 0; j < k; ++j) row += Gb[i * m + j] * (sol[j] / total);
+        predicted += (sol[i] / total) * row;
+      }
+      ok = predicted <= static_cast<double>(gg);
+    }
     const bool mixed = ok && accepted && k > 1;  // with one pair the "mix" is the plain step
     WM[b] = mixed;
     float* xo = X + b * D;
@@ -141,5 +169,12 @@ void anderson_step(torch::Tensor x, torch::Tensor fx, torch::Tensor F, torch::Te
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("anderson_step", &anderson_step, "one fused Anderson iteration (CPU, float32)");
+  module.def("anderson_step", &anderson_step, "one fused Anderson iteration (CPU, float32)",
+             py::arg("x"), py::arg("fx"), py::arg("F"), py::arg("G"),
+             py::arg("gram"), py::arg("res"), py::arg("best_fx"),
+             py::arg("best_res"), py::arg("anchor_slot"),
+             py::arg("anchor_res"), py::arg("was_mixed"), py::arg("n"),
+             py::arg("lam"), py::arg("tiny"), py::arg("eps"),
+             py::arg("absolute_tikhonov"), py::arg("safeguard_before"),
+             py::arg("return_last"));
 }

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from deq_core import anderson
-from deq_core.solvers import get_solver
+from deq_core.solvers import PUBLISHED_ANDERSON, get_solver
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                                 reason="no C++ compiler to build the fused kernel")
@@ -60,6 +60,85 @@ def test_fused_solve_reaches_the_fixed_point_with_compaction_and_tolerance():
     torch.testing.assert_close(z, z_e, rtol=1e-4, atol=1e-4)
     z_nc, s_nc = anderson(f, z0, max_iter=200, tol=1e-5, fused=True)  # stop, no compaction
     assert s_nc.n_iter == stats.n_iter and (s_nc.rel_residual < 1e-5).all()
+
+
+VARIANTS = [dict(tikhonov=t, safeguard=s, returns=r)
+            for t in ("relative", "absolute") for s in ("after", "before")
+            for r in ("best", "last")]
+IDS = ["-".join(v.values()) for v in VARIANTS]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("lam", [1e-10, 1e-4])
+@pytest.mark.parametrize("contraction", [0.9, 1.2])
+def test_fused_runs_every_variant_as_the_eager_step(variant, lam, contraction):
+    """The kernel's three flags against AndersonStep, the specification. ``lam=1e-4`` with the
+    absolute Tikhonov term makes the predicted-residual rule of ``safeguard="before"`` refuse
+    mixes early on, at residuals far above float32 rounding."""
+    f, _, z0 = tanh_problem(contraction=contraction)
+    runs = []
+    for fused in (False, True):
+        its = []
+        z, stats = anderson(f, z0, max_iter=25, m=4, lam=lam, trace=True, fused=fused,
+                            on_iterate=lambda n, z: its.append(z), **variant)
+        runs.append((its, z, stats))
+    (eager_its, z_e, s_e), (fused_its, z_f, s_f) = runs
+    assert s_f.n_iter == s_e.n_iter == 25
+    for a, b in zip(eager_its, fused_its):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(z_f, z_e, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(s_f.step_trace, s_e.step_trace, rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(s_f.trace, s_e.trace, rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(s_f.rel_residual, s_e.rel_residual, rtol=1e-3, atol=1e-6)
+    if variant["returns"] == "last":  # the image of the point evaluated last (x_24)
+        torch.testing.assert_close(z_f, f(fused_its[-2]), rtol=0, atol=0)
+
+
+def test_fused_safeguard_before_refuses_the_mixes_the_eager_step_refuses(monkeypatch):
+    """Where the linear model predicts a larger residual than the newest one, both take the
+    plain step: the same decisions, sample by sample, while residuals are far above rounding."""
+    from deq_core import fused, solvers
+
+    f, _, z0 = tanh_problem(contraction=1.2)
+    decisions = {False: [], True: []}
+    step, call = fused.step, solvers.AndersonStep.__call__
+
+    def fused_step(*args):
+        step(*args)
+        decisions[True].append(args[10].clone())  # was_mixed
+
+    def eager_call(self, n, x, fx):
+        out = call(self, n, x, fx)
+        decisions[False].append(self.was_mixed.clone())
+        return out
+
+    monkeypatch.setattr(fused, "step", fused_step)
+    monkeypatch.setattr(solvers.AndersonStep, "__call__", eager_call)
+    for on in (False, True):
+        anderson(f, z0, max_iter=10, m=4, lam=1e-4, fused=on, **PUBLISHED_ANDERSON)
+    eager, kernel = torch.stack(decisions[False]), torch.stack(decisions[True])
+    assert torch.equal(kernel, eager)
+    assert not kernel[1:].all()  # some mixes were refused (from n=1 on, two pairs or more)
+    assert kernel[1:].any()
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_fused_runs_every_variant_with_compaction_and_tolerance(variant):
+    f, make, z0 = tanh_problem(batch=16, width=40, contraction=1.2)
+    counted = []
+
+    def restrict(idx):
+        g = make(idx)
+        return lambda z: (counted.append(z.shape[0]), g(z))[1]
+
+    options = dict(max_iter=80, tol=1e-5, lam=1e-4, trace=True, **variant)
+    z, stats = anderson(f, z0, restrict=restrict, fused=True, **options)
+    z_e, s_e = anderson(f, z0, restrict=make, **options)
+    assert min(counted) < 16  # samples left the batch
+    assert stats.n_iter == s_e.n_iter < 80 and (stats.rel_residual < 1e-5).all()
+    torch.testing.assert_close(z, z_e, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(stats.step_trace, s_e.step_trace, rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(stats.rel_residual, s_e.rel_residual, rtol=1e-3, atol=1e-6)
 
 
 def test_fused_is_refused_where_the_kernel_does_not_run():
