@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import RunConfig
+from .config import DEFINING_FIELDS, RunConfig
 from .store import CONFIG, ENERGY, LAST_CHECKPOINT, METRICS, TRAJECTORIES
 
 if TYPE_CHECKING:
@@ -63,16 +63,14 @@ def wandb_config(cfg: RunConfig) -> dict[str, Any]:
     """
     exp = cfg.experiment
     settings = {k: v for k, v in exp.to_dict().items() if k not in _NOT_SETTINGS}
-    return {**settings, "experiment": exp.key, "row": exp.row, "depth": exp.depth,
-            "seed": cfg.seed, "dataset": cfg.dataset, "epochs": cfg.planned_epochs,
-            "limit_train_batches": cfg.limit_train_batches,
-            "limit_test_batches": cfg.limit_test_batches, "synthetic_kwargs": cfg.synthetic_kwargs,
-            "fast": cfg.fast, "sweep": cfg.sweep}
+    defining = {k: getattr(cfg, k) for k in DEFINING_FIELDS}  # a new defining option too
+    return {**defining, **settings, "experiment": exp.key, "row": exp.row, "depth": exp.depth,
+            "epochs": cfg.planned_epochs, "sweep": cfg.sweep}
 
 
 def wandb_tags(cfg: RunConfig) -> list[str]:
     exp = cfg.experiment
-    return [exp.row, exp.model, exp.structure, exp.solver, *cfg.extra_tags]
+    return [exp.row, exp.model, exp.structure, exp.solver]
 
 
 def init_kwargs(cfg: RunConfig, directory: Path, run_id: str | None) -> dict[str, Any]:
