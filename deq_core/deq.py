@@ -36,7 +36,6 @@ BACKWARD_METHODS = ("backprop", "full_adjoint")
 # bfloat16 ("bf16"), or in bfloat16 where the device multiplies bfloat16 matrices natively
 # ("auto": CPUs with AMX or AVX512-BF16, CUDA GPUs with bfloat16 tensor cores).
 ADJOINT_PRECISIONS = (None, "bf16", "auto")
-Logger = Callable[[str, float], Any]
 
 
 @dataclass
@@ -154,8 +153,6 @@ class DEQ(nn.Module):
             ``forward(Ux, z) -> f(z)``; if ``z_init`` is ``None`` it must declare ``state_size``.
         z_init: initial state, ``(D,)`` or ``(1, D)`` broadcast to the batch, or ``(B, D)``;
             ``None`` means zeros of width ``f_module.state_size``.
-        logger: optional ``callable(name, value)`` receiving ``rel_residual_forward`` and
-            ``rel_residual_backward`` (batch means) after each solve.
         forward_kwargs: ``{solver, iter}`` plus ``tol``, ``trace``, ``compact`` (with ``tol``:
             converged samples leave the batch, :mod:`deq_core.compaction`) and solver options
             (``m``, ``lam`` for Anderson).
@@ -192,7 +189,6 @@ class DEQ(nn.Module):
         self,
         f_module: nn.Module,
         z_init: Tensor | None = None,
-        logger: Logger | None = None,
         forward_kwargs: Mapping[str, Any] | None = None,
         backward_kwargs: Mapping[str, Any] | None = None,
         damping_factor: float = 0.0,
@@ -203,7 +199,6 @@ class DEQ(nn.Module):
     ):
         super().__init__()
         self.f_module = f_module
-        self.logger = logger
         self.forward_kwargs = check_forward_kwargs(
             "forward_kwargs", forward_kwargs or dict(solver="anderson", iter=40))
         self.train_forward_kwargs = None if train_forward_kwargs is None else \
@@ -345,10 +340,6 @@ class DEQ(nn.Module):
         spec = get_solver(kwargs["solver"])
         return spec.fn(step, z0, max_iter=kwargs["iter"], on_iterate=on_iterate, **options)
 
-    def _log(self, name: str, stats: SolverStats) -> None:
-        if self.logger is not None:
-            self.logger(name, stats.rel_residual.mean().detach())
-
     # -- forward -------------------------------------------------------------------------
     def _drive(self, x: Tensor) -> Tensor:
         """``Ux = f_module.preprocess_inputs(x)``, one row per sample: the state is
@@ -382,7 +373,6 @@ class DEQ(nn.Module):
                 on_iterate=self._on_iterate(), trace=bool(self._observers), Ux=Ux.detach(),
             )
         self.last_forward_stats = stats
-        self._log("rel_residual_forward", stats)
         for observer in list(self._observers):
             if observer.on_solve is not None:
                 observer.on_solve(stats)
@@ -441,7 +431,6 @@ class DEQ(nn.Module):
         stats = SolverStats("picard", self.backward_kwargs["iter"],
                             relative_residual(z.detach(), z_prev.detach()))
         self.last_backward_stats = stats
-        self._log("rel_residual_backward", stats)
         return _valued_at(z_star, z)
 
     def _full_adjoint(self, Ux: Tensor, z_star: Tensor) -> Tensor:
@@ -466,7 +455,6 @@ class DEQ(nn.Module):
             with torch.no_grad():
                 g, stats = self._solve(vjp_step, torch.zeros_like(v), self.backward_kwargs)
             self.last_backward_stats = stats
-            self._log("rel_residual_backward", stats)
             return g
 
         if z.requires_grad:
