@@ -114,8 +114,7 @@ def parse_args(argv: list[str] | None = None) -> SweepOptions:
             experiments=select(args.rows, args.layers, args.table),
             seeds=args.seeds or ([0] if args.quick else list(SEEDS)),
             settings=run_settings(args), offline=args.offline, no_wandb=args.no_wandb,
-            dry_run=args.dry_run, join=args.join, count=args.count, quick=args.quick,
-            workers=args.workers)
+            dry_run=args.dry_run, join=args.join, count=args.count, workers=args.workers)
         if not args.join:
             plan(options)  # every run's settings checked (seed range, batch limits) up front
     except ValueError as err:

@@ -38,8 +38,7 @@ class SweepOptions:
     no_wandb: bool = False
     dry_run: bool = False
     join: str | None = None
-    count: int | None = None
-    quick: bool = False
+    count: int | None = None  # with join: at most this many runs
     workers: int = 1
 
     @property

@@ -395,7 +395,7 @@ def test_workers_with_wandb_online_are_refused_with_what_to_do(capsys, tmp_path,
 def test_eta_line_of_a_sweep_with_workers_gives_their_share(tmp_path, monkeypatch):
     args = sweep.parse_args(["--rows", "HAM-EO", "--layers", "3", "--seeds", "0,1", *TINY,
                              "--results", str(tmp_path), "--workers", "2"])
-    monkeypatch.setattr(sweep, "measured_seconds", lambda path: {"HAM-EO-L3": [600.0]})
+    monkeypatch.setattr(grid, "measured_seconds", lambda path: {"HAM-EO-L3": [600.0]})
     line = grid.eta_line(sweep.plan(args), args)
     assert line.startswith("2 runs left, about 20m00s on one worker")
     assert line.endswith("; about 10m00s with 2 workers")
@@ -410,8 +410,8 @@ def test_the_last_line_counts_runs_another_process_finished_meanwhile(tmp_path, 
     runs = sweep.plan(args)
     names = [cfg.name for cfg in runs]
     now = {names[1]: "finished", names[2]: "diverged", names[3]: "running"}
-    monkeypatch.setattr(sweep, "live_status", lambda d: now.get(Path(d).name))
-    monkeypatch.setattr(sweep, "is_finished", lambda d: now.get(Path(d).name) == "finished")
+    monkeypatch.setattr(grid, "live_status", lambda d: now.get(Path(d).name))
+    monkeypatch.setattr(grid, "is_finished", lambda d: now.get(Path(d).name) == "finished")
     outcome = grid.Outcome(finished=[names[0]], busy=names[1:])
     outcome.settle(runs)
     assert (outcome.finished, outcome.diverged, outcome.busy) == (names[:2], [names[2]], [names[3]])
