@@ -29,10 +29,9 @@ import sys
 
 from deq_modules.experiments import ALL_ROWS, DEPTHS, Experiment
 from runner.config import WANDB_MODES, RunConfig, add_run_args
+from runner.names import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE, SINGLE_SWEEP
 from runner.store import DIVERGED, RunLocked
 from runner.wandb_run import agent_run_id, report_not_run
-
-EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="row and depth as one key, e.g. HAM-EO-DEQ-L3 (instead of "
                             "--row/--layers)")
     which.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    add_run_args(p, default_name="single")
+    add_run_args(p, default_name=SINGLE_SWEEP)
     p.add_argument("--wandb", default=None, choices=WANDB_MODES,
                    help="W&B logging mode (default disabled; online when started by a W&B "
                         "sweep agent)")
@@ -88,42 +87,42 @@ def main(argv: list[str] | None = None) -> int:
                                   wandb_mode=args.wandb, **agent)
     except ValueError as err:
         print(f"train.py: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     problem = hardware_problem(cfg.accelerator, cfg.devices)
     if problem:
         print(f"train.py: {problem}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     install_signal_handlers()
     try:
         summary = run_experiment(cfg, rerun=args.rerun)
     except ConfigMismatch as err:
         print(f"train.py: {err}", file=sys.stderr)
         report_not_run(cfg, "refused", str(err))  # a W&B agent counts the 2 (see README)
-        return 2
+        return EXIT_USAGE
     except RunLocked as err:
         print(f"train.py: {err}; nothing was done", file=sys.stderr)
         # A W&B agent would count 75 as a failed run (three in 60 s stop it): the point is
         # reported into the agent's run instead, and the agent goes on.
-        return 0 if report_not_run(cfg, "busy", str(err)) else EXIT_LOCKED
+        return EXIT_OK if report_not_run(cfg, "busy", str(err)) else EXIT_LOCKED
     except Interrupted as err:
         print(f"train.py: {cfg.name} {err}; run it again to resume", file=sys.stderr)
         return err.exit_code
     except Exception as err:  # noqa: BLE001 - recorded by the run; one line here, as sweep.py
         print(f"train.py: {cfg.name} failed: {failure_message(cfg, err)}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     if os.environ.get("LOCAL_RANK", "0") != "0":
-        return 0  # a DDP worker: rank 0 reports
+        return EXIT_OK  # a DDP worker: rank 0 reports
     if summary.get("status") == DIVERGED:
         print(f"{cfg.name}: DIVERGED: {summary['error']}")
         print(f"results: {cfg.directory}")
-        return 0
+        return EXIT_OK
     print(f"{cfg.name}: test accuracy {summary['test/acc']:.4f}, "
           f"iterations to converge {summary['test/iters_to_converge']:.2f} "
           f"(not converged: {summary.get('test/not_converged', 0):.0f}), "
           f"{summary.get('seconds_per_epoch') or 0:.1f} s/epoch on {summary['device']}")
     print(f"results: {cfg.directory}")
     print(json.dumps({k: summary[k] for k in summary if "/" in k}))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from deq_modules.data.files import load_dataset, resolve_data_dir
 from deq_modules.experiments import EXPERIMENTS, FAST_MODE, get_experiment, split_run_name
 from deq_modules.lit import LitHopfieldDEQ, lit_module_for
 from deq_modules.optim import Madam
+from runner.names import LAST_CHECKPOINT
 
 from .flops import step_flops
 from .rows import _NO_TRAINER_WARNING, sweep_eval_batches, sweep_steps, trace_iterations
@@ -70,7 +71,7 @@ def build(row: str, depth: int, mode: str, state: dict,
 
 
 def load_state(results: Path, sweep: str, run: str) -> dict:
-    path = results / sweep / run / "checkpoints" / "last.ckpt"
+    path = results / sweep / run / LAST_CHECKPOINT
     if not path.is_file():
         raise SystemExit(f"{run}: no checkpoint at {path}")
     return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]

@@ -21,7 +21,6 @@ from .registry import (check_adjoint_precision, check_backward_kwargs, check_boo
                        check_damping, check_forward_kwargs, get_gradient)
 from .solvers import solve
 
-Logger = Callable[[str, float], Any]
 
 
 def _in_state_dtype(fz: Tensor, z: Tensor) -> Tensor:
@@ -87,8 +86,6 @@ class DEQ(nn.Module):
             (:mod:`deq_core.gradients`): ``backprop`` (the default; Picard only) or
             ``full_adjoint`` (which also takes ``tol`` and solver options). ``None``: the layer
             has no gradient (for evaluation), and a backward pass through it is an error.
-        logger: optional ``callable(name, value)`` receiving ``rel_residual_forward`` and
-            ``rel_residual_backward`` (batch means) after each solve.
         damping_factor: ``d`` in ``[0, 1)``; every step is ``z <- d z + (1 - d) f(z)``,
             forward Euler with step ``1 - d``.
         train_forward_kwargs: the same as ``forward_kwargs``, used instead of it while the
@@ -119,7 +116,6 @@ class DEQ(nn.Module):
         *,
         forward_kwargs: Mapping[str, Any],
         backward_kwargs: Mapping[str, Any] | None = None,
-        logger: Logger | None = None,
         damping_factor: float = 0.0,
         train_forward_kwargs: Mapping[str, Any] | None = None,
         compile_f: bool = False,
@@ -127,7 +123,6 @@ class DEQ(nn.Module):
     ):
         super().__init__()
         self.f_module = f_module
-        self.logger = logger
         self.forward_kwargs = check_forward_kwargs("forward_kwargs", forward_kwargs)
         self.train_forward_kwargs = None if train_forward_kwargs is None else \
             check_forward_kwargs("train_forward_kwargs", train_forward_kwargs)
@@ -220,13 +215,8 @@ class DEQ(nn.Module):
             raise ValueError(f"z_init has batch {z0.shape[0]} but the input has batch {batch}")
         return z0
 
-    def _log(self, name: str, stats: SolverStats) -> None:
-        if self.logger is not None:
-            self.logger(name, stats.rel_residual.mean().detach())
-
     def _report_backward(self, stats: SolverStats) -> None:
         self.last_backward_stats = stats
-        self._log("rel_residual_backward", stats)
 
     # -- forward -------------------------------------------------------------------------
     def _drive(self, x: Tensor) -> Tensor:
@@ -262,7 +252,6 @@ class DEQ(nn.Module):
                 restrict=lambda idx: self.step_map(drive[idx]),
             )
         self.last_forward_stats = stats
-        self._log("rel_residual_forward", stats)
         self._observers.solved(stats)
         z_star = z_star.detach()
         if not (torch.is_grad_enabled() and (Ux.requires_grad or self._has_trainable_params())):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from deq_modules.experiments import CONVERGENCE_TOL
+from runner.names import DEFAULT_RESULTS, DEFAULT_TABLE, QUICK_SWEEP
 from runner.store import CONFIG, check_name, iter_runs
 
 from .runs import (DAMAGED, WANDB_CACHE, RunRecord, download_wandb_results, local_records,
@@ -23,11 +24,11 @@ from .runs import (DAMAGED, WANDB_CACHE, RunRecord, download_wandb_results, loca
 
 def add_source_args(parser: argparse.ArgumentParser) -> None:
     """The options every paper_figures script shares: where the runs are, where files go."""
-    parser.add_argument("--results", default="results",
-                        help="local results store (default results/)")
-    parser.add_argument("--sweep", default="table2",
-                        help="sweep name under --results (default table2; sweep.py --quick "
-                             "writes 'quick')")
+    parser.add_argument("--results", default=DEFAULT_RESULTS,
+                        help=f"local results store (default {DEFAULT_RESULTS}/)")
+    parser.add_argument("--sweep", default=DEFAULT_TABLE,
+                        help=f"sweep name under --results (default {DEFAULT_TABLE}; sweep.py "
+                             f"--quick writes '{QUICK_SWEEP}')")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT/SWEEP_ID", default=None,
                         help="read the runs of this W&B sweep instead of the local store "
                              f"(artifacts are cached under {WANDB_CACHE}, or "

@@ -246,11 +246,3 @@ def download_wandb_results(sweep_path: str, results: str | Path, api: Any = None
                                                    (*TEST_METRICS, ITERS_RULE_KEY)
                                                    if k in summary}})
     return name
-
-
-def read_records(results: str | Path = "results", sweep: str | None = "table2",
-                 wandb_sweep: str | None = None) -> list[RunRecord]:
-    """Records from W&B when ``wandb_sweep`` is given, else from the local store."""
-    if wandb_sweep:
-        return wandb_records(wandb_sweep)
-    return local_records(results, sweep)

@@ -32,11 +32,11 @@ from matplotlib.figure import Figure, SubFigure
 from matplotlib.lines import Line2D
 
 from deq_modules.experiments import CONVERGENCE_TOL, EXPERIMENTS, Experiment
-from runner.result_files import (COUNTS_LABEL, HEATMAP_CMAP, TRAJECTORY_KEYS, BadResultFile,
-                                 load_npz, merge_trajectories, plot_trajectory_heatmap)
+from runner.result_files import TRAJECTORY_KEYS, BadResultFile, load_npz, merge_trajectories
 from runner.store import FINISHED, TRAJECTORIES
 
 from .cli import SourceError, add_source_args, run_script, tol_label, warn
+from .heatmap import COUNTS_LABEL, HEATMAP_CMAP, plot_trajectory_heatmap
 from .runs import DAMAGED, RunRecord
 from .style import NORMAL, SMALL, TEXT_WIDTH, fix_tick_sizes, paper_style, save
 

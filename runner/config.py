@@ -1,52 +1,29 @@
 """What defines one run, and the one mapping between it and a command line.
 
-``add_run_args(parser)`` declares the options every entry point shares (``train.py``,
-``sweep.py``), :meth:`RunConfig.from_args` reads them back, and :meth:`RunConfig.to_argv` writes
-a ``train.py`` command line for the same run (DDP subprocesses, W&B agents). A new option is
-written once, here.
+Every run option is one field of :class:`RunConfig` whose metadata (:func:`option`) holds its
+flag, its help, whether it defines the run (part of its identity in ``config.json``) and
+whether it is machine-only. From them come :func:`add_run_args` (the options ``train.py`` and
+``sweep.py`` share), :meth:`RunConfig.from_args` (a parsed command line back to a run),
+:meth:`RunConfig.to_argv` (a ``train.py`` command line for the same run: DDP subprocesses),
+:data:`DEFINING_KEYS`, and the command a W&B sweep's agents run
+(:func:`runner.wandb_sweep.agent_command`, ``sweep.yaml``). A new option is one field here.
 """
 from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal
 
 from deq_modules.data.batches import batches_per_device
 from deq_modules.data.names import DATASETS, SPLIT_IMAGES
 from deq_modules.experiments import FAST_MODE, TRAINING_RECIPE, Experiment, get_experiment
 
+from .names import DEFAULT_DATASET, DEFAULT_PROJECT, DEFAULT_RESULTS, DEFAULT_TABLE
 from .store import check_name, jsonable, run_dir
 
 WANDB_MODES = ("online", "offline", "disabled")
-# The keys of config.json that decide what a run computes: a stored run is reused only if they
-# match. Every option, audited (issue 24):
-#
-#   option                        changes the result?   why
-#   row, depth, experiment        yes (defining)        the model, solver, iterations, lr, batch
-#   seed, dataset, synthetic_kwargs, epochs, lr         yes (defining)   the data and training
-#   limit_train/test_batches      yes (defining)        what is trained and tested on
-#   fast, fast_mode               yes (defining)        tolerance, backward, bf16/adjoint
-#                                                       precision, validation: another gradient
-#   recipe                        yes (defining)        the training procedure's version
-#                                                       (deq_modules.experiments.TRAINING_RECIPE)
-#   devices                       yes (defining)        DDP over N ranks: each step averages N
-#                                                       batches (N x the batch, 1/N the steps)
-#                                                       and the test runs N x the batch limit
-#                                                       on N shards (padded); compared as the
-#                                                       number of ranks (2 == "0,1")
-#   accelerator, compile_f,       rounding only         other kernels, the same arithmetic;
-#   fused_anderson, threads                             training can amplify rounding (README,
-#                                                       "--workers"), so these are recorded
-#                                                       (config.json, summary's "device") and a
-#                                                       run may resume on another machine
-#   data_dir, download            no                    where the same (checked) files are
-#   results, sweep, wandb_*,      no                    where results and logs go, labels
-#   extra_tags
-DEFINING_KEYS = ("row", "depth", "seed", "dataset", "epochs", "limit_train_batches",
-                 "limit_test_batches", "synthetic_kwargs", "lr", "fast", "fast_mode",
-                 "experiment", "devices", "recipe")
 Batches = int | float | None
 # Keys of FAST_MODE that fast runs stored before them lack, with the value that computes what
 # those runs computed (a run interrupted then resumes; "validation" is not here: before it
@@ -169,33 +146,174 @@ def _sweep_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def devices_arg(text: str) -> int | str:
+    """``--devices``: a count (``2``), ``auto`` or device indices (``0,1``)."""
+    try:
+        return check_devices(int(text) if text.strip().lstrip("+-").isdigit() else text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def sizes_text(sizes: dict[str, int]) -> str:
+    """``synthetic_kwargs`` as ``--synthetic-sizes`` takes it: ``TRAIN,TEST``."""
+    return f"{sizes['n_train']},{sizes['n_test']}"
+
+
+@dataclass(frozen=True)
+class Option:
+    """What a :class:`RunConfig` field is to the run and on the command line.
+
+    ``defines``: part of the run's identity: a stored run (its ``config.json``) is reused only
+    if it matches (:data:`DEFINING_KEYS`). A defining option added later must default to what
+    the runs stored before it computed: a ``config.json`` without the key counts as that
+    default (otherwise increase ``deq_modules.experiments.TRAINING_RECIPE``).
+    ``machine``: machine-only (where the data is, the accelerator, kernels that change rounding
+    only): recorded, never compared, and each machine of a W&B sweep has its own.
+    ``agent``: how the command of a W&B sweep's agents fixes it: ``"always"``, ``"given"``
+    (when not the default) or ``"never"`` (machine-only options, and those W&B sets itself).
+
+    The rest is the flag: ``flag`` (``None``: not an option of the shared command line),
+    ``help`` (``{default}`` is replaced by the parser's default), ``type``/``choices``/
+    ``metavar`` as argparse takes them, ``unset`` (the parser's default is ``None`` and the
+    entry point fills it in: ``--dataset``, ``--name``), ``negate`` (a boolean that the flag
+    sets to ``False``: ``--no-download``), ``text`` (the value as command-line text).
+    """
+
+    flag: str | None = None
+    help: str = ""
+    defines: bool = False
+    machine: bool = False
+    agent: Literal["always", "given", "never"] = "given"
+    type: Callable[[str], Any] | None = None
+    choices: tuple | None = None
+    metavar: str | None = None
+    unset: bool = False
+    negate: bool = False
+    text: Callable[[Any], str] = str
+
+    @property
+    def dest(self) -> str:
+        """The attribute argparse gives the parsed value (``--no-download``: ``no_download``)."""
+        return self.flag.lstrip("-").replace("-", "_")
+
+    def add_to(self, group: Any, default: Any) -> None:
+        """Declare the flag in an argparse ``group``, with the field's ``default``."""
+        if isinstance(default, bool):
+            group.add_argument(self.flag, action="store_true", help=self.help)
+            return
+        extra = {k: v for k, v in (("type", self.type), ("choices", self.choices),
+                                   ("metavar", self.metavar)) if v is not None}
+        group.add_argument(self.flag, default=default, help=self.help.format(default=default),
+                           **extra)
+
+    def argv(self, value: Any, sep: str = " ") -> list[str]:
+        """``value`` as command-line words (``sep="="``: one word ``--flag=value``); a boolean
+        is the bare flag or nothing, ``None`` nothing."""
+        if isinstance(value, bool):
+            return [self.flag] if value != self.negate else []
+        if value is None:
+            return []
+        text = self.text(value)
+        return [f"{self.flag}={text}"] if sep == "=" else [self.flag, text]
+
+
+OPTION = "run_option"  # the key of an Option in a RunConfig field's metadata
+
+
+def option(default: Any = MISSING, **settings: Any) -> Any:
+    """A :class:`RunConfig` field with its :class:`Option` (``settings``) as metadata."""
+    opt = Option(**settings)
+    if opt.machine and opt.agent != "never":
+        opt = replace(opt, agent="never")  # each machine has its own
+    return field(default=default, metadata={OPTION: opt})
+
+
 @dataclass
 class RunConfig:
-    """Everything that defines one run; the registry fills in the paper's settings."""
+    """Everything that defines one run; the registry fills in the paper's settings.
 
-    row: str
-    depth: int
-    seed: int
-    dataset: str = "emnist-mnist"
-    data_dir: str | None = None
-    download: bool = True
-    epochs: int | None = None  # None: the row's epochs from the registry
-    limit_train_batches: Batches = None
-    limit_test_batches: Batches = None
-    results: str = "results"
-    sweep: str = "table2"
-    accelerator: str = "auto"
-    devices: int | str = 1
-    wandb_mode: str = "disabled"
-    wandb_project: str = "hopfield-deq"
-    wandb_entity: str | None = None
+    The fields' metadata (:func:`option`) says which of them define the run and how each
+    appears on the command line; the audit of why each does or does not define it is in the
+    comments (issue 24).
+    """
+
+    # Which run: given by the entry points (train.py --row/--layers or --experiment, --seed;
+    # sweep.py's grid), and in a W&B sweep the grid's parameters (experiment, seed).
+    row: str = option(defines=True)
+    depth: int = option(defines=True)
+    seed: int = option(defines=True)  # the initialisation and the batches
+    # Shared options, in the order of --help. defines=True: changes what the run computes.
+    dataset: str = option(
+        DEFAULT_DATASET, flag="--dataset", defines=True, agent="always", choices=DATASETS,
+        unset=True, help=f"dataset (default {DEFAULT_DATASET}, the paper's)")
+    data_dir: str | None = option(  # where the same (checked) files are
+        None, flag="--data-dir", machine=True,
+        help="dataset directory (default $HOPFIELD_DATA_DIR or ./data)")
+    download: bool = option(
+        True, flag="--no-download", negate=True, machine=True,
+        help="never download; fail with a clear error if the files are missing")
+    epochs: int | None = option(  # None: the row's epochs from the registry
+        None, flag="--epochs", defines=True, type=positive_int,
+        help="epochs to train (default: the row's, 10 for most); the learning-rate schedule "
+             "stays the paper's 10 epochs")
+    lr: float | None = option(  # None: the row's learning rate from the registry
+        None, flag="--lr", defines=True, type=positive_float,
+        help="learning rate (default: the row's, 0.01 or 0.005); recorded in the run")
+    # the fast mode (deq_modules.experiments.FAST_MODE, recorded as fast_mode): tolerance,
+    # backward, precision, validation: another gradient
+    fast: bool = option(
+        False, flag="--fast", defines=True,
+        help="train in the fast mode: each sample's forward solve stops at the convergence "
+             "tolerance and leaves the batch, and the backward computes the paper's "
+             "unrolled-steps gradient at the fixed point (validation stops at the tolerance "
+             "too; the test keeps paper settings); recorded in the run's config")
+    # compile_f, fused_anderson (and accelerator): other kernels, the same arithmetic; training
+    # can amplify rounding (README, "--workers"), so they are recorded (config.json, the
+    # summary's "device") and a run may resume on another machine
+    compile_f: bool = option(
+        False, flag="--compile", machine=True,
+        help="evaluate the Hopfield map through torch.compile (needs a C++ compiler on CPU, "
+             "Triton on GPU): faster for the 3-layer rows after a minute or more of "
+             "compiling; results agree to float rounding")
+    fused_anderson: bool = option(
+        False, flag="--fused-anderson", machine=True,
+        help="run Anderson's per-iteration bookkeeping (the DEQ rows' forward solves) as one "
+             "C++ kernel on the CPU (built at the first run: needs a C++ compiler and ninja): "
+             "their training steps 1.2-1.7x faster at paper settings; results agree to float "
+             "rounding; no effect on a GPU")
+    limit_train_batches: Batches = option(  # what is trained on
+        None, flag="--limit-train-batches", defines=True, type=parse_batches,
+        help="train on this many batches (whole number) or this fraction (0-1] per epoch")
+    limit_test_batches: Batches = option(  # what is validated and tested on
+        None, flag="--limit-test-batches", defines=True, type=parse_batches,
+        help="validate/test on this many batches or this fraction")
+    synthetic_kwargs: dict[str, Any] | None = option(
+        None, flag="--synthetic-sizes", defines=True, type=synthetic_sizes,
+        metavar="TRAIN,TEST", text=sizes_text,
+        help="images in the synthetic set (default 2000,500)")
+    results: str = option(  # where results go
+        DEFAULT_RESULTS, flag="--results", help="the results store, a directory of sweeps (default {default}/)")
+    sweep: str = option(  # a label of the runs, and their folder (first in the agents' command)
+        DEFAULT_TABLE, flag="--name", agent="always", type=_sweep_name, unset=True,
+        help="sweep name: runs go to RESULTS/NAME/RUN/ (default {default})")
+    accelerator: str = option(
+        "auto", flag="--accelerator", machine=True,
+        help="Lightning accelerator (default {default})")
+    # DDP over N ranks: each step averages N batches (N x the batch, 1/N the steps) and the
+    # test runs N x the batch limit on N shards (padded); compared as the number of ranks
+    # (2 == "0,1"). W&B agents run one device per run.
+    devices: int | str = option(
+        1, flag="--devices", defines=True, type=devices_arg,
+        help="devices per run; N > 1 trains each run with Lightning DDP (default {default})")
+    # W&B: where the logs go (under a W&B sweep agent: the agent's project and entity)
+    wandb_project: str = option(
+        DEFAULT_PROJECT, flag="--project", agent="never",
+        help="W&B project (default {default})")
+    wandb_entity: str | None = option(
+        None, flag="--entity", agent="never",
+        help="W&B entity (default: your default entity)")
+    wandb_mode: str = "disabled"  # train.py --wandb; sweep.py --offline, --no-wandb
     wandb_run_id: str | None = None  # set by a W&B agent whose run is already started
-    synthetic_kwargs: dict[str, Any] | None = None
-    lr: float | None = None  # None: the row's learning rate from the registry
-    fast: bool = False  # train in the fast mode (deq_modules.experiments.FAST_MODE)
-    compile_f: bool = False  # torch.compile the Hopfield map (speed only: not a defining key)
-    fused_anderson: bool = False  # Anderson's bookkeeping as a C++ kernel (speed only, too)
-    extra_tags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.experiment: Experiment = get_experiment(self.row, self.depth)  # validates both
@@ -267,9 +385,10 @@ class RunConfig:
                 "recipe": TRAINING_RECIPE}
 
     def differences(self, stored: dict[str, Any]) -> list[str]:
-        """The defining settings in which a stored ``config.json`` differs from this run."""
+        """The defining settings in which a stored ``config.json`` differs from this run (a
+        defining option the stored run lacks counts at its default: see :class:`Option`)."""
         mine = jsonable(self.to_dict())  # the stored values went through the same conversion
-        stored = dict(stored)
+        stored = {**jsonable(OPTION_DEFAULTS), **stored}
         if isinstance(stored.get("fast_mode"), dict):  # keys added later, at what they did then
             stored["fast_mode"] = {**FAST_MODE_BEFORE_KEYS, **stored["fast_mode"]}
         compared = {"devices": device_count}  # the same number of ranks however written
@@ -285,131 +404,55 @@ class RunConfig:
     def from_args(cls, args: argparse.Namespace, **run: Any) -> "RunConfig":
         """A run from the shared options (:func:`add_run_args`) plus ``row``, ``depth``,
         ``seed`` and anything else given as keywords."""
-        shared = dict(dataset=args.dataset or "emnist-mnist", data_dir=args.data_dir, download=not args.no_download,
-                      epochs=args.epochs, limit_train_batches=args.limit_train_batches,
-                      limit_test_batches=args.limit_test_batches, results=args.results,
-                      sweep=args.name, accelerator=args.accelerator, devices=args.devices,
-                      wandb_project=args.project, wandb_entity=args.entity,
-                      synthetic_kwargs=args.synthetic_sizes, lr=args.lr, fast=args.fast,
-                      compile_f=args.compile, fused_anderson=args.fused_anderson)
-        return cls(**{**shared, **run})
+        return cls(**{**run_settings(args), **run})
 
     def to_argv(self) -> list[str]:
-        """``train.py`` arguments that rebuild this run (``wandb_run_id`` and tags aside)."""
+        """``train.py`` arguments that rebuild this run (``wandb_run_id`` aside)."""
         argv = ["--experiment", self.experiment.key, "--seed", str(self.seed),
-                "--dataset", self.dataset, "--results", self.results, "--name", self.sweep,
-                "--accelerator", self.accelerator, "--devices", str(self.devices),
-                "--wandb", self.wandb_mode, "--project", self.wandb_project]
-        for flag, value in (("--data-dir", self.data_dir), ("--epochs", self.epochs),
-                            ("--lr", self.lr),
-                            ("--limit-train-batches", self.limit_train_batches),
-                            ("--limit-test-batches", self.limit_test_batches),
-                            ("--entity", self.wandb_entity)):
-            if value is not None:
-                argv += [flag, str(value)]
-        if self.synthetic_kwargs:
-            argv += ["--synthetic-sizes",
-                     f"{self.synthetic_kwargs['n_train']},{self.synthetic_kwargs['n_test']}"]
-        if not self.download:
-            argv.append("--no-download")
-        if self.fast:
-            argv.append("--fast")
-        if self.compile_f:
-            argv.append("--compile")
-        if self.fused_anderson:
-            argv.append("--fused-anderson")
+                "--wandb", self.wandb_mode]
+        for name, opt in CLI_OPTIONS.items():
+            argv += opt.argv(getattr(self, name))
         return argv
 
 
-def devices_arg(text: str) -> int | str:
-    """``--devices``: a count (``2``), ``auto`` or device indices (``0,1``)."""
-    try:
-        return check_devices(int(text) if text.strip().lstrip("+-").isdigit() else text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+def run_options() -> dict[str, tuple[Field, Option]]:
+    """Every :class:`RunConfig` field with an :class:`Option`, by name, in field order."""
+    return {f.name: (f, f.metadata[OPTION]) for f in fields(RunConfig) if OPTION in f.metadata}
+
+
+# The options of the shared command line, by RunConfig field, in the order of --help.
+CLI_OPTIONS = {name: opt for name, (_, opt) in run_options().items() if opt.flag}
+# The defaults of the shared options (what a stored run without the key had).
+OPTION_DEFAULTS = {name: f.default for name, (f, opt) in run_options().items()
+                   if opt.flag and f.default is not MISSING}
+# The keys of config.json that decide what a run computes: a stored run is reused only if they
+# match. The defining fields, and what RunConfig.to_dict derives from them: the registry entry
+# (``experiment``: model, solver, iterations, lr, batch), the fast mode's settings
+# (``fast_mode``) and the training procedure's version (``recipe``,
+# deq_modules.experiments.TRAINING_RECIPE).
+DEFINING_FIELDS = tuple(name for name, (_, opt) in run_options().items() if opt.defines)
+DEFINING_KEYS = (*DEFINING_FIELDS, "fast_mode", "experiment", "recipe")
+
+
+def run_settings(args: Any) -> dict[str, Any]:
+    """The :class:`RunConfig` keywords that the shared options of a parsed command line give
+    (an option left unset, ``None``, at the field's default)."""
+    settings = {}
+    for name, opt in CLI_OPTIONS.items():
+        value = getattr(args, opt.dest)
+        if opt.negate:
+            value = not value
+        settings[name] = OPTION_DEFAULTS[name] if value is None else value
+    return settings
 
 
 def add_run_args(parser: argparse.ArgumentParser, default_name: str | None) -> None:
-    """The options every entry point shares: data, training length, results, devices, W&B."""
-    g = parser.add_argument_group("run settings (paper settings where not given)")
-    g.add_argument("--dataset", default=None, choices=DATASETS,
-                   help="dataset (default emnist-mnist, the paper's)")
-    g.add_argument("--data-dir", default=None,
-                   help="dataset directory (default $HOPFIELD_DATA_DIR or ./data)")
-    g.add_argument("--no-download", action="store_true",
-                   help="never download; fail with a clear error if the files are missing")
-    g.add_argument("--epochs", type=positive_int, default=None,
-                   help="epochs to train (default: the row's, 10 for most); the learning-rate "
-                        "schedule stays the paper's 10 epochs")
-    g.add_argument("--lr", type=positive_float, default=None,
-                   help="learning rate (default: the row's, 0.01 or 0.005); recorded in the run")
-    g.add_argument("--fast", action="store_true",
-                   help="train in the fast mode: each sample's forward solve stops at the "
-                        "convergence tolerance and leaves the batch, and the backward computes "
-                        "the paper's unrolled-steps gradient at the fixed point (validation "
-                        "stops at the tolerance too; the test keeps paper settings); "
-                        "recorded in the run's config")
-    g.add_argument("--compile", action="store_true",
-                   help="evaluate the Hopfield map through torch.compile (needs a C++ compiler "
-                        "on CPU, Triton on GPU): faster for the 3-layer rows after a minute or "
-                        "more of compiling; results agree to float rounding")
-    g.add_argument("--fused-anderson", action="store_true",
-                   help="run Anderson's per-iteration bookkeeping (the DEQ rows' forward "
-                        "solves) as one C++ kernel on the CPU (built at the first run: needs a "
-                        "C++ compiler and ninja): their training steps 1.2-1.7x faster at paper "
-                        "settings; results agree to float rounding; no effect on a GPU")
-    g.add_argument("--limit-train-batches", type=parse_batches, default=None,
-                   help="train on this many batches (whole number) or this fraction (0-1] "
-                        "per epoch")
-    g.add_argument("--limit-test-batches", type=parse_batches, default=None,
-                   help="validate/test on this many batches or this fraction")
-    g.add_argument("--synthetic-sizes", type=synthetic_sizes, default=None, metavar="TRAIN,TEST",
-                   help="images in the synthetic set (default 2000,500)")
-    g.add_argument("--results", default="results", help="the results store, a directory of sweeps "
-                                                        "(default results/)")
-    g.add_argument("--name", type=_sweep_name, default=default_name,
-                   help="sweep name: runs go to RESULTS/NAME/RUN/ (default "
-                        + (default_name or "the --table name; quick with --quick") + ")")
-    g.add_argument("--accelerator", default="auto", help="Lightning accelerator (default auto)")
-    g.add_argument("--devices", type=devices_arg, default=1,
-                   help="devices per run; N > 1 trains each run with Lightning DDP (default 1)")
-    g.add_argument("--project", default="hopfield-deq", help="W&B project (default hopfield-deq)")
-    g.add_argument("--entity", default=None, help="W&B entity (default: your default entity)")
-
-
-@dataclass(frozen=True)
-class SweepOptions:
-    """``sweep.py``'s command line as typed values: the grid, the shared run settings
-    (:func:`add_run_args`, read back by :meth:`RunConfig.from_args`) and the mode."""
-
-    experiments: list[Experiment]  # the selected rows x depths, in table order
-    seeds: list[int]
-    dataset: str
-    name: str
-    results: str = "results"
-    data_dir: str | None = None
-    no_download: bool = False
-    epochs: int | None = None
-    lr: float | None = None
-    fast: bool = False
-    compile: bool = False
-    fused_anderson: bool = False
-    limit_train_batches: Batches = None
-    limit_test_batches: Batches = None
-    synthetic_sizes: dict[str, int] | None = None
-    accelerator: str = "auto"
-    devices: int | str = 1
-    project: str = "hopfield-deq"
-    entity: str | None = None
-    offline: bool = False
-    no_wandb: bool = False
-    dry_run: bool = False
-    join: str | None = None
-    count: int | None = None
-    quick: bool = False
-    workers: int = 1
-
-    @classmethod
-    def from_namespace(cls, args: argparse.Namespace) -> "SweepOptions":
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in vars(args).items() if k in names})
+    """The options every entry point shares (the :class:`RunConfig` fields with a flag);
+    ``default_name``: the default of ``--name``."""
+    group = parser.add_argument_group("run settings (paper settings where not given)")
+    for name, opt in CLI_OPTIONS.items():
+        default = OPTION_DEFAULTS[name]
+        if name == "sweep" and default_name is None:  # sweep.py: the name follows --table
+            opt = replace(opt, help=opt.help.replace("{default}", "the --table name; quick "
+                                                                  "with --quick"))
+        opt.add_to(group, default_name if name == "sweep" else None if opt.unset else default)

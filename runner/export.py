@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .names import DEFAULT_RESULTS
 from .store import (CONFIG, DIVERGED, ENERGY, FAILED, FINISHED, METRICS, SUMMARY, TRAJECTORIES,
                     atomic_write_json, atomic_write_with, check_name, iter_runs, read_json,
                     status_of)
@@ -103,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m runner.export",
         description="Copy a sweep's small result files (no checkpoints, no machine paths) to a "
                     "folder meant to be committed; paper_figures reads it as a store.")
-    parser.add_argument("--results", default="results", help="results store (default results/)")
+    parser.add_argument("--results", default=DEFAULT_RESULTS,
+                        help=f"results store (default {DEFAULT_RESULTS}/)")
     parser.add_argument("--sweep", required=True, help="sweep name under --results")
     parser.add_argument("--out", required=True, help="target folder (the exported sweep)")
     args = parser.parse_args(argv)

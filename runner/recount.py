@@ -30,6 +30,7 @@ import numpy as np
 
 from deq_modules.experiments import get_experiment
 
+from .names import DEFAULT_RESULTS
 from .result_files import BadResultFile, load_npz, save_npz
 from .store import (CONFIG, FINISHED, ITERS_RULE, ITERS_RULE_KEY, SUMMARY, TEST_ITERS,
                     TEST_NOT_CONVERGED, TRAJECTORIES, atomic_write_json, iter_runs, read_json)
@@ -110,7 +111,8 @@ def recount_run(directory: Path, dry_run: bool = False) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", default="results", help="results root (default results)")
+    p.add_argument("--results", default=DEFAULT_RESULTS,
+                   help=f"results root (default {DEFAULT_RESULTS})")
     p.add_argument("--sweep", required=True, help="sweep name (folder under --results)")
     p.add_argument("--dry-run", action="store_true", help="say what would change, write nothing")
     args = p.parse_args(argv)

@@ -43,13 +43,14 @@ from deq_modules.lit import lit_module_for
 
 from .config import RunConfig
 from .history import EpochHistory, ProgressLog, SkipFinalValidation, mean_epoch_seconds
-from .result_files import plot_trajectory_heatmap, save_npz
+from .result_files import save_npz
 from .safety import (DivergenceGuard, Diverged, EpochCheckpoint, Interrupted,
                      unreadable_checkpoint)
 from .store import (CONFIG, DIVERGED, ENERGY, FAILED, FINISHED, INTERRUPTED, LAST_CHECKPOINT,
                     ITERS_RULE, ITERS_RULE_KEY, LOCK, METRICS, RUNNING, SUMMARY, TEST_ACC,
                     TEST_LOSS, TEST_METRICS, TRAJECTORIES, RunLock,
                     atomic_write_json, finished_problems, read_json, summary_of)
+from .wandb_run import NoWandb, wandb_log
 
 SUMMARY_KEYS = (*TEST_METRICS, "test/rel_residual")
 DAMAGED_SUFFIX = ".damaged"  # a resume checkpoint that cannot be read, set aside
@@ -82,7 +83,8 @@ def run_experiment(cfg: RunConfig, rerun: bool = False) -> dict[str, Any]:
     """
     out = cfg.directory
     if not _is_main_process():  # a DDP worker: train, leave the store and W&B to rank 0
-        return _train_and_test(cfg, out, None)
+        return _train_and_test(cfg, out, NoWandb(cfg))
+    log = wandb_log(cfg)  # the W&B side, or one that does nothing
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         if rerun:
@@ -96,39 +98,31 @@ def run_experiment(cfg: RunConfig, rerun: bool = False) -> dict[str, Any]:
                     "--name (or --results) for these settings, or --rerun to discard it")
         previous = summary_of(out) or {}
         if previous.get("status") == DIVERGED:
-            return _publish_stored(cfg, out, previous, stored)
+            return log.publish_stored(out, previous, stored)
         if previous.get("status") == FINISHED:
             problems = finished_problems(out)
             if not problems:
-                return _publish_stored(cfg, out, previous, stored)
+                return log.publish_stored(out, previous, stored)
             print(f"{cfg.name}: stored result is damaged ({'; '.join(problems)}); training "
                   "it again", flush=True)
             discard(out)
             stored = None
         _set_aside_unreadable_checkpoint(out, cfg.name)
-        run_id = cfg.wandb_run_id or (stored or {}).get("wandb_run_id")
-        if cfg.wandb_mode != "disabled" and run_id is None:
-            from .wandb_run import new_run_id
-
-            run_id = new_run_id()
+        run_id = log.run_id(stored)
         atomic_write_json(out / CONFIG, {**cfg.to_dict(), "wandb_run_id": run_id})
         atomic_write_json(out / SUMMARY, {"status": RUNNING, "run_name": cfg.name,
                                           "pid": os.getpid()})
         start = time.monotonic()
         record = dict(run_name=cfg.name, row=cfg.row, depth=cfg.depth, seed=cfg.seed)
-        run = None  # the W&B run, when there is one
         try:
-            if cfg.wandb_mode != "disabled":
-                from .wandb_run import start_run
-
-                run = start_run(cfg, out, run_id)
-            summary = _train_and_test(cfg, out, run)
+            log.start(out, run_id)
+            summary = _train_and_test(cfg, out, log)
         except Diverged as err:
             summary = dict(record, status=DIVERGED, error=str(err), epoch=err.epoch + 1,
                            batch=None if err.batch is None else err.batch + 1, loss=err.loss,
                            wall_time_s=time.monotonic() - start)
             atomic_write_json(out / SUMMARY, summary)
-            _end_wandb(run, summary, exit_code=0)
+            log.end(summary, exit_code=0)
             return summary
         except BaseException as err:
             status = INTERRUPTED if isinstance(err, (Interrupted, KeyboardInterrupt)) else FAILED
@@ -139,21 +133,14 @@ def run_experiment(cfg: RunConfig, rerun: bool = False) -> dict[str, Any]:
             except OSError as write_err:  # a full disk: the run's own error is the one to tell
                 print(f"{cfg.name}: could not record the failure in {SUMMARY}: {write_err}",
                       file=sys.stderr)
-            _end_wandb(run, failure, exit_code=getattr(err, "exit_code", 1))
+            log.end(failure, exit_code=getattr(err, "exit_code", 1))
             raise
-        summary.update(record, wall_time_s=time.monotonic() - start)
-        if run is not None and cfg.wandb_mode == "online":
-            from .wandb_run import UPLOAD
-
-            summary[UPLOAD] = "pending"  # until W&B has it: a restart sends it otherwise
+        summary.update(record, **log.pending(), wall_time_s=time.monotonic() - start)
         atomic_write_json(out / SUMMARY, summary)
-        if run is not None:
-            from .wandb_run import UPLOAD, finish_wandb
-
-            outcome = finish_wandb(run, summary, out)
-            if UPLOAD in summary:
-                summary[UPLOAD] = outcome
-                atomic_write_json(out / SUMMARY, summary)
+        uploaded = log.finish(summary, out)
+        if uploaded:
+            summary.update(uploaded)
+            atomic_write_json(out / SUMMARY, summary)
         return summary
 
 
@@ -218,53 +205,9 @@ def _within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _publish_stored(cfg: RunConfig, out: Path, summary: dict[str, Any],
-                    stored: dict[str, Any] | None) -> dict[str, Any]:
-    """Return a run the store holds, after publishing it to the W&B run that lacks it, if
-    any: the run a W&B agent handed out for the point (the store then records that run's id,
-    and the point's earlier offline run is set aside), or, online, the run's own W&B run when
-    its upload did not complete."""
-    from .wandb_run import UPLOAD, needs_upload, publish_stored, set_aside_offline_runs
-
-    own_id = (stored or {}).get("wandb_run_id")
-    if cfg.wandb_mode == "disabled":
-        return summary
-    if cfg.wandb_run_id is not None:
-        run_id, doing = cfg.wandb_run_id, "publishing the stored result to"
-    elif cfg.wandb_mode == "online" and own_id and needs_upload(summary):
-        run_id, doing = own_id, "its upload did not complete; uploading it to"
-    else:
-        return summary
-    print(f"{cfg.name}: already {summary.get('status')} in {out}; {doing} W&B run {run_id} "
-          "instead of training again", flush=True)
-    summary = {**summary, UPLOAD: publish_stored(cfg, out, summary, run_id)}
-    if run_id != own_id:  # the agent's run holds the point now
-        if own_id:
-            set_aside_offline_runs(out, own_id)
-        atomic_write_json(out / CONFIG, {**(stored or cfg.to_dict()), "wandb_run_id": run_id})
-    atomic_write_json(out / SUMMARY, summary)
-    return summary
-
-
-def _end_wandb(run: Any, summary: dict[str, Any], exit_code: int) -> None:
-    """Close the W&B run of a run that did not finish; a W&B problem never hides the run's."""
-    if run is None:
-        return
-    from .wandb_run import end_run
-
-    try:
-        end_run(run, summary, exit_code)
-    except Exception as exc:  # noqa: BLE001 - see docstring
-        print(f"{summary.get('run_name')}: could not close the W&B run: {exc!r}",
-              file=sys.stderr)
-
-
-def _trainer(cfg: RunConfig, out: Path, run: Any, callbacks: list) -> L.Trainer:
-    loggers: list = [CSVLogger(str(out), name="csv_logs")]  # step logs, one version per start
-    if run is not None:
-        from .wandb_run import wandb_logger
-
-        loggers.append(wandb_logger(run, out))
+def _trainer(cfg: RunConfig, out: Path, log: NoWandb, callbacks: list) -> L.Trainer:
+    loggers: list = [CSVLogger(str(out), name="csv_logs"),  # step logs, one version per start
+                     *log.loggers(out)]
     return L.Trainer(
         max_epochs=cfg.planned_epochs, accelerator=cfg.accelerator, devices=cfg.devices,
         logger=loggers, callbacks=callbacks, default_root_dir=str(out),
@@ -275,8 +218,8 @@ def _trainer(cfg: RunConfig, out: Path, run: Any, callbacks: list) -> L.Trainer:
     )
 
 
-def _train_and_test(cfg: RunConfig, out: Path, run: Any) -> dict[str, Any]:
-    """Train and test; ``run`` is the W&B run to log to (``None``: none, or a DDP worker)."""
+def _train_and_test(cfg: RunConfig, out: Path, log: NoWandb) -> dict[str, Any]:
+    """Train and test, logging to W&B through ``log``."""
     exp = cfg.experiment
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = HopfieldDataModule(cfg.dataset, cfg.data_dir, batch_size=exp.batch_size,
@@ -291,7 +234,7 @@ def _train_and_test(cfg: RunConfig, out: Path, run: Any) -> dict[str, Any]:
     trajectories = ResidualTrajectories(tol=CONVERGENCE_TOL)
     energy = EnergyTracker(stage="test")
     history = EpochHistory(out / METRICS, cfg.name)
-    trainer = _trainer(cfg, out, run, [
+    trainer = _trainer(cfg, out, log, [
         IterationsToConverge(tol=CONVERGENCE_TOL), trajectories, energy,
         LearningRateMonitor(logging_interval="step"), DivergenceGuard(), history,
         EpochCheckpoint(last_ckpt), ProgressLog(cfg.name),
@@ -308,7 +251,7 @@ def _train_and_test(cfg: RunConfig, out: Path, run: Any) -> dict[str, Any]:
     if not all(math.isfinite(summary.get(k, math.nan)) for k in (TEST_LOSS, TEST_ACC)):
         raise Diverged(trainer.current_epoch - 1, None, summary.get("test/loss", math.nan))
     if trainer.is_global_zero:
-        _save_results(trainer, out, trajectories.result, energy.result, run)
+        _save_results(trainer, out, trajectories.result, energy.result, log)
     summary.update(
         status=FINISHED, dataset=cfg.dataset, epochs_trained=trainer.current_epoch,
         seconds_per_epoch=mean_epoch_seconds(out / METRICS),
@@ -320,14 +263,11 @@ def _train_and_test(cfg: RunConfig, out: Path, run: Any) -> dict[str, Any]:
 
 
 def _save_results(trainer: L.Trainer, out: Path, trajectories: dict | None,
-                  energy: dict | None, run: Any) -> None:
+                  energy: dict | None, log: NoWandb) -> None:
     """The callbacks' arrays into the store (and the heatmap into W&B)."""
     if trajectories is not None:
         save_npz(out / TRAJECTORIES, trajectories)
     if energy is not None:
         save_npz(out / ENERGY, energy)
-    if trajectories is not None and run is not None:
-        from .wandb_run import log_figure
-
-        figure = plot_trajectory_heatmap(trajectories, title="Residual trajectories (test)").figure
-        log_figure(run, "test/residual_heatmap", figure, trainer.global_step)
+    if trajectories is not None:
+        log.log_heatmap(trajectories, trainer.global_step)

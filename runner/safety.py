@@ -12,6 +12,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from .names import EXIT_SIGNAL
+
 # A paper model starts near loss 0.5 (MSE against one-hot targets); a loss this large means
 # the weights have blown up even if it is still finite.
 MAX_LOSS = 1e4
@@ -113,7 +115,7 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
         self.signum = signum
-        self.exit_code = 128 + signum
+        self.exit_code = EXIT_SIGNAL + signum
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:

@@ -22,6 +22,10 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+# The store's file names, defined in runner.names; imported from here too.
+from .names import (CONFIG, ENERGY, LAST_CHECKPOINT, LOCK, METRICS, SUMMARY,  # noqa: F401
+                    TRAJECTORIES)
+
 # Run statuses in summary.json. ``running``: started, not ended (or killed -9: the lock tells);
 # ``failed``: an error, recorded with its traceback; ``diverged``: loss or state went
 # non-finite, recorded with epoch and batch, never averaged; ``interrupted``: SIGTERM/SIGINT,
@@ -42,10 +46,6 @@ TEST_METRICS = (TEST_ACC, TEST_LOSS, TEST_ITERS, TEST_NOT_CONVERGED)
 # first rule (map evaluations until |f(z) - z| / |f(z)| < 1e-4, from the zero start) and are
 # not comparable: the readers refuse them, ``python -m runner.recount`` converts what it can.
 ITERS_RULE_KEY, ITERS_RULE = "iters_rule", "papers"
-CONFIG, SUMMARY, METRICS = "config.json", "summary.json", "metrics.csv"
-TRAJECTORIES, ENERGY = "trajectories.npz", "energy.npz"
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
-LOCK = ".lock"
 # How long acquiring a run's lock keeps trying before it concludes that another trainer holds
 # it: a reader's look (is_locked) holds it for microseconds, a trainer for hours.
 LOCK_TRIES, LOCK_RETRY_S = 5, 0.05

@@ -1,5 +1,8 @@
 """W&B wiring of one run: the run itself, its final summary and artifact.
 
+The run layer talks to one object, :func:`wandb_log`'s: :class:`WandbLog` for a run logged
+online or offline, :class:`NoWandb` (every call does nothing) for one without W&B.
+
 The run is created here, by one ``wandb.init`` call with its name, group, tags and flat config,
 and handed to Lightning as ``WandbLogger(experiment=run)``. Lightning never creates or reuses
 a run of its own, so nothing it would drop is lost, and a (row, depth, seed) looks the same on
@@ -24,8 +27,9 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import RunConfig
-from .store import CONFIG, ENERGY, LAST_CHECKPOINT, METRICS, TRAJECTORIES
+from .config import DEFINING_FIELDS, RunConfig
+from .store import (CONFIG, ENERGY, LAST_CHECKPOINT, METRICS, SUMMARY, TRAJECTORIES,
+                    atomic_write_json)
 
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import WandbLogger
@@ -63,16 +67,14 @@ def wandb_config(cfg: RunConfig) -> dict[str, Any]:
     """
     exp = cfg.experiment
     settings = {k: v for k, v in exp.to_dict().items() if k not in _NOT_SETTINGS}
-    return {**settings, "experiment": exp.key, "row": exp.row, "depth": exp.depth,
-            "seed": cfg.seed, "dataset": cfg.dataset, "epochs": cfg.planned_epochs,
-            "limit_train_batches": cfg.limit_train_batches,
-            "limit_test_batches": cfg.limit_test_batches, "synthetic_kwargs": cfg.synthetic_kwargs,
-            "fast": cfg.fast, "sweep": cfg.sweep}
+    defining = {k: getattr(cfg, k) for k in DEFINING_FIELDS}  # a new defining option too
+    return {**defining, **settings, "experiment": exp.key, "row": exp.row, "depth": exp.depth,
+            "epochs": cfg.planned_epochs, "sweep": cfg.sweep}
 
 
 def wandb_tags(cfg: RunConfig) -> list[str]:
     exp = cfg.experiment
-    return [exp.row, exp.model, exp.structure, exp.solver, *cfg.extra_tags]
+    return [exp.row, exp.model, exp.structure, exp.solver]
 
 
 def init_kwargs(cfg: RunConfig, directory: Path, run_id: str | None) -> dict[str, Any]:
@@ -110,18 +112,6 @@ def wandb_logger(run: Any, directory: Path) -> "WandbLogger":
             """Nothing: see :func:`wandb_logger`."""
 
     return MetricsOnly(experiment=run, save_dir=str(directory), log_model=False)
-
-
-def log_figure(run: Any, key: str, figure: Any, step: int) -> None:
-    """Log a matplotlib figure as an image; a figure is never worth a failed run."""
-    try:
-        import wandb
-
-        from .result_files import figure_to_array
-
-        run.log({key: wandb.Image(figure_to_array(figure)), STEP: step})
-    except Exception as exc:  # noqa: BLE001 - see docstring
-        warnings.warn(f"could not log {key!r} to W&B: {exc!r}", UserWarning, stacklevel=2)
 
 
 def wandb_summary(summary: dict[str, Any]) -> dict[str, Any]:
@@ -226,3 +216,127 @@ def set_aside_offline_runs(out: Path, run_id: str) -> None:
     for folder in (out / "wandb").glob(f"offline-run-*-{run_id}"):
         (out / SET_ASIDE).mkdir(parents=True, exist_ok=True)
         folder.rename(out / SET_ASIDE / folder.name)
+
+
+class NoWandb:
+    """The W&B side of a run logged nowhere (``wandb_mode`` disabled, and the DDP workers of
+    any run): the calls of :class:`WandbLog`, doing nothing, so that the run layer has no
+    W&B branches. :func:`wandb_log` gives the one a run needs."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+
+    def run_id(self, stored: dict[str, Any] | None) -> str | None:
+        """The W&B run id to record in ``config.json``: the agent's, else the stored one."""
+        return self.cfg.wandb_run_id or (stored or {}).get("wandb_run_id")
+
+    def start(self, directory: Path, run_id: str | None) -> None:
+        """Create (or resume) the W&B run."""
+
+    def loggers(self, directory: Path) -> list:
+        """Lightning loggers that log into the W&B run."""
+        return []
+
+    def log_heatmap(self, trajectories: dict[str, Any], step: int) -> None:
+        """The test's residual trajectories as an image (``test/residual_heatmap``)."""
+
+    def end(self, summary: dict[str, Any], exit_code: int) -> None:
+        """Close the W&B run of a run that did not finish, with its outcome."""
+
+    def pending(self) -> dict[str, Any]:
+        """What ``summary.json`` holds until the upload is done (:data:`UPLOAD`)."""
+        return {}
+
+    def finish(self, summary: dict[str, Any], directory: Path) -> dict[str, Any]:
+        """Send the finished run's summary and files; returns the summary's entries that
+        record the upload (``{}`` when nothing is to be recorded)."""
+        return {}
+
+    def publish_stored(self, directory: Path, summary: dict[str, Any],
+                       stored: dict[str, Any] | None) -> dict[str, Any]:
+        """A run the store holds, returned as it is, after publishing it to the W&B run that
+        lacks it, if any; returns its summary."""
+        return summary
+
+
+class WandbLog(NoWandb):
+    """The W&B side of a run logged online or offline: the W&B run is created only when the
+    run is trained (:meth:`start`), and closed with its outcome whatever happens; a W&B
+    problem never hides the run's."""
+
+    def __init__(self, cfg: RunConfig):
+        super().__init__(cfg)
+        self.run: Any = None
+
+    def run_id(self, stored: dict[str, Any] | None) -> str | None:
+        return super().run_id(stored) or new_run_id()
+
+    def start(self, directory: Path, run_id: str | None) -> None:
+        self.run = start_run(self.cfg, directory, run_id)
+
+    def loggers(self, directory: Path) -> list:
+        return [] if self.run is None else [wandb_logger(self.run, directory)]
+
+    def log_heatmap(self, trajectories: dict[str, Any], step: int) -> None:
+        """Log the heatmap as an image; a figure is never worth a failed run."""
+        if self.run is None:
+            return
+        key = "test/residual_heatmap"
+        try:
+            import wandb
+
+            from paper_figures.heatmap import figure_to_array, plot_trajectory_heatmap
+
+            figure = plot_trajectory_heatmap(trajectories,
+                                             title="Residual trajectories (test)").figure
+            self.run.log({key: wandb.Image(figure_to_array(figure)), STEP: step})
+        except Exception as exc:  # noqa: BLE001 - see docstring
+            warnings.warn(f"could not log {key!r} to W&B: {exc!r}", UserWarning, stacklevel=2)
+
+    def end(self, summary: dict[str, Any], exit_code: int) -> None:
+        if self.run is None:
+            return
+        try:
+            end_run(self.run, summary, exit_code)
+        except Exception as exc:  # noqa: BLE001 - the run's own outcome is the one to tell
+            print(f"{summary.get('run_name')}: could not close the W&B run: {exc!r}",
+                  file=sys.stderr)
+
+    def pending(self) -> dict[str, Any]:
+        online = self.run is not None and self.cfg.wandb_mode == "online"
+        return {UPLOAD: "pending"} if online else {}  # a restart sends it otherwise
+
+    def finish(self, summary: dict[str, Any], directory: Path) -> dict[str, Any]:
+        if self.run is None:
+            return {}
+        outcome = finish_wandb(self.run, summary, directory)
+        return {UPLOAD: outcome} if UPLOAD in summary else {}
+
+    def publish_stored(self, directory: Path, summary: dict[str, Any],
+                       stored: dict[str, Any] | None) -> dict[str, Any]:
+        """The run a W&B agent handed out for a point the store holds gets the stored result
+        (the store then records that run's id, and the point's earlier offline run is set
+        aside); online, so does the run's own W&B run when its upload did not complete."""
+        cfg, own_id = self.cfg, (stored or {}).get("wandb_run_id")
+        if cfg.wandb_run_id is not None:
+            run_id, doing = cfg.wandb_run_id, "publishing the stored result to"
+        elif cfg.wandb_mode == "online" and own_id and needs_upload(summary):
+            run_id, doing = own_id, "its upload did not complete; uploading it to"
+        else:
+            return summary
+        print(f"{cfg.name}: already {summary.get('status')} in {directory}; {doing} W&B run "
+              f"{run_id} instead of training again", flush=True)
+        summary = {**summary, UPLOAD: publish_stored(cfg, directory, summary, run_id)}
+        if run_id != own_id:  # the agent's run holds the point now
+            if own_id:
+                set_aside_offline_runs(directory, own_id)
+            atomic_write_json(directory / CONFIG,
+                              {**(stored or cfg.to_dict()), "wandb_run_id": run_id})
+        atomic_write_json(directory / SUMMARY, summary)
+        return summary
+
+
+def wandb_log(cfg: RunConfig) -> NoWandb:
+    """The W&B side of the run ``cfg``: :class:`WandbLog` online or offline, else
+    :class:`NoWandb`."""
+    return NoWandb(cfg) if cfg.wandb_mode == "disabled" else WandbLog(cfg)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import sweep
+from runner import grid
 from runner.store import atomic_write_json
 from deq_modules.experiments import EXPERIMENTS
 
@@ -389,14 +390,14 @@ def test_two_sweeps_on_one_store_share_the_grid(tmp_path):
 
 
 def test_workers_command_line_and_threads(monkeypatch):
-    assert sweep.without_workers(["--rows", "HAM", "--workers", "3", "--seeds", "0"]) == \
+    assert grid.without_workers(["--rows", "HAM", "--workers", "3", "--seeds", "0"]) == \
         ["--rows", "HAM", "--seeds", "0"]
-    assert sweep.without_workers(["--workers=4", "--fast"]) == ["--fast"]
+    assert grid.without_workers(["--workers=4", "--fast"]) == ["--fast"]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert sweep.threads_per_worker(8) == 3  # the user's setting wins
+    assert grid.threads_per_worker(8) == 3  # the user's setting wins
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert (sweep.threads_per_worker(4), sweep.threads_per_worker(32)) == (4, 1)
+    assert (grid.threads_per_worker(4), grid.threads_per_worker(32)) == (4, 1)
 
 
 @pytest.mark.slow
@@ -436,8 +437,8 @@ def test_workers_with_wandb_online_are_refused_with_what_to_do(capsys, tmp_path,
 def test_eta_line_of_a_sweep_with_workers_gives_their_share(tmp_path, monkeypatch):
     args = sweep.parse_args(["--rows", "HAM-EO", "--layers", "3", "--seeds", "0,1", *TINY,
                              "--results", str(tmp_path), "--workers", "2"])
-    monkeypatch.setattr(sweep, "measured_seconds", lambda path: {"HAM-EO-L3": [600.0]})
-    line = sweep.eta_line(sweep.plan(args), args)
+    monkeypatch.setattr(grid, "measured_seconds", lambda path: {"HAM-EO-L3": [600.0]})
+    line = grid.eta_line(sweep.plan(args), args)
     assert line.startswith("2 runs left, about 20m00s on one worker")
     assert line.endswith("; about 10m00s with 2 workers")
 
@@ -451,15 +452,15 @@ def test_the_last_line_counts_runs_another_process_finished_meanwhile(tmp_path, 
     runs = sweep.plan(args)
     names = [cfg.name for cfg in runs]
     now = {names[1]: "finished", names[2]: "diverged", names[3]: "running"}
-    monkeypatch.setattr(sweep, "live_status", lambda d: now.get(Path(d).name))
-    monkeypatch.setattr(sweep, "is_finished", lambda d: now.get(Path(d).name) == "finished")
-    outcome = sweep.Outcome(finished=[names[0]], busy=names[1:])
+    monkeypatch.setattr(grid, "live_status", lambda d: now.get(Path(d).name))
+    monkeypatch.setattr(grid, "is_finished", lambda d: now.get(Path(d).name) == "finished")
+    outcome = grid.Outcome(finished=[names[0]], busy=names[1:])
     outcome.settle(runs)
     assert (outcome.finished, outcome.diverged, outcome.busy) == (names[:2], [names[2]], [names[3]])
     assert outcome.report("table2", 4) == (
         f"sweep table2: 2 of 4 runs finished; diverged: {names[2]}; still being trained by "
         f"another process: {names[3]} (see their summary.json)")
-    store = sweep.Outcome.of_store(runs)
+    store = grid.Outcome.of_store(runs)
     assert (store.finished, store.diverged, store.busy) == ([names[1]], [names[2]],
                                                             [names[0], names[3]])
 
@@ -474,7 +475,7 @@ def test_a_run_whose_trainer_was_killed_is_reported_killed_not_in_training(tmp_p
         atomic_write_json(cfg.directory / "summary.json", {"status": "running"})
     from runner.store import RunLock
     with RunLock(runs[1].directory):  # its trainer is alive
-        outcome = sweep.Outcome(busy=[cfg.name for cfg in runs])
+        outcome = grid.Outcome(busy=[cfg.name for cfg in runs])
         outcome.settle(runs)
     assert (outcome.killed, outcome.busy) == (["HAM-L3-s0"], ["HAM-L3-s1"])
     line = outcome.report("table2", 2)

@@ -32,7 +32,7 @@ import yaml
 
 import sweep
 import train
-from runner import wandb_run
+from runner import wandb_run, wandb_sweep
 from runner.config import RunConfig
 from runner.store import atomic_write_json, jsonable, read_json
 
@@ -268,7 +268,7 @@ def copy_store(trained, tmp_path) -> Path:
 # -- sweep.yaml and the agent's command line ------------------------------------------------
 def test_sweep_yaml_is_the_grid_that_sweep_py_creates():
     args = sweep.parse_args([])
-    config = sweep.sweep_config(sweep.plan(args), args)
+    config = wandb_sweep.sweep_config(args)
     spec = yaml.safe_load((ROOT / "sweep.yaml").read_text())
     for key in ("program", "method", "name", "project", "metric", "parameters", "command"):
         assert spec[key] == config[key], key
@@ -291,7 +291,7 @@ def test_sweep_yaml_passes_the_schema_check_of_the_sweeps_package():
     spec = yaml.safe_load((ROOT / "sweep.yaml").read_text())
     assert sweeps.schema_violations_from_proposed_config(spec) == []
     args = sweep.parse_args([*GRID, *TINY, "--lr", "0.02"])
-    config = sweep.sweep_config(sweep.plan(args), args)
+    config = wandb_sweep.sweep_config(args)
     assert sweeps.schema_violations_from_proposed_config(config) == []
     broken = {**spec, "method": "grids"}  # the check is real: a wrong method is named
     assert any("grids" in v for v in sweeps.schema_violations_from_proposed_config(broken))
@@ -318,7 +318,7 @@ def test_train_py_reads_the_agents_command_line(monkeypatch):
 def test_sweep_config_fixes_the_settings_of_a_smaller_sweep(tmp_path):
     args = sweep.parse_args([*GRID, *TINY, "--lr", "0.02", "--results", str(tmp_path),
                              "--name", "small"])
-    config = sweep.sweep_config(sweep.plan(args), args)
+    config = wandb_sweep.sweep_config(args)
     assert config["parameters"] == {"experiment": {"values": ["HAM-L3"]},
                                     "seed": {"values": [0, 1]}}
     argv = agent_command(config, dict(experiment="HAM-L3", seed=1))[3:]
@@ -445,7 +445,7 @@ def test_runs_that_did_not_finish_are_retried_with_their_wandb_run(fake_wandb, t
                                                 "run_name": "HAM-L3-s1"})
     shutil.rmtree(store / "HAM-L3-s0")  # trained by another machine
     args = sweep.parse_args([*GRID, *TINY, "--results", str(tmp_path), "--name", "t"])
-    config = sweep.sweep_config(sweep.plan(args), args)
+    config = wandb_sweep.sweep_config(args)
     fake_wandb.add_sweep("swp7", "me", "hopfield-deq", config, state="FINISHED")
     atomic_write_json(store / "wandb_sweep.json", dict(sweep_id="swp7", entity="me",
                                                        project="hopfield-deq"))
@@ -602,7 +602,7 @@ def test_wandbs_own_agent_is_not_stopped_by_a_point_another_process_trains(fake_
 
     args = sweep.parse_args([*GRID, *TINY, "--results", str(tmp_path), "--name", "t"])
     planned = sweep.plan(args)
-    config = sweep.sweep_config(planned, args)
+    config = wandb_sweep.sweep_config(args)
     busy, other = (cfg.directory for cfg in planned)
     other.mkdir(parents=True)
     atomic_write_json(other / "config.json", {**jsonable(planned[1].to_dict()), "epochs": 3})
@@ -718,7 +718,7 @@ def test_quick_trains_on_the_same_data_online_and_offline():
 
     args = sweep.parse_args(["--quick", "--rows", "HAM", "--layers", "3"])
     local = sweep.plan(args)[0]
-    command = sweep.sweep_config(sweep.plan(args), args)["command"]
+    command = wandb_sweep.sweep_config(args)["command"]
     assert "--synthetic-sizes=256,128" in command
     agent_argv = [a for a in command if not a.startswith("${")] + [
         f"--experiment={local.experiment.key}", f"--seed={local.seed}"]

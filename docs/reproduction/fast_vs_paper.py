@@ -23,12 +23,18 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from statistics import fmean
 from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # run as a script: the repository's packages
+    sys.path.insert(0, str(REPO))
+
+from runner.names import CONFIG, SUMMARY  # noqa: E402 - after the path above
+from runner.store import FINISHED  # noqa: E402
 DOCS = Path("docs") / "reproduction"
 PAPER, FAST, NEUMANN = "fmnist-1ep-paper", "fmnist-1ep-fast", "fmnist-1ep-fast-neumann"
 BF16 = "fmnist-1ep-fast-bf16adj"
@@ -53,8 +59,8 @@ class Twin(NamedTuple):
 
 
 def _load(run: Path) -> tuple[dict, dict]:
-    return (json.loads((run / "config.json").read_text()),
-            json.loads((run / "summary.json").read_text()))
+    return (json.loads((run / CONFIG).read_text()),
+            json.loads((run / SUMMARY).read_text()))
 
 
 def _twin(name: str, paper_config: dict, twin_dir: Path, sweep: str,
@@ -63,10 +69,10 @@ def _twin(name: str, paper_config: dict, twin_dir: Path, sweep: str,
     (``None`` for an ``optional`` twin that was never trained)."""
     if optional and not twin_dir.exists():
         return None
-    if not (twin_dir / "summary.json").is_file():
+    if not (twin_dir / SUMMARY).is_file():
         raise ValueError(f"{name}: no fast-mode twin in {sweep}")
     fast_config, fast = _load(twin_dir)
-    if fast.get("status") != "finished":
+    if fast.get("status") != FINISHED:
         raise ValueError(f"{name}: its fast-mode twin in {sweep} is {fast.get('status')!r}")
     paper_config, fast_config = DEFAULTS | paper_config, DEFAULTS | fast_config
     differ = sorted(k for k in paper_config.keys() | fast_config.keys()
@@ -87,7 +93,7 @@ def twins(root: Path = REPO / DOCS) -> list[Twin]:
         if not run.is_dir():
             continue
         paper_config, paper = _load(run)
-        if paper.get("status") != "finished":
+        if paper.get("status") != FINISHED:
             continue
         twins_of_run = [_twin(run.name, paper_config, root / sweep / run.name, sweep,
                               optional=sweep in OPTIONAL) for sweep in (FAST, NEUMANN, BF16)]
@@ -161,7 +167,7 @@ def same_machine(root: Path = REPO / DOCS) -> list[tuple[str, int, dict, dict]]:
         if differ or (f32_config.get("fast_mode") or {}).get("adjoint_precision") is not None:
             raise ValueError(f"{run.name}: the twins in {BF16} and {FAST_BF16_VM} differ in "
                              f"{differ or ['adjoint_precision']}")
-        if "finished" != low.get("status") or "finished" != f32.get("status"):
+        if FINISHED != low.get("status") or FINISHED != f32.get("status"):
             raise ValueError(f"{run.name}: a twin in {BF16} or {FAST_BF16_VM} is not finished")
         pairs.append((f"{low['row']}-L{low['depth']}", int(low["seed"]), f32, low))
     return sorted(pairs, key=lambda p: (p[0], p[1]))

@@ -93,7 +93,7 @@ def test_each_panel_says_how_many_seeds_and_samples_never_converged(store):
 def test_figures_fit_a_papers_text_width_with_readable_labels(store, tmp_path):
     from matplotlib.text import Text
 
-    from runner.result_files import figure_to_array
+    from paper_figures.heatmap import figure_to_array
 
     fig, _ = trajectories.make_figure(local_records(store, "table2"), trajectories.FIGURES["fig4"])
     width, height = fig.get_size_inches()

@@ -123,3 +123,67 @@ def test_batch_limits(text, value):
 def test_library_users_get_the_same_refusals(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RunConfig(**{"row": "HAM", "depth": 3, "seed": 0, **kwargs})
+
+
+def test_the_run_identity_is_the_audited_keys():
+    """What makes two runs the same (issue 24's audit): changing this set changes which stored
+    runs are reused, so it is written out here."""
+    from runner.config import DEFINING_KEYS
+    assert set(DEFINING_KEYS) == {
+        "row", "depth", "seed", "dataset", "epochs", "limit_train_batches",
+        "limit_test_batches", "synthetic_kwargs", "lr", "fast", "fast_mode", "experiment",
+        "devices", "recipe"}
+
+
+def _stored_runs():
+    import json
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2] / "docs" / "reproduction"
+    return [json.loads(p.read_text()) for p in sorted(root.glob("*/*/config.json"))]
+
+
+def test_committed_runs_of_the_current_recipe_are_recognised_as_the_same_runs():
+    """Each committed run's config.json, given back as the run's settings, is that run: the
+    store keeps recognising runs made before the options were generated from RunConfig."""
+    import inspect
+    from deq_modules.experiments import TRAINING_RECIPE
+    keys = set(inspect.signature(RunConfig).parameters)
+    current = [c for c in _stored_runs() if c.get("recipe") == TRAINING_RECIPE]
+    assert current, "no committed run of the current training recipe"
+    for stored in current:
+        settings = {k: v for k, v in stored.items() if k in keys and v is not None}
+        cfg = RunConfig(**settings)
+        assert cfg.differences(stored) == [], stored["run_name"]
+        assert cfg.name == stored["run_name"]
+
+
+def test_a_defining_option_a_stored_run_lacks_counts_at_its_default():
+    from runner.store import jsonable
+    cfg = RunConfig(row="HAM", depth=3, seed=0, dataset="synthetic", epochs=1)
+    stored = jsonable(cfg.to_dict())
+    for key in ("lr", "fast", "limit_train_batches", "devices"):
+        older = {k: v for k, v in stored.items() if k != key}
+        assert cfg.differences(older) == [], key
+    faster = RunConfig(row="HAM", depth=3, seed=0, dataset="synthetic", epochs=1, fast=True)
+    (diff, _) = faster.differences({k: v for k, v in stored.items() if k != "fast"})
+    assert diff.startswith("fast: stored False, now True")
+
+
+def test_every_shared_option_is_declared_read_and_written_back(capsys):
+    """The flags of train.py and sweep.py are the RunConfig fields that have one; to_argv
+    writes each non-default value."""
+    from runner.config import CLI_OPTIONS
+    flags = {opt.flag for opt in CLI_OPTIONS.values()}
+    assert {"--dataset", "--name", "--no-download", "--compile", "--synthetic-sizes",
+            "--devices", "--project", "--entity"} <= flags
+    for parser in (train.parse_args, sweep.parse_args):
+        with pytest.raises(SystemExit):
+            parser(["--help"])
+        shown = capsys.readouterr().out
+        assert [f for f in flags if f not in shown] == []
+    cfg = RunConfig(row="HAM", depth=3, seed=1, dataset="synthetic", download=False,
+                    compile_f=True, wandb_entity="me", sweep="s")
+    argv = cfg.to_argv()
+    for flag in ("--no-download", "--compile", "--entity", "--name", "--dataset"):
+        assert flag in argv
+    assert "--fast" not in argv and "--lr" not in argv
