@@ -69,19 +69,21 @@ def input_flops(layers: Sequence[int], batch: int) -> int:
     return matmul_flops(batch, layers[0], layers[1])
 
 
-def anderson_flops(n_iter: int, m: int, width: int, batch: int) -> int:
-    """Gram matrix and mixing products of ``n_iter`` Anderson iterations (window ``m``)."""
+def anderson_flops(n_iter: int, m: int, width: int, batch: int, safeguard: str = "after") -> int:
+    """Gram matrix and mixing products of ``n_iter`` Anderson iterations (window ``m``);
+    ``safeguard="before"`` adds the predicted residual ``sum_i alpha_i g_i`` (one more product)."""
     ks = [min(i + 1, m) for i in range(n_iter)]
-    return sum(2 * batch * width * (k * k + k) for k in ks)
+    extra = 1 if safeguard == "before" else 0
+    return sum(2 * batch * width * (k * k + k + extra * k) for k in ks)
 
 
 def forward_flops(layers: Sequence[int], sample_iters: Sequence[int], solver: str, width: int,
-                  m: int = 4) -> int:
+                  m: int = 4, safeguard: str = "after") -> int:
     """FLOPs of the forward solve when sample ``b`` is iterated ``sample_iters[b]`` times (all
     ``T_f`` without compaction; with it, converged samples leave the batch and cost nothing)."""
     total = sum(sample_iters) * f_flops(layers, 1)
     if solver == "anderson":
-        total += sum(anderson_flops(t, m, width, 1) for t in sample_iters)
+        total += sum(anderson_flops(t, m, width, 1, safeguard) for t in sample_iters)
     return total
 
 
@@ -97,7 +99,7 @@ def backward_uses(backward_iter: int, method: str) -> int:
 def step_flops(layers: Sequence[int], batch: int, forward_iter: int, backward_iter: int,
                structure: str, solver: str, width: int, m: int = 4,
                sample_iters: Sequence[int] | None = None,
-               backward_method: str = "backprop") -> int:
+               backward_method: str = "backprop", safeguard: str = "after") -> int:
     """FLOPs of one training step (see the module docstring for the formula).
 
     Args:
@@ -113,6 +115,7 @@ def step_flops(layers: Sequence[int], batch: int, forward_iter: int, backward_it
             samples leave); ``None``: every sample gets ``forward_iter``.
         backward_method: ``"backprop"`` (unrolled steps) or ``"full_adjoint"`` (the adjoint
             by ``backward_iter`` Picard steps).
+        safeguard: Anderson's ``safeguard`` option (``"before"`` costs one more product).
     """
     saving = get_structure(structure).first_step_saving  # a ValueError names the valid ones
     if backward_method not in BACKWARD_USES:
@@ -124,7 +127,7 @@ def step_flops(layers: Sequence[int], batch: int, forward_iter: int, backward_it
     backward = round((backward_uses(backward_iter, backward_method) - s)
                      * f_flops(layers, batch))
     return (2 * input_flops(layers, batch) + backward
-            + forward_flops(layers, sample_iters, solver, width, m))
+            + forward_flops(layers, sample_iters, solver, width, m, safeguard))
 
 
 Shape = tuple[int, int, int, bool]  # (batch, m, n, transposed): (batch x m) @ (m x n)

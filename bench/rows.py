@@ -147,10 +147,12 @@ def count_flops(module: LitHopfieldDEQ, exp: Experiment, layers: Sequence[int],
     if per_sample is not None:
         flops = step_flops(layers, exp.batch_size, max(per_sample), bkw["iter"], exp.structure,
                            fkw["solver"], width, m, sample_iters=per_sample,
-                           backward_method=bkw["method"])
+                           backward_method=bkw["method"],
+                           safeguard=fkw.get("safeguard", "after"))
         return flops, fmean(per_sample)
     flops = fmean(step_flops(layers, exp.batch_size, n, bkw["iter"], exp.structure,
-                             fkw["solver"], width, m, backward_method=bkw["method"])
+                             fkw["solver"], width, m, backward_method=bkw["method"],
+                             safeguard=fkw.get("safeguard", "after"))
                   for n in iters)
     return flops, fmean(iters)
 

@@ -65,7 +65,7 @@ def measure(exp: Experiment, device: torch.device, reps: int, tiny: bool) -> dic
     torch.manual_seed(0)
     module = build_module(exp, layers, exp.forward_iter, None).to(device)
     x, _ = make_batch(layers[0], exp.batch_size, device)
-    options = {k: v for k, v in module.deq.forward_kwargs.items() if k in ("m", "lam")}
+    options = {k: v for k, v in module.deq.forward_kwargs.items() if k not in ("solver", "iter")}
     n = exp.forward_iter
     with torch.no_grad():
         f, z0 = damped_map(module, x)

@@ -91,7 +91,8 @@ def module_step_flops(module: LitHopfieldDEQ, exp, per_sample: list[int]) -> int
     fkw, bkw = module.deq.active_forward_kwargs, module.deq.backward_kwargs
     return step_flops(list(exp.layers), len(per_sample), max(per_sample), bkw["iter"],
                       exp.structure, fkw["solver"], module.deq.f_module.state_size,
-                      fkw.get("m", 4), sample_iters=per_sample, backward_method=bkw["method"])
+                      fkw.get("m", 4), sample_iters=per_sample, backward_method=bkw["method"],
+                      safeguard=fkw.get("safeguard", "after"))
 
 
 def eval_ms(module: LitHopfieldDEQ, data: list, stage: str) -> tuple[list[float], float]:

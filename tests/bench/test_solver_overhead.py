@@ -22,7 +22,7 @@ def test_the_timed_map_is_the_models_own(key):
     x = x.double()
     with torch.no_grad():
         f, z0 = solver_overhead.damped_map(module, x)
-        options = {k: v for k, v in module.deq.forward_kwargs.items() if k in ("m", "lam")}
+        options = {k: v for k, v in module.deq.forward_kwargs.items() if k not in ("solver", "iter")}
         z, _ = anderson(f, z0, max_iter=exp.forward_iter, **options)
         want = module.deq(x)
     assert module.deq.damping_factor == exp.damping == (0.5 if key == "CHN-DEQ-L3" else 0.0)

@@ -112,7 +112,8 @@ def test_flop_formula_matches_torch_flop_counter(key):
     with FlopCounterMode(display=False) as counter:
         step()
     want = step_flops(layers, exp.batch_size, exp.forward_iter, exp.backward_iter,
-                      exp.structure, exp.solver, module.deq.f_module.state_size)
+                      exp.structure, exp.solver, module.deq.f_module.state_size,
+                      safeguard=exp.forward_kwargs.get("safeguard", "after"))
     assert counter.get_total_flops() == want
 
 
@@ -132,7 +133,8 @@ def test_flop_formula_with_compaction_matches_torch_flop_counter(key):
     assert module.deq.backward_kwargs["method"] == "full_adjoint"  # the fast mode's backward
     want = step_flops(layers, exp.batch_size, max(per_sample), exp.backward_iter, exp.structure,
                       exp.solver, module.deq.f_module.state_size, sample_iters=per_sample,
-                      backward_method="full_adjoint")
+                      backward_method="full_adjoint",
+                      safeguard=exp.forward_kwargs.get("safeguard", "after"))
     assert counter.total == want
 
 
@@ -149,14 +151,16 @@ def test_flop_formula_of_the_truncated_adjoint_matches_torch_flop_counter(key):
     assert module.deq.last_backward_stats.n_iter == exp.backward_iter
     want = step_flops(layers, exp.batch_size, exp.forward_iter, exp.backward_iter,
                       exp.structure, exp.solver, module.deq.f_module.state_size,
-                      backward_method="full_adjoint")
+                      backward_method="full_adjoint",
+                      safeguard=exp.forward_kwargs.get("safeguard", "after"))
     assert counter.total == want
     module.deq.backward_kwargs = dict(exp.backward_kwargs)  # the counter agrees on backprop too
     with OpFlops() as counter:
         step()
     assert counter.total == step_flops(layers, exp.batch_size, exp.forward_iter,
                                        exp.backward_iter, exp.structure, exp.solver,
-                                       module.deq.f_module.state_size)
+                                       module.deq.f_module.state_size,
+                                       safeguard=exp.forward_kwargs.get("safeguard", "after"))
     with pytest.raises(ValueError, match=r"'neumann'.*'full_adjoint'"):
         step_flops(layers, exp.batch_size, 1, 1, exp.structure, exp.solver, 10,
                    backward_method="neumann")

@@ -22,7 +22,8 @@ def test_every_mode_is_timed_from_the_run_checkpoint(tmp_path, trained_run, caps
     assert record["fast"]["iters"] < 40  # the tolerance stop
     exp = Experiment.from_key("HAM-EO-DEQ-L3")
     width = trained.deq.f_module.state_size  # the even-odd state: the even layers
-    paper_flops = step_flops(list(exp.layers), 64, 40, 8, "evenodd", "anderson", width)
+    paper_flops = step_flops(list(exp.layers), 64, 40, 8, "evenodd", "anderson", width,
+                             safeguard=exp.forward_kwargs["safeguard"])
     assert record["paper"]["gflop"] == pytest.approx(paper_flops / 1e9)
     assert record["fast"]["gflop"] < record["paper"]["gflop"]
     printed = capsys.readouterr().out
