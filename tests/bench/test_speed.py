@@ -187,10 +187,11 @@ def test_compile_times_the_compiled_map(tmp_path, monkeypatch):
         return call
 
     monkeypatch.setattr(torch, "compile", counting_compile)
-    monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)
     torch._dynamo.reset()
     counters.clear()
-    payload = run_tiny(tmp_path, "--rows", "HAM-EO-DEQ-L3", "--no-peer", "--compile")
+    # dynamo's own patch: monkeypatch's undo would delete the config entry for later tests
+    with torch._dynamo.config.patch(suppress_errors=False):
+        payload = run_tiny(tmp_path, "--rows", "HAM-EO-DEQ-L3", "--no-peer", "--compile")
     record, = payload["records"]
     check_record(record)
     assert record["mode"] == "paper+compile" and record["compiled"] is True
