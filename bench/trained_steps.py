@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python -m bench.trained_steps --results RESULTS --sweep NAME \\
         --runs HAM-EO-DEQ-L5-s0,CHN-DEQ-L3-s0 [--data-dir DIR] \\
         [--dataset fashion-mnist] [--batches 10] [--eval-batches 5] [--fused-anderson] \\
-        [--adjoint-precision auto|bf16|none] [--json FILE]
+        [--json FILE]
 
 ``bench.speed`` times untrained networks on synthetic images, where few samples converge early;
 what the fast mode saves depends on how fast trained networks converge on real data. This
@@ -45,7 +45,6 @@ from statistics import fmean, median, quantiles
 import torch
 
 from custom_callbacks import EnergyTracker
-from deq_core import fast_bf16
 from deq_modules.data.files import load_dataset, resolve_data_dir
 from deq_modules.experiments import EXPERIMENTS, FAST_MODE, get_experiment, split_run_name
 from deq_modules.lit import LitHopfieldDEQ, lit_module_for
@@ -64,7 +63,7 @@ def build(row: str, depth: int, mode: str, state: dict,
     exp = get_experiment(row, depth)
     module = lit_module_for(exp, fast=mode != "paper", fused_anderson=fused_anderson)
     if mode == "fast-unrolled":
-        hp = dict(module.hparams, backward_kwargs=exp.backward_kwargs, adjoint_precision=None)
+        hp = dict(module.hparams, backward_kwargs=exp.backward_kwargs)
         module = LitHopfieldDEQ(**hp)
     module.load_state_dict(state)
     return module.train()
@@ -266,10 +265,6 @@ def main(argv=None) -> int:
                    help="test batches timed per evaluation pass (0: time training steps only)")
     p.add_argument("--fused-anderson", action="store_true",
                    help="every module with Anderson's bookkeeping as the C++ kernel")
-    p.add_argument("--adjoint-precision", choices=("auto", "bf16", "none"), default=None,
-                   help="the fast mode's adjoint products in this precision instead of "
-                        "FAST_MODE['adjoint_precision'] (none: float32), e.g. to measure "
-                        "what bfloat16 saves")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     args.data_dir = resolve_data_dir(args.data_dir)
@@ -281,14 +276,7 @@ def main(argv=None) -> int:
         p.error(f"--batches must be >= 1, got {args.batches}")
     if args.eval_batches < 0:
         p.error(f"--eval-batches must be >= 0, got {args.eval_batches}")
-    saved = FAST_MODE["adjoint_precision"]
-    if args.adjoint_precision is not None:
-        FAST_MODE["adjoint_precision"] = None if args.adjoint_precision == "none" \
-            else args.adjoint_precision
-    try:
-        return _run(args, runs)
-    finally:
-        FAST_MODE["adjoint_precision"] = saved
+    return _run(args, runs)
 
 
 def _run(args: argparse.Namespace, runs: list[str]) -> int:
@@ -299,9 +287,7 @@ def _run(args: argparse.Namespace, runs: list[str]) -> int:
     print(f"threads {torch.get_num_threads()}, torch {torch.__version__}, "
           f"{args.batches} batches of 64 real training images per mode, "
           f"{args.eval_batches} of test images per evaluation"
-          + (", fused Anderson" if args.fused_anderson else "")
-          + f", fast adjoint precision {FAST_MODE['adjoint_precision']}"
-          + f" (native bfloat16 products: {fast_bf16(torch.device('cpu'))})", flush=True)
+          + (", fused Anderson" if args.fused_anderson else ""), flush=True)
     records = []
     for run in runs:
         records.append(measure(run, load_state(args.results, args.sweep, run), data, test_data,

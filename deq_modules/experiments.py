@@ -28,9 +28,9 @@ CONVERGENCE_TOL = 1e-4  # footnote 3 of the paper: the Table 2 criterion
 # "unrolled" (the paper's differentiable steps) or "neumann" (their gradient computed at the
 # fixed point, Experiment.fast_backward_kwargs); ``validation`` "fast" (the per-epoch
 # validation passes solve like the training forward: tolerance stop, compaction) or "paper";
-# ``adjoint_precision`` of the Neumann backward's vector-Jacobian products: None (float32),
-# "bf16", or "auto" (bfloat16 where the device has native bfloat16 products,
-# deq_core.fast_bf16; measured on such a CPU, it saved little and is not the default).
+# ``adjoint_precision`` None: the Neumann backward's products in float32, the only choice left
+# (a bfloat16 option measured as saving nothing and was removed: docs/performance.md), kept in
+# the record so that stored runs keep their identity.
 # The test (the table's numbers, the figures' trajectories) keeps the paper's fixed iteration
 # counts. Chosen from measurements: see the README.
 FAST_BACKWARDS = ("unrolled", "neumann")
@@ -59,15 +59,6 @@ def fast_backward(backward_kwargs: dict) -> dict:
     if mode == "unrolled" or backward_kwargs.get("method") != "backprop":
         return dict(backward_kwargs)
     return dict(solver="picard", iter=backward_kwargs["iter"], method="full_adjoint")
-
-
-def fast_adjoint_precision(backward_kwargs: dict) -> str | None:
-    """The precision of the fast mode's adjoint products for a fast backward
-    ``backward_kwargs`` (``FAST_MODE["adjoint_precision"]``; ``None`` for unrolled steps,
-    which have no adjoint)."""
-    if backward_kwargs.get("method") != "full_adjoint":
-        return None
-    return FAST_MODE["adjoint_precision"]
 
 
 def fast_validation() -> bool:

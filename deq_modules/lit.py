@@ -9,10 +9,9 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from deq_core import DEQ, check_adjoint_precision, check_backward_kwargs, check_forward_kwargs
+from deq_core import DEQ, check_backward_kwargs, check_forward_kwargs
 
-from .experiments import (FAST_MODE, Experiment, fast_adjoint_precision, fast_backward,
-                          fast_validation, get_experiment)
+from .experiments import FAST_MODE, Experiment, fast_backward, fast_validation, get_experiment
 from .hopfield import get_structure
 from .hopfield.base import LayeredHopfield
 from .optim import Madam
@@ -53,9 +52,6 @@ class LitHopfieldDEQ(L.LightningModule):
             :class:`deq_core.DEQ`); an opt-in for speed, never needed.
         fused_anderson: Anderson's per-iteration bookkeeping as one C++ kernel on CPU float32
             states (see :class:`deq_core.DEQ`); an opt-in for speed, never needed.
-        adjoint_precision: ``None``, ``"bf16"`` or ``"auto"``: the precision of the full
-            adjoint's vector-Jacobian products (see :class:`deq_core.DEQ`); the fast mode's
-            ``FAST_MODE["adjoint_precision"]``.
 
     The defaults are the registry's HAM-EO-DEQ row at 3 layers
     (:func:`~deq_modules.experiments.get_experiment`), the paper's headline model.
@@ -83,7 +79,6 @@ class LitHopfieldDEQ(L.LightningModule):
         compile_f: bool = False,
         val_forward_kwargs: dict[str, Any] | None = None,
         fused_anderson: bool = False,
-        adjoint_precision: str | None = None,
         lr_decay: bool = True,
     ) -> None:
         super().__init__()
@@ -104,7 +99,7 @@ class LitHopfieldDEQ(L.LightningModule):
             backward_kwargs=_fused(backward_kwargs or _DEFAULT.backward_kwargs, fused_anderson),
             damping_factor=damping_factor,
             train_forward_kwargs=_fused(train_forward_kwargs, fused_anderson),
-            compile_f=compile_f, adjoint_precision=adjoint_precision,
+            compile_f=compile_f,
         )
         n_classes = layers[-1]
         self.acc = torch.nn.ModuleDict(
@@ -236,7 +231,6 @@ def lit_module_for(exp: Experiment, input_size: int | None = None,
         train_precision=FAST_MODE["precision"] if fast else None, compile_f=compile_f,
         val_forward_kwargs=exp.fast_forward_kwargs if fast and fast_validation() else None,
         fused_anderson=fused_anderson,
-        adjoint_precision=fast_adjoint_precision(exp.fast_backward_kwargs) if fast else None,
         lr_decay=exp.lr_decay,
     )
 
@@ -251,10 +245,6 @@ def apply_fast_mode(module: LitHopfieldDEQ) -> LitHopfieldDEQ:
         module.val_forward_kwargs = module.deq.train_forward_kwargs
         module.hparams["val_forward_kwargs"] = kwargs
     backward = fast_backward(module.deq.backward_kwargs)
-    precision = fast_adjoint_precision(backward)
-    checked = check_backward_kwargs("backward_kwargs", backward)
-    check_adjoint_precision(precision, checked["method"])
-    module.deq.backward_kwargs, module.deq.adjoint_precision = checked, precision
+    module.deq.backward_kwargs = check_backward_kwargs("backward_kwargs", backward)
     module.hparams["backward_kwargs"] = backward
-    module.hparams["adjoint_precision"] = precision
     return module

@@ -303,31 +303,3 @@ def test_fast_mode_can_keep_the_paper_backward(monkeypatch):
     monkeypatch.setitem(experiments.FAST_MODE, "backward", "implicit")
     with pytest.raises(ValueError, match=r"'backward'.*'implicit'.*'neumann'"):
         lit_module_for(exp, fast=True)
-
-
-def test_fast_mode_sets_the_adjoint_precision_and_checkpoints_keep_it(monkeypatch):
-    """``FAST_MODE["adjoint_precision"]`` reaches the DEQ of a fast module (built fast, switched
-    by ``apply_fast_mode``, rebuilt from its hyperparameters); paper settings and unrolled
-    backwards have no adjoint, hence none; an unknown value is refused with the valid ones."""
-    from deq_modules import experiments
-    from deq_modules.lit import apply_fast_mode
-
-    exp = experiments.Experiment.from_key("HAM-EO-DEQ-L5")
-    assert experiments.FAST_MODE["adjoint_precision"] is None  # float32 unless asked
-    assert lit_module_for(exp, fast=True).deq.adjoint_precision is None
-    monkeypatch.setitem(experiments.FAST_MODE, "adjoint_precision", "auto")
-    fast = lit_module_for(exp, fast=True)
-    assert fast.deq.adjoint_precision == "auto" == fast.hparams["adjoint_precision"]
-    assert LitHopfieldDEQ(**fast.hparams).deq.adjoint_precision == "auto"
-    switched = apply_fast_mode(lit_module_for(exp))
-    assert switched.deq.adjoint_precision == "auto" == switched.hparams["adjoint_precision"]
-    assert lit_module_for(exp).deq.adjoint_precision is None
-    monkeypatch.setitem(experiments.FAST_MODE, "adjoint_precision", "bf16")
-    assert lit_module_for(exp, fast=True).deq.adjoint_precision == "bf16"
-    monkeypatch.setitem(experiments.FAST_MODE, "backward", "unrolled")
-    assert lit_module_for(exp, fast=True).deq.adjoint_precision is None
-    assert apply_fast_mode(lit_module_for(exp)).deq.adjoint_precision is None
-    monkeypatch.setitem(experiments.FAST_MODE, "backward", "neumann")
-    monkeypatch.setitem(experiments.FAST_MODE, "adjoint_precision", "half")
-    with pytest.raises(ValueError, match=r"adjoint_precision\b.*'half'.*'bf16'"):
-        lit_module_for(exp, fast=True)
