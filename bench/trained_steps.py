@@ -14,7 +14,7 @@ real training images in three modes:
 - ``paper``: paper settings (fixed forward iterations, backward through unrolled steps);
 - ``fast-unrolled``: the fast mode's forward (tolerance stop, compaction) with the paper's
   unrolled backward (the fast mode before the Neumann backward);
-- ``fast``: the fast mode as it is now (:data:`deq_modules.experiments.FAST_MODE`).
+- ``fast``: the fast mode as it is now (:data:`deq_modules.experiments.FAST`).
 
 Beside each time, the step's arithmetic by ``bench.flops``' model (its matrix products, the
 forward solve counted with each sample's own iterations): the ratio of the whole sweep's
@@ -39,6 +39,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from statistics import fmean, median, quantiles
 
@@ -46,7 +47,8 @@ import torch
 
 from custom_callbacks import EnergyTracker
 from deq_modules.data.files import load_dataset, resolve_data_dir
-from deq_modules.experiments import EXPERIMENTS, FAST_MODE, get_experiment, split_run_name
+from deq_modules.experiments import (EXPERIMENTS, FAST, PAPER, Mode, get_experiment,
+                                     split_run_name)
 from deq_modules.lit import LitHopfieldDEQ, lit_module_for
 from deq_modules.optim import Madam
 from runner.names import LAST_CHECKPOINT
@@ -54,17 +56,16 @@ from runner.names import LAST_CHECKPOINT
 from .flops import step_flops
 from .rows import _NO_TRAINER_WARNING, sweep_eval_batches, sweep_steps, trace_iterations
 
-MODES = ("paper", "fast-unrolled", "fast")
+# the fast mode's forward with the paper's unrolled backward: the fast mode before the Neumann one
+MODES: dict[str, Mode] = {"paper": PAPER, "fast-unrolled": replace(FAST, backward="unrolled"),
+                          "fast": FAST}
 
 
 def build(row: str, depth: int, mode: str, state: dict,
           fused_anderson: bool = False) -> LitHopfieldDEQ:
     """The row's module in ``mode``, with the trained weights ``state``."""
     exp = get_experiment(row, depth)
-    module = lit_module_for(exp, fast=mode != "paper", fused_anderson=fused_anderson)
-    if mode == "fast-unrolled":
-        hp = dict(module.hparams, backward_kwargs=exp.backward_kwargs)
-        module = LitHopfieldDEQ(**hp)
+    module = lit_module_for(exp, mode=MODES[mode], fused_anderson=fused_anderson)
     module.load_state_dict(state)
     return module.train()
 
