@@ -46,8 +46,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from deq_modules.data.files import resolve_data_dir
-from deq_modules.experiments import EXPERIMENTS, Experiment, get_experiment, split_run_name
-from deq_modules.lit import LitHopfieldDEQ, apply_fast_mode
+from deq_modules.experiments import EXPERIMENTS, Experiment, Mode, get_experiment, split_run_name
+from deq_modules.lit import LitHopfieldDEQ
 
 from .rows import TINY_SHRINK, build_module, make_batch, row_layers, training_step
 from .trained_steps import batches, build, load_state
@@ -140,8 +140,8 @@ def map_scaling(module: LitHopfieldDEQ, sizes: Sequence[int]) -> dict[str, Any]:
 
 
 def _fresh(exp: Experiment, mode: str, tiny: bool, fused: bool) -> tuple[LitHopfieldDEQ, dict]:
-    module = build_module(exp, row_layers(exp, tiny), exp.forward_iter,
-                          apply_fast_mode if mode == "fast" else None, fused_anderson=fused)
+    module = build_module(exp, row_layers(exp, tiny), exp.forward_iter, Mode(mode),
+                          fused_anderson=fused)
     return module, {k: v.clone() for k, v in module.state_dict().items()}
 
 

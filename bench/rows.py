@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from statistics import fmean
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from deq_modules.data.synthetic import make_synthetic
-from deq_modules.experiments import SEEDS, Experiment
+from deq_modules.experiments import PAPER, SEEDS, Experiment, Mode
 from deq_modules.lit import LitHopfieldDEQ, lit_module_for
 from deq_modules.optim import Madam
 
@@ -31,7 +31,6 @@ TRAIN_IMAGES = 60000  # EMNIST "mnist" training split: the sweep's epoch
 TEST_IMAGES = 10000  # its test split: every validation pass and the final test
 MEM_FACTOR = 10  # memory is measured again at this many times the forward iterations
 TINY_SHRINK = 16  # --tiny divides every layer size but the output by this
-FastMode = Callable[[LitHopfieldDEQ], Any]
 _NO_TRAINER_WARNING = r".*`self.log\(\)` but the `self.trainer` reference is not registered"
 
 
@@ -57,18 +56,14 @@ def row_layers(exp: Experiment, tiny: bool) -> list[int]:
 
 
 def build_module(exp: Experiment, layers: Sequence[int], forward_iter: int,
-                 fast_mode: FastMode | None, compile_f: bool = False,
+                 mode: Mode = PAPER, compile_f: bool = False,
                  fused_anderson: bool = False) -> LitHopfieldDEQ:
-    """The row's LightningModule (``lit_module_for``'s settings), at the given layer sizes and
-    forward iterations, with ``fast_mode`` applied to it when given."""
-    hp = dict(lit_module_for(exp, compile_f=compile_f,
-                             fused_anderson=fused_anderson).hparams)  # the registry's settings
+    """The row's LightningModule in ``mode`` (``lit_module_for``'s settings), at the given
+    layer sizes and forward iterations."""
+    hp = dict(lit_module_for(replace(exp, forward_iter=forward_iter), mode=mode,
+                             compile_f=compile_f, fused_anderson=fused_anderson).hparams)
     hp["layers"] = list(layers)
-    hp["forward_kwargs"] = {**hp["forward_kwargs"], "iter": forward_iter}
-    module = LitHopfieldDEQ(**hp).train()
-    if fast_mode is not None:
-        fast_mode(module)
-    return module
+    return LitHopfieldDEQ(**hp).train()
 
 
 def make_batch(input_size: int, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -158,20 +153,20 @@ def count_flops(module: LitHopfieldDEQ, exp: Experiment, layers: Sequence[int],
 
 
 def step_memory(exp: Experiment, layers: Sequence[int], forward_iter: int,
-                fast_mode: FastMode | None, x: Tensor, y: Tensor) -> int:
+                mode: Mode, x: Tensor, y: Tensor) -> int:
     """Peak memory of one training step of a fresh module at ``forward_iter`` iterations
     (built here, so nothing of it outlives the measurement)."""
     torch.manual_seed(0)
-    module = build_module(exp, layers, forward_iter, fast_mode).to(x.device)
+    module = build_module(exp, layers, forward_iter, mode).to(x.device)
     return peak_memory(training_step(module, x, y), x.device, list(module.parameters()))
 
 
-def time_row(exp: Experiment, layers: Sequence[int], fast_mode: FastMode | None,
+def time_row(exp: Experiment, layers: Sequence[int], mode: Mode,
              settings: Settings, peaks: dict[Shape, float], x: Tensor, y: Tensor) -> dict[str, Any]:
     """The timing, iteration and FLOP columns of one row (``peaks`` caches shape peaks)."""
     dev = settings.device
     torch.manual_seed(0)
-    module = build_module(exp, layers, exp.forward_iter, fast_mode,
+    module = build_module(exp, layers, exp.forward_iter, mode,
                           settings.compile_f, settings.fused_anderson).to(dev)
     step, deq = training_step(module, x, y), module.deq
     iters: list[int] = []
@@ -196,24 +191,23 @@ def time_row(exp: Experiment, layers: Sequence[int], fast_mode: FastMode | None,
     )
 
 
-def measure_row(exp: Experiment, mode: str, fast_mode: FastMode | None, settings: Settings,
+def measure_row(exp: Experiment, mode: Mode, settings: Settings,
                 peaks: dict[Shape, float]) -> dict[str, Any]:
     """Every column of one row in one mode (``peaks`` caches each product shape's peak)."""
     dev, layers = settings.device, row_layers(exp, settings.tiny)
     x, y = make_batch(layers[0], exp.batch_size, dev)
     suffix = ("+compile" if settings.compile_f else "") \
         + ("+fused" if settings.fused_anderson and exp.solver == "anderson" else "")
-    record = dict(key=exp.key, mode=mode + suffix, layers=layers, compiled=settings.compile_f,
+    record = dict(key=exp.key, mode=mode.name + suffix, layers=layers, compiled=settings.compile_f,
                   fused_anderson=settings.fused_anderson and exp.solver == "anderson")
-    record.update(time_row(exp, layers, fast_mode, settings, peaks, x, y))
+    record.update(time_row(exp, layers, mode, settings, peaks, x, y))
     record["mem_kind"] = "cuda_max_allocated" if dev.type == "cuda" else "saved_for_backward"
-    record["mem_bytes"] = step_memory(exp, layers, exp.forward_iter, fast_mode, x, y)
-    record["mem_bytes_10x"] = step_memory(exp, layers, MEM_FACTOR * exp.forward_iter,
-                                          fast_mode, x, y)
+    record["mem_bytes"] = step_memory(exp, layers, exp.forward_iter, mode, x, y)
+    record["mem_bytes_10x"] = step_memory(exp, layers, MEM_FACTOR * exp.forward_iter, mode, x, y)
     record["torchdeq_ms"] = None
-    if mode == "paper" and exp.model == "ham" and settings.peer and torchdeq_available():
+    if not mode.fast and exp.model == "ham" and settings.peer and torchdeq_available():
         torch.manual_seed(0)
-        twin = build_module(exp, layers, exp.forward_iter, None).to(dev)
+        twin = build_module(exp, layers, exp.forward_iter).to(dev)
         peer = time_calls(torchdeq_step(twin, x, y), dev, settings.warmup, settings.reps)
         record["torchdeq_ms"] = peer.median * 1e3
     return record

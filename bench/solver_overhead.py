@@ -63,7 +63,7 @@ def measure(exp: Experiment, device: torch.device, reps: int, tiny: bool) -> dic
     """Median ms of the map alone, of Picard and of Anderson at the row's forward iterations."""
     layers = row_layers(exp, tiny)
     torch.manual_seed(0)
-    module = build_module(exp, layers, exp.forward_iter, None).to(device)
+    module = build_module(exp, layers, exp.forward_iter).to(device)
     x, _ = make_batch(layers[0], exp.batch_size, device)
     options = {k: v for k, v in module.deq.forward_kwargs.items() if k not in ("solver", "iter")}
     n = exp.forward_iter

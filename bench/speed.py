@@ -33,7 +33,7 @@ available, else cpu), float32, batch 64:
 - ``sweep h``: median step time x ceil(60000 / 64) x epochs x 5 seeds, in hours; the line below
   the table sums the rows measured.
 
-``--mode fast`` applies ``deq_modules.lit.apply_fast_mode(module)`` to every module.
+``--mode fast`` builds every module in the fast mode (``deq_modules.experiments.FAST``).
 ``--tiny`` (two 3-layer rows, layers divided by 16, 1 warm-up, 2 repetitions) runs in seconds
 and is what tests/bench/test_speed.py runs, so that this tool keeps working.
 """
@@ -48,8 +48,7 @@ from typing import Any
 
 import torch
 
-from deq_modules.experiments import EXPERIMENTS, Experiment
-from deq_modules.lit import apply_fast_mode
+from deq_modules.experiments import EXPERIMENTS, Experiment, Mode
 
 from .flops import Shape
 from .measure import device_name, header_line
@@ -219,8 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for exp in experiments:
         for mode in modes:
             print(f"  measuring {exp.key} ({mode}) ...", file=sys.stderr, flush=True)
-            records.append(measure_row(exp, mode, apply_fast_mode if mode == "fast" else None,
-                                       settings, peaks))
+            records.append(measure_row(exp, Mode(mode), settings, peaks))
             print(table_line(records[-1]), flush=True)
             if args.json:
                 write_json(complete=False)

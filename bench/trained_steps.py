@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python -m bench.trained_steps --results RESULTS --sweep NAME \\
         --runs HAM-EO-DEQ-L5-s0,CHN-DEQ-L3-s0 [--data-dir DIR] \\
         [--dataset fashion-mnist] [--batches 10] [--eval-batches 5] [--fused-anderson] \\
-        [--adjoint-precision auto|bf16|none] [--json FILE]
+        [--json FILE]
 
 ``bench.speed`` times untrained networks on synthetic images, where few samples converge early;
 what the fast mode saves depends on how fast trained networks converge on real data. This
@@ -14,7 +14,7 @@ real training images in three modes:
 - ``paper``: paper settings (fixed forward iterations, backward through unrolled steps);
 - ``fast-unrolled``: the fast mode's forward (tolerance stop, compaction) with the paper's
   unrolled backward (the fast mode before the Neumann backward);
-- ``fast``: the fast mode as it is now (:data:`deq_modules.experiments.FAST_MODE`).
+- ``fast``: the fast mode as it is now (:data:`deq_modules.experiments.FAST`).
 
 Beside each time, the step's arithmetic by ``bench.flops``' model (its matrix products, the
 forward solve counted with each sample's own iterations): the ratio of the whole sweep's
@@ -39,15 +39,16 @@ import json
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from statistics import fmean, median, quantiles
 
 import torch
 
 from custom_callbacks import EnergyTracker
-from deq_core import fast_bf16
 from deq_modules.data.files import load_dataset, resolve_data_dir
-from deq_modules.experiments import EXPERIMENTS, FAST_MODE, get_experiment, split_run_name
+from deq_modules.experiments import (EXPERIMENTS, FAST, PAPER, Mode, get_experiment,
+                                     split_run_name)
 from deq_modules.lit import LitHopfieldDEQ, lit_module_for
 from deq_modules.optim import Madam
 from runner.names import LAST_CHECKPOINT
@@ -55,17 +56,16 @@ from runner.names import LAST_CHECKPOINT
 from .flops import step_flops
 from .rows import _NO_TRAINER_WARNING, sweep_eval_batches, sweep_steps, trace_iterations
 
-MODES = ("paper", "fast-unrolled", "fast")
+# the fast mode's forward with the paper's unrolled backward: the fast mode before the Neumann one
+MODES: dict[str, Mode] = {"paper": PAPER, "fast-unrolled": replace(FAST, backward="unrolled"),
+                          "fast": FAST}
 
 
 def build(row: str, depth: int, mode: str, state: dict,
           fused_anderson: bool = False) -> LitHopfieldDEQ:
     """The row's module in ``mode``, with the trained weights ``state``."""
     exp = get_experiment(row, depth)
-    module = lit_module_for(exp, fast=mode != "paper", fused_anderson=fused_anderson)
-    if mode == "fast-unrolled":
-        hp = dict(module.hparams, backward_kwargs=exp.backward_kwargs, adjoint_precision=None)
-        module = LitHopfieldDEQ(**hp)
+    module = lit_module_for(exp, mode=MODES[mode], fused_anderson=fused_anderson)
     module.load_state_dict(state)
     return module.train()
 
@@ -267,10 +267,6 @@ def main(argv=None) -> int:
                    help="test batches timed per evaluation pass (0: time training steps only)")
     p.add_argument("--fused-anderson", action="store_true",
                    help="every module with Anderson's bookkeeping as the C++ kernel")
-    p.add_argument("--adjoint-precision", choices=("auto", "bf16", "none"), default=None,
-                   help="the fast mode's adjoint products in this precision instead of "
-                        "FAST_MODE['adjoint_precision'] (none: float32), e.g. to measure "
-                        "what bfloat16 saves")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     args.data_dir = resolve_data_dir(args.data_dir)
@@ -282,14 +278,7 @@ def main(argv=None) -> int:
         p.error(f"--batches must be >= 1, got {args.batches}")
     if args.eval_batches < 0:
         p.error(f"--eval-batches must be >= 0, got {args.eval_batches}")
-    saved = FAST_MODE["adjoint_precision"]
-    if args.adjoint_precision is not None:
-        FAST_MODE["adjoint_precision"] = None if args.adjoint_precision == "none" \
-            else args.adjoint_precision
-    try:
-        return _run(args, runs)
-    finally:
-        FAST_MODE["adjoint_precision"] = saved
+    return _run(args, runs)
 
 
 def _run(args: argparse.Namespace, runs: list[str]) -> int:
@@ -300,9 +289,7 @@ def _run(args: argparse.Namespace, runs: list[str]) -> int:
     print(f"threads {torch.get_num_threads()}, torch {torch.__version__}, "
           f"{args.batches} batches of 64 real training images per mode, "
           f"{args.eval_batches} of test images per evaluation"
-          + (", fused Anderson" if args.fused_anderson else "")
-          + f", fast adjoint precision {FAST_MODE['adjoint_precision']}"
-          + f" (native bfloat16 products: {fast_bf16(torch.device('cpu'))})", flush=True)
+          + (", fused Anderson" if args.fused_anderson else ""), flush=True)
     records = []
     for run in runs:
         records.append(measure(run, load_state(args.results, args.sweep, run), data, test_data,

@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .gradients import Backward, fast_bf16
+from .gradients import Backward
 from .loop import checked_map
 from .observe import ObserverHandle, Observers, SolverStats
-from .registry import (check_adjoint_precision, check_backward_kwargs, check_bool,
-                       check_damping, check_forward_kwargs, get_gradient)
+from .registry import (check_backward_kwargs, check_bool, check_damping, check_forward_kwargs,
+                       get_gradient)
 from .solvers import solve
 
 
@@ -96,13 +96,6 @@ class DEQ(nn.Module):
             compiler on CPU, Triton on GPU). It fuses the many small elementwise operations of
             one evaluation, which is what bounds small models; the first calls pay the
             compilation (a minute or more), and results agree with eager to float rounding.
-        adjoint_precision: the precision of the ``full_adjoint`` method's vector-Jacobian
-            products: ``None`` (the state's dtype), ``"bf16"`` (their graph built under
-            bfloat16 autocast), or ``"auto"`` (bfloat16 where :func:`fast_bf16` says the
-            device has native bfloat16 products, else the state's). The adjoint's iterate,
-            its residuals, the forward value and the final products into the parameters'
-            gradients keep the state's dtype; the gradient changes by bfloat16 rounding (about
-            0.5% relative on the Hopfield rows). ``backprop`` has no adjoint and refuses it.
 
     ``deq(x)`` returns the equilibrium state, differentiable w.r.t. ``x`` and the parameters of
     ``f_module``. Statistics of the latest solves are in ``last_forward_stats`` and
@@ -119,7 +112,6 @@ class DEQ(nn.Module):
         damping_factor: float = 0.0,
         train_forward_kwargs: Mapping[str, Any] | None = None,
         compile_f: bool = False,
-        adjoint_precision: str | None = None,
     ):
         super().__init__()
         self.f_module = f_module
@@ -129,9 +121,6 @@ class DEQ(nn.Module):
         self._forward_override: dict[str, Any] | None = None  # set by forward_options()
         self.backward_kwargs = None if backward_kwargs is None else \
             check_backward_kwargs("backward_kwargs", backward_kwargs)
-        check_adjoint_precision(adjoint_precision, None if self.backward_kwargs is None else
-                                self.backward_kwargs["method"])
-        self.adjoint_precision = adjoint_precision
         self.damping_factor = check_damping(damping_factor)
         check_bool("compile_f", compile_f)
         self.compile_f = compile_f
@@ -261,13 +250,9 @@ class DEQ(nn.Module):
     def _attach_gradient(self, Ux: Tensor, z_star: Tensor) -> Tensor:
         if self.backward_kwargs is None:  # the value, with a backward that says what is missing
             return _NoBackward.apply(z_star, Ux, *self.f_module.parameters())
-        method = self.backward_kwargs["method"]
-        spec = get_gradient(method)
-        # backward_kwargs or adjoint_precision may have been reassigned since __init__
-        check_adjoint_precision(self.adjoint_precision, method)
-        low = self.adjoint_dtype(z_star.device) if spec.adjoint_precision else None
+        spec = get_gradient(self.backward_kwargs["method"])
         return spec.fn(Backward(Ux, z_star, self.backward_kwargs, self.step_map,
-                                self._report_backward, low))
+                                self._report_backward))
 
     @property
     def active_forward_kwargs(self) -> dict[str, Any]:
@@ -299,17 +284,9 @@ class DEQ(nn.Module):
     def _has_trainable_params(self) -> bool:
         return any(p.requires_grad for p in self.f_module.parameters())
 
-    def adjoint_dtype(self, device: torch.device) -> torch.dtype | None:
-        """The dtype of the full adjoint's products on ``device`` (``None``: the state's)."""
-        if self.adjoint_precision == "bf16" or (
-                self.adjoint_precision == "auto" and fast_bf16(device)):
-            return torch.bfloat16
-        return None
-
     def extra_repr(self) -> str:
         train = "" if self.train_forward_kwargs is None else \
             f"train_forward_kwargs={self.train_forward_kwargs}, "
-        compiled = (", compile_f=True" if self.compile_f else "") + \
-            (f", adjoint_precision={self.adjoint_precision!r}" if self.adjoint_precision else "")
+        compiled = ", compile_f=True" if self.compile_f else ""
         return (f"forward_kwargs={self.forward_kwargs}, {train}backward_kwargs={self.backward_kwargs}, "
                 f"damping_factor={self.damping_factor}{compiled}")

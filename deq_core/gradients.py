@@ -24,7 +24,6 @@ and its backward through the parameters.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +47,6 @@ class Backward:
         step_map: ``step_map(Ux, eager=False)``, the map the forward solve iterated
             (``DEQ.step_map``); ``eager`` evaluates it without ``torch.compile``.
         report: takes the statistics of the method's own iteration (``last_backward_stats``).
-        product_dtype: the dtype of the adjoint's vector-Jacobian products (``None``: the
-            state's), for a method registered with ``adjoint_precision=True``.
     """
 
     Ux: Tensor
@@ -57,7 +54,6 @@ class Backward:
     options: Mapping[str, Any]
     step_map: Callable[..., FixedPointMap]
     report: Callable[[SolverStats], None]
-    product_dtype: torch.dtype | None = None
 
 
 def valued_at(value: Tensor, graph: Tensor) -> Tensor:
@@ -78,19 +74,16 @@ def backprop(b: Backward) -> Tensor:
     return valued_at(b.z_star, z)
 
 
-@register_gradient("full_adjoint", adjoint_precision=True)
+@register_gradient("full_adjoint")
 def full_adjoint(b: Backward) -> Tensor:
     """The implicit gradient: the adjoint fixed point ``g = J^T g + v`` solved by
     ``options["solver"]``, in the backward pass, for the incoming gradient ``v``."""
     z_star, options, report = b.z_star, b.options, b.report
     z = b.step_map(b.Ux)(z_star)  # carries the gradient to Ux and the parameters
     z_leaf = z_star.clone().requires_grad_(True)
-    low = b.product_dtype
-    autocast = nullcontext() if low is None else torch.autocast(z_star.device.type, dtype=low)
-    with torch.enable_grad(), autocast:
+    with torch.enable_grad():
         # Its graph gives J^T g by autograd, once per adjoint iteration (retain_graph): built
-        # eagerly, since a compiled graph may donate its buffers to a single backward. Built
-        # under autocast, its products (and their vector-Jacobian products) are in ``low``.
+        # eagerly, since a compiled graph may donate its buffers to a single backward.
         fz_leaf = b.step_map(b.Ux.detach(), eager=True)(z_leaf)
 
     def adjoint(v: Tensor | None) -> Tensor | None:
@@ -109,16 +102,3 @@ def full_adjoint(b: Backward) -> Tensor:
     if z.requires_grad:
         z.register_hook(adjoint)
     return valued_at(z_star, z)
-
-
-def fast_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices natively (faster than float32): a CPU
-    with AMX or AVX512-BF16 (elsewhere torch emulates them, several times slower), a CUDA GPU
-    of compute capability 8.0 or more."""
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
-    if device.type == "cpu":
-        checks = (getattr(torch.cpu, name, None) for name in
-                  ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
-        return any(check is not None and check() for check in checks)
-    return False

@@ -178,13 +178,10 @@ class GradientSpec:
         unrolls: the one solver whose steps the method unrolls itself (then it takes only
             ``solver``, ``iter`` and ``method``); ``None``: it runs any registered solver with
             its options and ``tol``.
-        adjoint_precision: whether it has adjoint products whose precision
-            ``DEQ(adjoint_precision=...)`` sets.
     """
 
     fn: Callable[..., Tensor]
     unrolls: str | None = None
-    adjoint_precision: bool = False
 
 
 GRADIENTS: dict[str, GradientSpec] = {}
@@ -192,19 +189,17 @@ DEFAULT_METHOD = "backprop"  # backward_kwargs without a "method"
 
 
 def register_gradient(name: str, fn: Callable[..., Tensor] | None = None, *,
-                      unrolls: str | None = None, adjoint_precision: bool = False,
-                      replace: bool = False) -> Any:
+                      unrolls: str | None = None, replace: bool = False) -> Any:
     """Make the gradient method ``fn`` available as ``method=name`` in ``backward_kwargs``;
     returns ``fn`` (also usable as a decorator). See :class:`GradientSpec`."""
     if fn is None:
-        return lambda f: register_gradient(name, f, unrolls=unrolls,
-                                           adjoint_precision=adjoint_precision, replace=replace)
+        return lambda f: register_gradient(name, f, unrolls=unrolls, replace=replace)
     if not isinstance(name, str) or not name or not callable(fn):
         raise ValueError(f"register_gradient takes a non-empty name and a function, got "
                          f"{name!r} and {fn!r}")
     if name in GRADIENTS and not replace:
         raise ValueError(f"backward method {name!r} is registered already; pass replace=True")
-    GRADIENTS[name] = GradientSpec(fn, unrolls, adjoint_precision)
+    GRADIENTS[name] = GradientSpec(fn, unrolls)
     return fn
 
 
@@ -224,12 +219,6 @@ def get_gradient(name: str) -> GradientSpec:
 
 
 # -- a DEQ's options ------------------------------------------------------------------------
-# ``adjoint_precision``: the adjoint's vector-Jacobian products in the state's dtype (None), in
-# bfloat16 ("bf16"), or in bfloat16 where the device multiplies bfloat16 matrices natively
-# ("auto": CPUs with AMX or AVX512-BF16, CUDA GPUs with bfloat16 tensor cores).
-ADJOINT_PRECISIONS = (None, "bf16", "auto")
-
-
 def _check_solve_kwargs(kind: str, kwargs: Mapping[str, Any],
                         extra: frozenset[str]) -> dict[str, Any]:
     if not isinstance(kwargs, Mapping):
@@ -288,20 +277,6 @@ def check_backward_kwargs(kind: str, kwargs: Mapping[str, Any]) -> dict[str, Any
                 f"extra {extra}"
             )
     return kwargs
-
-
-def check_adjoint_precision(precision: Any, method: str | None) -> None:
-    """``precision`` one of :data:`ADJOINT_PRECISIONS`, and ``None`` unless backward method
-    ``method`` (``None``: no backward) has adjoint products."""
-    if precision not in ADJOINT_PRECISIONS:
-        raise ValueError(f"unknown adjoint_precision {precision!r}; valid: "
-                         f"{list(ADJOINT_PRECISIONS)}")
-    if precision is None or (method in GRADIENTS and GRADIENTS[method].adjoint_precision):
-        return
-    having = [name for name, spec in GRADIENTS.items() if spec.adjoint_precision]
-    raise ValueError(f"adjoint_precision={precision!r} sets the precision of an adjoint's "
-                     f"products and needs backward method {' or '.join(map(repr, having))}; "
-                     f"backward method {method!r} has none (leave adjoint_precision None)")
 
 
 def check_damping(value: Any) -> float:

@@ -23,18 +23,6 @@ BACKWARD_ITERS = {3: 8, 5: 16, 7: 24}
 LEARNING_RATES = {3: 0.01, 5: 0.005, 7: 0.005}
 SEEDS = (0, 1, 2, 3, 4)
 CONVERGENCE_TOL = 1e-4  # footnote 3 of the paper: the Table 2 criterion
-# The fast mode (ours, opt-in): while training, the forward solve stops each sample at ``tol``
-# and drops it from the batch (compaction); ``precision`` "bf16" or None (float32); ``backward``
-# "unrolled" (the paper's differentiable steps) or "neumann" (their gradient computed at the
-# fixed point, Experiment.fast_backward_kwargs); ``validation`` "fast" (the per-epoch
-# validation passes solve like the training forward: tolerance stop, compaction) or "paper";
-# ``adjoint_precision`` of the Neumann backward's vector-Jacobian products: None (float32),
-# "bf16", or "auto" (bfloat16 where the device has native bfloat16 products,
-# deq_core.fast_bf16; measured on such a CPU, it saved little and is not the default).
-# The test (the table's numbers, the figures' trajectories) keeps the paper's fixed iteration
-# counts. Chosen from measurements: see the README.
-FAST_BACKWARDS = ("unrolled", "neumann")
-FAST_VALIDATIONS = ("fast", "paper")
 # The training procedure around the registry's settings, as a version: part of every run's
 # identity (runner.config), so that a stored run trained another way is never reused.
 #   2: as the papers train: loss and prediction at the forward solve's z* (the gradient pushed
@@ -45,38 +33,112 @@ FAST_VALIDATIONS = ("fast", "paper")
 #      every training image in every epoch.
 TRAINING_RECIPE = 2
 
-FAST_MODE = dict(tol=CONVERGENCE_TOL, precision=None, backward="neumann", validation="fast",
-                 adjoint_precision=None)
+MODES = ("paper", "fast")
+FAST_BACKWARDS = ("unrolled", "neumann")
+FAST_VALIDATIONS = ("fast", "paper")
+TRAIN_PRECISIONS = (None, "bf16")  # of the training forward: bfloat16 autocast or float32
 
 
-def fast_backward(backward_kwargs: dict) -> dict:
-    """The fast mode's backward for a module whose paper backward is ``backward_kwargs``: with
-    ``FAST_MODE["backward"] == "neumann"``, unrolled steps (``backprop``) become as many Picard
-    steps of the adjoint (see :attr:`Experiment.fast_backward_kwargs`); anything else is kept."""
-    mode = FAST_MODE["backward"]
-    if mode not in FAST_BACKWARDS:
-        raise ValueError(f"unknown FAST_MODE['backward'] {mode!r}; valid: {list(FAST_BACKWARDS)}")
-    if mode == "unrolled" or backward_kwargs.get("method") != "backprop":
-        return dict(backward_kwargs)
-    return dict(solver="picard", iter=backward_kwargs["iter"], method="full_adjoint")
+@dataclass(frozen=True)
+class Mode:
+    """How a run trains: the papers' settings (``name="paper"``) or our fast mode
+    (``"fast"``, opt-in: ``--fast``), resolved once per run and turned into solver options by
+    :meth:`Experiment.settings`. The other fields say what the fast mode does (a paper mode
+    ignores them); :data:`PAPER` and :data:`FAST` are the two a run uses, and a variant is
+    ``dataclasses.replace(FAST, backward="unrolled")``.
+
+    Attributes:
+        tol: the fast training forward stops each sample at this relative residual and drops
+            it from the batch (compaction).
+        precision: ``None`` (float32) or ``"bf16"``: the training forward under bfloat16
+            autocast.
+        backward: ``"neumann"`` (the paper's gradient computed at the fixed point:
+            :meth:`backward_for`) or ``"unrolled"`` (the paper's differentiable steps).
+        validation: ``"fast"`` (the per-epoch validation passes solve like the training
+            forward) or ``"paper"`` (the fixed iteration count).
+
+    The test (the table's numbers, the figures' trajectories) keeps the paper's fixed
+    iteration counts in both modes. The fast mode's choices come from measurements: see the
+    README and docs/performance.md.
+    """
+
+    name: str = "paper"
+    tol: float = CONVERGENCE_TOL
+    precision: str | None = None
+    backward: str = "neumann"
+    validation: str = "fast"
+
+    def __post_init__(self) -> None:
+        for option, value, valid in (("name", self.name, MODES),
+                                     ("precision", self.precision, TRAIN_PRECISIONS),
+                                     ("backward", self.backward, FAST_BACKWARDS),
+                                     ("validation", self.validation, FAST_VALIDATIONS)):
+            if value not in valid:
+                raise ValueError(f"unknown mode {option} {value!r}; valid: {list(valid)}")
+        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) \
+                or not self.tol > 0:
+            raise ValueError(f"mode tol must be a positive number, got {self.tol!r}")
+
+    @staticmethod
+    def of(fast: bool) -> "Mode":
+        """:data:`FAST` when ``fast``, else :data:`PAPER` (the ``--fast`` flag)."""
+        return FAST if fast else PAPER
+
+    @property
+    def fast(self) -> bool:
+        return self.name == "fast"
+
+    def record(self) -> dict | None:
+        """What a run's ``config.json`` records as ``fast_mode`` (part of its identity):
+        ``None`` for the paper's settings, else the fast mode's settings. ``adjoint_precision``
+        stays in it at ``None`` (float32, the only choice now; a bfloat16 option measured as
+        saving nothing and was removed: docs/performance.md), so that stored fast runs keep
+        matching."""
+        if not self.fast:
+            return None
+        return dict(tol=self.tol, precision=self.precision, backward=self.backward,
+                    validation=self.validation, adjoint_precision=None)
+
+    def backward_for(self, backward_kwargs: dict) -> dict:
+        """The training backward for a module whose paper backward is ``backward_kwargs``.
+
+        A fast mode with ``backward="neumann"`` turns ``T`` unrolled steps (``backprop``) into
+        the implicit adjoint ``g = J^T g + v`` solved by ``T`` Picard steps from ``g = 0``,
+        which is the truncated Neumann series ``sum_{i<T} (J^T)^i v`` at the fixed point.
+        Backpropagating through the paper's ``T`` unrolled steps from ``z*`` computes the same
+        series, with each factor taken at an iterate instead of at ``z*``, so the two gradients
+        are equal when ``z*`` is a fixed point (the fast forward solve stops at ``tol``). One
+        step costs a vector-Jacobian product in the state only, instead of a differentiable
+        step and its backward through the weights. Anything else is kept.
+        """
+        if not self.fast or self.backward == "unrolled" \
+                or backward_kwargs.get("method") != "backprop":
+            return dict(backward_kwargs)
+        return dict(solver="picard", iter=backward_kwargs["iter"], method="full_adjoint")
 
 
-def fast_adjoint_precision(backward_kwargs: dict) -> str | None:
-    """The precision of the fast mode's adjoint products for a fast backward
-    ``backward_kwargs`` (``FAST_MODE["adjoint_precision"]``; ``None`` for unrolled steps,
-    which have no adjoint)."""
-    if backward_kwargs.get("method") != "full_adjoint":
-        return None
-    return FAST_MODE["adjoint_precision"]
+PAPER = Mode("paper")
+FAST = Mode("fast")
 
 
-def fast_validation() -> bool:
-    """Whether the fast mode's validation passes use its training forward
-    (``FAST_MODE["validation"] == "fast"``) rather than the paper's fixed iteration count."""
-    mode = FAST_MODE["validation"]
-    if mode not in FAST_VALIDATIONS:
-        raise ValueError(f"unknown FAST_MODE['validation'] {mode!r}; valid: {list(FAST_VALIDATIONS)}")
-    return mode == "fast"
+@dataclass(frozen=True)
+class TrainingSettings:
+    """A module's solver options in one :class:`Mode` (:meth:`Experiment.settings`).
+
+    Attributes:
+        train_forward: the forward solve while training (``None``: ``test_forward``).
+        val_forward: the forward solve of the per-epoch validation passes (``None``:
+            ``test_forward``).
+        test_forward: the forward solve of the test, and of evaluation outside a stage.
+        backward: the gradient method and its options.
+        train_precision: the training forward's autocast (``None``: float32; ``"bf16"``).
+    """
+
+    train_forward: dict | None
+    val_forward: dict | None
+    test_forward: dict
+    backward: dict
+    train_precision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,27 +209,21 @@ class Experiment:
         return dict(solver=self.solver, iter=self.forward_iter, **dict(self.solver_options))
 
     @property
-    def fast_forward_kwargs(self) -> dict:
-        """The forward options of the fast mode's training (see :data:`FAST_MODE`)."""
-        return dict(self.forward_kwargs, tol=FAST_MODE["tol"], compact=True)
-
-    @property
     def backward_kwargs(self) -> dict:
         return dict(solver="picard", iter=self.backward_iter, method=self.backward_method)
 
-    @property
-    def fast_backward_kwargs(self) -> dict:
-        """The backward of the fast mode's training (``FAST_MODE["backward"]``).
-
-        ``"neumann"``: the implicit adjoint ``g = J^T g + v`` solved by ``backward_iter`` Picard
-        steps from ``g = 0``, which is the truncated Neumann series ``sum_{i<T} (J^T)^i v`` at
-        the fixed point. Backpropagating through the paper's ``T`` unrolled steps from ``z*``
-        computes the same series, with each factor taken at an iterate instead of at ``z*``, so
-        the two gradients are equal when ``z*`` is a fixed point (the fast mode's forward
-        solve stops at ``tol``). One step costs a vector-Jacobian product in the state only,
-        instead of a differentiable step and its backward through the weights.
-        """
-        return fast_backward(self.backward_kwargs)
+    def settings(self, mode: Mode = PAPER) -> TrainingSettings:
+        """The row's solver options when training in ``mode`` (:class:`TrainingSettings`).
+        The test keeps the paper's forward in every mode, so that test metrics and
+        trajectories mean the same."""
+        test = self.forward_kwargs
+        if not mode.fast:
+            return TrainingSettings(None, None, test, self.backward_kwargs)
+        train = dict(test, tol=mode.tol, compact=True)
+        return TrainingSettings(
+            train_forward=train, val_forward=dict(train) if mode.validation == "fast" else None,
+            test_forward=test, backward=mode.backward_for(self.backward_kwargs),
+            train_precision=mode.precision)
 
     def to_dict(self) -> dict:
         later = {"architecture": None, "lr_decay": True, "table": "table2", "solver_options": ()}

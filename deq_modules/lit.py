@@ -9,16 +9,14 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from deq_core import DEQ, check_adjoint_precision, check_backward_kwargs, check_forward_kwargs
+from deq_core import DEQ, check_forward_kwargs
 
-from .experiments import (FAST_MODE, Experiment, fast_adjoint_precision, fast_backward,
-                          fast_validation, get_experiment)
+from .experiments import PAPER, TRAIN_PRECISIONS, Experiment, Mode, get_experiment
 from .hopfield import get_structure
 from .hopfield.base import LayeredHopfield
 from .optim import Madam
 
 STAGES = ("train", "val", "test")  # Lightning's loops: logged names are "<stage>/<quantity>"
-TRAIN_PRECISIONS = (None, "bf16")
 # Every default below is this registry row's setting: the paper's HAM-EO-DEQ with 3 layers
 _DEFAULT = get_experiment("HAM-EO-DEQ", 3)
 
@@ -53,9 +51,6 @@ class LitHopfieldDEQ(L.LightningModule):
             :class:`deq_core.DEQ`); an opt-in for speed, never needed.
         fused_anderson: Anderson's per-iteration bookkeeping as one C++ kernel on CPU float32
             states (see :class:`deq_core.DEQ`); an opt-in for speed, never needed.
-        adjoint_precision: ``None``, ``"bf16"`` or ``"auto"``: the precision of the full
-            adjoint's vector-Jacobian products (see :class:`deq_core.DEQ`); the fast mode's
-            ``FAST_MODE["adjoint_precision"]``.
 
     The defaults are the registry's HAM-EO-DEQ row at 3 layers
     (:func:`~deq_modules.experiments.get_experiment`), the paper's headline model.
@@ -83,7 +78,6 @@ class LitHopfieldDEQ(L.LightningModule):
         compile_f: bool = False,
         val_forward_kwargs: dict[str, Any] | None = None,
         fused_anderson: bool = False,
-        adjoint_precision: str | None = None,
         lr_decay: bool = True,
     ) -> None:
         super().__init__()
@@ -104,7 +98,7 @@ class LitHopfieldDEQ(L.LightningModule):
             backward_kwargs=_fused(backward_kwargs or _DEFAULT.backward_kwargs, fused_anderson),
             damping_factor=damping_factor,
             train_forward_kwargs=_fused(train_forward_kwargs, fused_anderson),
-            compile_f=compile_f, adjoint_precision=adjoint_precision,
+            compile_f=compile_f,
         )
         n_classes = layers[-1]
         self.acc = torch.nn.ModuleDict(
@@ -210,51 +204,30 @@ class LitEvenOddDEQ(LitHopfieldDEQ):
         super().__init__(layers, model, structure=_own_structure(type(self), "evenodd", kwargs), **kwargs)
 
 
-def lit_module_for(exp: Experiment, input_size: int | None = None,
-                   fast: bool = False, compile_f: bool = False,
-                   fused_anderson: bool = False) -> LitHopfieldDEQ:
+def lit_module_for(exp: Experiment, input_size: int | None = None, mode: Mode = PAPER,
+                   compile_f: bool = False, fused_anderson: bool = False) -> LitHopfieldDEQ:
     """The LightningModule of a registry :class:`~deq_modules.experiments.Experiment`.
 
-    ``input_size`` replaces the first layer size (e.g. 3072 for CIFAR-10). ``fast`` trains in
-    the fast mode (:data:`~deq_modules.experiments.FAST_MODE`), whose validation passes solve
-    like its training forward (``FAST_MODE["validation"] == "fast"``); the test keeps the
-    paper's settings either way, so test metrics and trajectories mean the same. ``compile_f``
-    evaluates the map through ``torch.compile``; ``fused_anderson`` runs Anderson's bookkeeping
-    as one C++ kernel on CPU float32 states.
+    ``input_size`` replaces the first layer size (e.g. 3072 for CIFAR-10). ``mode`` is how it
+    trains (:class:`~deq_modules.experiments.Mode`: the paper's settings or the fast mode);
+    its solver options are ``exp.settings(mode)``, whose test keeps the paper's settings in
+    every mode, so test metrics and trajectories mean the same. ``compile_f`` evaluates the
+    map through ``torch.compile``; ``fused_anderson`` runs Anderson's bookkeeping as one C++
+    kernel on CPU float32 states.
     """
     layers = list(exp.layers)
     if input_size is not None:
         layers[0] = input_size
+    settings = exp.settings(mode)
     return LitHopfieldDEQ(
         layers=layers, model=exp.model, structure=exp.structure,
-        forward_kwargs=exp.forward_kwargs,
-        backward_kwargs=exp.fast_backward_kwargs if fast else exp.backward_kwargs,
+        forward_kwargs=settings.test_forward, backward_kwargs=settings.backward,
         damping_factor=exp.damping, lr=exp.lr, schedule_epochs=exp.schedule_epochs,
         p_scale=exp.p_scale, g_bound=exp.g_bound,
         inner_iter=exp.inner_iter, inner_damping=exp.inner_damping,
-        train_forward_kwargs=exp.fast_forward_kwargs if fast else None,
-        train_precision=FAST_MODE["precision"] if fast else None, compile_f=compile_f,
-        val_forward_kwargs=exp.fast_forward_kwargs if fast and fast_validation() else None,
+        train_forward_kwargs=settings.train_forward,
+        train_precision=settings.train_precision, compile_f=compile_f,
+        val_forward_kwargs=settings.val_forward,
         fused_anderson=fused_anderson,
-        adjoint_precision=fast_adjoint_precision(exp.fast_backward_kwargs) if fast else None,
         lr_decay=exp.lr_decay,
     )
-
-
-def apply_fast_mode(module: LitHopfieldDEQ) -> LitHopfieldDEQ:
-    """Switch a module built with paper settings to the fast mode (for benchmarks)."""
-    kwargs = {**module.deq.forward_kwargs, "tol": FAST_MODE["tol"], "compact": True}
-    module.deq.train_forward_kwargs = check_forward_kwargs("train_forward_kwargs", kwargs)
-    module.hparams["train_forward_kwargs"] = kwargs
-    module.hparams["train_precision"] = FAST_MODE["precision"]
-    if fast_validation():
-        module.val_forward_kwargs = module.deq.train_forward_kwargs
-        module.hparams["val_forward_kwargs"] = kwargs
-    backward = fast_backward(module.deq.backward_kwargs)
-    precision = fast_adjoint_precision(backward)
-    checked = check_backward_kwargs("backward_kwargs", backward)
-    check_adjoint_precision(precision, checked["method"])
-    module.deq.backward_kwargs, module.deq.adjoint_precision = checked, precision
-    module.hparams["backward_kwargs"] = backward
-    module.hparams["adjoint_precision"] = precision
-    return module

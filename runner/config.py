@@ -18,14 +18,14 @@ from typing import Any, Callable, Literal
 
 from deq_modules.data.batches import batches_per_device
 from deq_modules.data.names import DATASETS, SPLIT_IMAGES
-from deq_modules.experiments import FAST_MODE, TRAINING_RECIPE, Experiment, get_experiment
+from deq_modules.experiments import TRAINING_RECIPE, Experiment, Mode, get_experiment
 
 from .names import DEFAULT_DATASET, DEFAULT_PROJECT, DEFAULT_RESULTS, DEFAULT_TABLE
 from .store import check_name, jsonable, run_dir
 
 WANDB_MODES = ("online", "offline", "disabled")
 Batches = int | float | None
-# Keys of FAST_MODE that fast runs stored before them lack, with the value that computes what
+# Keys of Mode.record() that fast runs stored before them lack, with the value that computes what
 # those runs computed (a run interrupted then resumes; "validation" is not here: before it
 # existed, fast runs validated with the paper's settings, which the default "fast" is not).
 FAST_MODE_BEFORE_KEYS = {"adjoint_precision": None}
@@ -259,8 +259,8 @@ class RunConfig:
     lr: float | None = option(  # None: the row's learning rate from the registry
         None, flag="--lr", defines=True, type=positive_float,
         help="learning rate (default: the row's, 0.01 or 0.005); recorded in the run")
-    # the fast mode (deq_modules.experiments.FAST_MODE, recorded as fast_mode): tolerance,
-    # backward, precision, validation: another gradient
+    # the fast mode (deq_modules.experiments.FAST, recorded as fast_mode: RunConfig.mode):
+    # tolerance, backward, precision, validation: another gradient
     fast: bool = option(
         False, flag="--fast", defines=True,
         help="train in the fast mode: each sample's forward solve stops at the convergence "
@@ -371,6 +371,11 @@ class RunConfig:
         return self.experiment.run_name(self.seed)
 
     @property
+    def mode(self) -> Mode:
+        """How the run trains: the paper's settings or the fast mode (``--fast``)."""
+        return Mode.of(self.fast)
+
+    @property
     def directory(self) -> Path:
         return run_dir(self.results, self.sweep, self.name)
 
@@ -381,7 +386,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """What ``config.json`` holds (flat keys, the registry entry under ``experiment``)."""
         return {**asdict(self), "experiment": self.experiment.to_dict(), "run_name": self.name,
-                "epochs": self.planned_epochs, "fast_mode": dict(FAST_MODE) if self.fast else None,
+                "epochs": self.planned_epochs, "fast_mode": self.mode.record(),
                 "recipe": TRAINING_RECIPE}
 
     def differences(self, stored: dict[str, Any]) -> list[str]:

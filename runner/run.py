@@ -225,7 +225,7 @@ def _train_and_test(cfg: RunConfig, out: Path, log: NoWandb) -> dict[str, Any]:
     dm = HopfieldDataModule(cfg.dataset, cfg.data_dir, batch_size=exp.batch_size,
                             download=cfg.download, seed=cfg.seed,
                             synthetic_kwargs=cfg.synthetic_kwargs)
-    model = lit_module_for(exp, input_size=dm.input_size, fast=cfg.fast,
+    model = lit_module_for(exp, input_size=dm.input_size, mode=cfg.mode,
                            compile_f=cfg.compile_f, fused_anderson=cfg.fused_anderson)
     last_ckpt = out / LAST_CHECKPOINT
     resume = str(last_ckpt) if last_ckpt.exists() else None

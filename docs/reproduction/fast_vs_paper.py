@@ -8,8 +8,8 @@ its twins of the same row and seed in ``docs/reproduction/fmnist-1ep-fast-neuman
 ``docs/reproduction/fmnist-1ep-fast/`` (trained with ``--fast`` when the fast mode still
 backpropagated through the paper's unrolled steps; the seeds trained later have none) and,
 where there is one, in ``docs/reproduction/fmnist-1ep-fast-bf16adj/`` (``--fast`` with the
-Neumann backward's products in bfloat16, ``FAST_MODE["adjoint_precision"]``, trained later on
-another machine); otherwise the same command: data, epochs, seed, hence the same batches; all are tested at
+Neumann backward's products in bfloat16, an option since measured as useless and removed,
+trained later on another machine); otherwise the same command: data, epochs, seed, hence the same batches; all are tested at
 paper settings. Prints a markdown table (test accuracy, test
 iterations) and, per row, the mean over seeds; then the bfloat16-adjoint runs against float32
 fast runs trained on their VM (``docs/reproduction/fmnist-1ep-fast-bf16vm/``). ``--write``

@@ -94,7 +94,7 @@ def test_restoring_the_weights_is_neither_timed_nor_profiled():
     from bench.rows import build_module, make_batch, row_layers
     from deq_modules.experiments import Experiment
     exp = Experiment.from_key("HAM-EO-DEQ-L3")
-    module = build_module(exp, row_layers(exp, tiny=True), exp.forward_iter, None)
+    module = build_module(exp, row_layers(exp, tiny=True), exp.forward_iter)
     state = {k: v.clone() for k, v in module.state_dict().items()}
     restore, restored = module.load_state_dict, []
 

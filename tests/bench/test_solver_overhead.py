@@ -17,7 +17,7 @@ def test_the_timed_map_is_the_models_own(key):
     exp = Experiment.from_key(key)
     layers = row_layers(exp, tiny=True)
     torch.manual_seed(0)
-    module = build_module(exp, layers, exp.forward_iter, None).double()
+    module = build_module(exp, layers, exp.forward_iter).double()
     x, _ = make_batch(layers[0], exp.batch_size, torch.device("cpu"))
     x = x.double()
     with torch.no_grad():

@@ -14,11 +14,10 @@ import torch._dynamo
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-import deq_modules.lit
 from bench import speed
 from bench.flops import step_flops
 from bench.rows import build_module, make_batch, row_layers, sample_iterations, training_step
-from deq_modules.experiments import EXPERIMENTS, Experiment
+from deq_modules.experiments import EXPERIMENTS, FAST, Experiment
 
 RECORD_KEYS = {
     "key", "mode", "layers", "solver", "precision", "forward_iter", "fwd_iters", "fwd_sample_iters",
@@ -106,7 +105,7 @@ class OpFlops(TorchDispatchMode):
 def test_flop_formula_matches_torch_flop_counter(key):
     exp = Experiment.from_key(key)
     layers = row_layers(exp, tiny=True)
-    module = build_module(exp, layers, exp.forward_iter, None)
+    module = build_module(exp, layers, exp.forward_iter)
     x, y = make_batch(layers[0], exp.batch_size, torch.device("cpu"))
     step = training_step(module, x, y)
     with FlopCounterMode(display=False) as counter:
@@ -122,7 +121,7 @@ def test_flop_formula_with_compaction_matches_torch_flop_counter(key):
     # fast mode: converged samples leave the batch, so each costs only its own iterations
     exp = Experiment.from_key(key)
     layers = row_layers(exp, tiny=True)
-    module = build_module(exp, layers, exp.forward_iter, deq_modules.lit.apply_fast_mode)
+    module = build_module(exp, layers, exp.forward_iter, FAST)
     x, y = make_batch(layers[0], exp.batch_size, torch.device("cpu"))
     per_sample = sample_iterations(module, x)  # same weights and batch as the step below
     assert per_sample is not None and min(per_sample) < max(per_sample)
@@ -142,8 +141,8 @@ def test_flop_formula_with_compaction_matches_torch_flop_counter(key):
 def test_flop_formula_of_the_truncated_adjoint_matches_torch_flop_counter(key):
     exp = Experiment.from_key(key)
     layers = row_layers(exp, tiny=True)
-    module = build_module(exp, layers, exp.forward_iter, None)
-    module.deq.backward_kwargs = dict(exp.fast_backward_kwargs)
+    module = build_module(exp, layers, exp.forward_iter)
+    module.deq.backward_kwargs = exp.settings(FAST).backward
     x, y = make_batch(layers[0], exp.batch_size, torch.device("cpu"))
     step = training_step(module, x, y)
     with OpFlops() as counter:

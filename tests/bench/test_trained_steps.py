@@ -61,23 +61,6 @@ def test_every_mode_is_timed_from_the_run_checkpoint(tmp_path, trained_run, caps
         trained_steps.main(args + ["--runs", "HAM-EO-DEQ-L3-s1"])
 
 
-def test_adjoint_precision_option_sets_the_fast_modes_and_restores_fast_mode(
-        tmp_path, monkeypatch, trained_run, capsys):
-    from deq_modules.experiments import FAST_MODE
-    built, build = [], trained_steps.build
-    monkeypatch.setattr(trained_steps, "build", lambda row, depth, mode, *a: (
-        lambda module: (built.append((mode, module.deq.adjoint_precision)), module)[1])(
-        build(row, depth, mode, *a)))
-    args = ["--results", str(tmp_path), "--sweep", "sw", "--data-dir", str(tmp_path),
-            "--batches", "1", "--eval-batches", "0", "--runs", "HAM-EO-DEQ-L3-s0"]
-    for option, expected in [("none", None), ("bf16", "bf16")]:
-        built.clear()
-        assert trained_steps.main(args + ["--adjoint-precision", option]) == 0
-        assert dict(built) == {"paper": None, "fast-unrolled": None, "fast": expected}
-        assert f"fast adjoint precision {expected}" in capsys.readouterr().out
-        assert FAST_MODE["adjoint_precision"] is None  # restored for whatever runs next
-
-
 @pytest.mark.parametrize("given", [False, True])
 def test_data_dir_defaults_to_hopfield_data_dir(tmp_path, monkeypatch, given):
     """Without --data-dir the dataset is read from $HOPFIELD_DATA_DIR; --data-dir wins."""

@@ -158,16 +158,14 @@ def test_defaults_are_the_registry_row_ham_eo_deq_3_layers():
 
 
 def test_fast_mode_trains_with_the_tolerance_stop_and_evaluates_with_paper_settings():
-    from deq_modules.experiments import FAST_MODE, get_experiment
-    from deq_modules.lit import apply_fast_mode
+    from deq_modules.experiments import FAST, PAPER, get_experiment
 
     exp = get_experiment("HAM-EO-DEQ", 3)
-    fast = lit_module_for(exp, input_size=784, fast=True)
-    assert fast.deq.train_forward_kwargs == dict(exp.forward_kwargs, tol=FAST_MODE["tol"],
+    fast = lit_module_for(exp, input_size=784, mode=FAST)
+    assert fast.deq.train_forward_kwargs == dict(exp.forward_kwargs, tol=FAST.tol,
                                                  compact=True)
     assert fast.deq.forward_kwargs == exp.forward_kwargs
-    paper = apply_fast_mode(lit_module_for(exp, input_size=784))
-    assert paper.deq.train_forward_kwargs == fast.deq.train_forward_kwargs
+    assert lit_module_for(exp, input_size=784, mode=PAPER).deq.train_forward_kwargs is None
     x = torch.rand(32, 784)
     y = torch.nn.functional.one_hot(torch.randint(0, 10, (32,)), 10).float()
     fast.train()
@@ -179,11 +177,12 @@ def test_fast_mode_trains_with_the_tolerance_stop_and_evaluates_with_paper_setti
     assert fast.deq.last_forward_stats.n_iter == exp.forward_iter
 
 
-def test_fast_mode_validates_with_its_training_forward_and_tests_with_paper_settings(monkeypatch):
+def test_fast_mode_validates_with_its_training_forward_and_tests_with_paper_settings():
     """The per-epoch validation passes of a fast run stop at the tolerance (they only draw the
     learning curves); the test, whose numbers fill the table, runs the paper's count."""
-    from deq_modules import experiments
-    from deq_modules.lit import apply_fast_mode
+    from dataclasses import replace
+
+    from deq_modules.experiments import FAST, Mode
 
     exp = get_experiment("HAM-EO-DEQ", 3)
     x = torch.rand(32, 784)
@@ -195,8 +194,8 @@ def test_fast_mode_validates_with_its_training_forward_and_tests_with_paper_sett
             getattr(module, step)((x, y), 0)
         return module.deq.last_forward_stats.n_iter
 
-    fast = lit_module_for(exp, input_size=784, fast=True)
-    assert fast.val_forward_kwargs == exp.fast_forward_kwargs
+    fast = lit_module_for(exp, input_size=784, mode=FAST)
+    assert fast.val_forward_kwargs == exp.settings(FAST).train_forward
     assert iterations(fast, "validation_step") < exp.forward_iter
     assert iterations(fast, "test_step") == exp.forward_iter
     fast.eval()
@@ -205,19 +204,17 @@ def test_fast_mode_validates_with_its_training_forward_and_tests_with_paper_sett
     assert fast.deq.last_forward_stats.n_iter == exp.forward_iter
     rebuilt = LitHopfieldDEQ(**fast.hparams)  # what a checkpoint rebuilds
     assert rebuilt.val_forward_kwargs == fast.val_forward_kwargs
-    assert apply_fast_mode(lit_module_for(exp, input_size=784)).val_forward_kwargs == \
-        fast.val_forward_kwargs
     paper = lit_module_for(exp, input_size=784)
     assert paper.val_forward_kwargs is None
     assert iterations(paper, "validation_step") == exp.forward_iter
 
-    monkeypatch.setitem(experiments.FAST_MODE, "validation", "paper")
-    kept = lit_module_for(exp, input_size=784, fast=True)
+    kept = lit_module_for(exp, input_size=784, mode=replace(FAST, validation="paper"))
     assert kept.val_forward_kwargs is None
     assert iterations(kept, "validation_step") == exp.forward_iter
-    monkeypatch.setitem(experiments.FAST_MODE, "validation", "sometimes")
-    with pytest.raises(ValueError, match=r"'validation'.*'sometimes'.*'paper'"):
-        lit_module_for(exp, input_size=784, fast=True)
+    with pytest.raises(ValueError, match=r"validation\b.*'sometimes'.*'paper'"):
+        replace(FAST, validation="sometimes")
+    with pytest.raises(ValueError, match=r"'fst'.*'fast'"):
+        Mode("fst")
     with pytest.raises(ValueError, match=r"val_forward_kwargs\['compact'\]"):
         LitHopfieldDEQ(val_forward_kwargs=dict(solver="picard", iter=5, compact=True))
 
@@ -235,18 +232,15 @@ def test_fast_mode_backward_gives_the_paper_gradients_at_a_fixed_point(key):
     """The fast mode's backward (the adjoint's truncated Neumann series, one state-only
     vector-Jacobian product per step) computes the gradient of the paper's unrolled steps:
     equal when the forward solve has reached the fixed point (float64, tight tolerance)."""
-    from deq_modules.experiments import Experiment
-    from deq_modules.lit import apply_fast_mode
+    from deq_modules.experiments import FAST, Experiment
 
     exp = Experiment.from_key(key)
-    assert lit_module_for(exp, fast=True).deq.backward_kwargs == dict(
+    assert lit_module_for(exp, mode=FAST).deq.backward_kwargs == dict(
         solver="picard", iter=exp.backward_iter, method="full_adjoint")
-    assert apply_fast_mode(lit_module_for(exp)).deq.backward_kwargs == \
-        lit_module_for(exp, fast=True).deq.backward_kwargs
     hp = dict(lit_module_for(exp).hparams, layers=[24] + [12] * (exp.depth - 2) + [10])
     hp["forward_kwargs"] = dict(hp["forward_kwargs"], iter=300)
     modules = []
-    for backward in (exp.backward_kwargs, exp.fast_backward_kwargs):
+    for backward in (exp.backward_kwargs, exp.settings(FAST).backward):
         torch.manual_seed(0)
         module = LitHopfieldDEQ(**dict(hp, backward_kwargs=backward)).double().train()
         with torch.no_grad():  # small weights: a contraction, so every sample converges
@@ -271,14 +265,14 @@ def test_fast_mode_trains_with_the_compiled_map(key):
     """``--fast --compile``: the Neumann backward's vector-Jacobian products go through one
     graph many times, which a compiled graph with donated buffers refuses; the gradients must
     be the eager ones."""
-    from deq_modules.experiments import Experiment
+    from deq_modules.experiments import FAST, Experiment
 
     exp = Experiment.from_key(key)
     x = torch.rand(16, 40, generator=torch.Generator().manual_seed(0))
     y = torch.nn.functional.one_hot(torch.arange(16) % 10, 10).float()
     grads = []
     for compile_f in (False, True):
-        hp = dict(lit_module_for(exp, fast=True, compile_f=compile_f).hparams,
+        hp = dict(lit_module_for(exp, mode=FAST, compile_f=compile_f).hparams,
                   layers=[40, 20, 10])
         torch.manual_seed(0)
         module = LitHopfieldDEQ(**hp).train()
@@ -288,46 +282,35 @@ def test_fast_mode_trains_with_the_compiled_map(key):
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
 
 
-def test_fast_mode_can_keep_the_paper_backward(monkeypatch):
-    """``FAST_MODE["backward"] = "unrolled"``: the fast mode's forward, the paper's backward;
-    an unknown value is refused with the valid ones."""
-    from deq_modules import experiments
-    from deq_modules.lit import apply_fast_mode
+def test_fast_mode_can_keep_the_paper_backward():
+    """``replace(FAST, backward="unrolled")``: the fast mode's forward, the paper's backward;
+    an unknown backward is refused with the valid ones."""
+    from dataclasses import replace
 
-    exp = experiments.Experiment.from_key("HAM-EO-DEQ-L5")
-    monkeypatch.setitem(experiments.FAST_MODE, "backward", "unrolled")
-    assert exp.fast_backward_kwargs == exp.backward_kwargs
-    assert lit_module_for(exp, fast=True).deq.backward_kwargs == exp.backward_kwargs
-    assert apply_fast_mode(lit_module_for(exp)).deq.backward_kwargs == exp.backward_kwargs
-    assert lit_module_for(exp, fast=True).deq.train_forward_kwargs["compact"] is True
-    monkeypatch.setitem(experiments.FAST_MODE, "backward", "implicit")
-    with pytest.raises(ValueError, match=r"'backward'.*'implicit'.*'neumann'"):
-        lit_module_for(exp, fast=True)
+    from deq_modules.experiments import FAST, Experiment
+
+    exp = Experiment.from_key("HAM-EO-DEQ-L5")
+    unrolled = replace(FAST, backward="unrolled")
+    assert exp.settings(unrolled).backward == exp.backward_kwargs
+    assert lit_module_for(exp, mode=unrolled).deq.backward_kwargs == exp.backward_kwargs
+    assert lit_module_for(exp, mode=unrolled).deq.train_forward_kwargs["compact"] is True
+    with pytest.raises(ValueError, match=r"backward\b.*'implicit'.*'neumann'"):
+        replace(FAST, backward="implicit")
 
 
-def test_fast_mode_sets_the_adjoint_precision_and_checkpoints_keep_it(monkeypatch):
-    """``FAST_MODE["adjoint_precision"]`` reaches the DEQ of a fast module (built fast, switched
-    by ``apply_fast_mode``, rebuilt from its hyperparameters); paper settings and unrolled
-    backwards have no adjoint, hence none; an unknown value is refused with the valid ones."""
-    from deq_modules import experiments
-    from deq_modules.lit import apply_fast_mode
+def test_the_mode_is_resolved_once_and_recorded_as_before():
+    """``Mode.of(fast)`` gives the two modes a run uses; the fast one records the settings
+    that stored fast runs hold as ``fast_mode`` (their identity), the paper one ``None``."""
+    from deq_modules.experiments import FAST, PAPER, Experiment, Mode
 
-    exp = experiments.Experiment.from_key("HAM-EO-DEQ-L5")
-    assert experiments.FAST_MODE["adjoint_precision"] is None  # float32 unless asked
-    assert lit_module_for(exp, fast=True).deq.adjoint_precision is None
-    monkeypatch.setitem(experiments.FAST_MODE, "adjoint_precision", "auto")
-    fast = lit_module_for(exp, fast=True)
-    assert fast.deq.adjoint_precision == "auto" == fast.hparams["adjoint_precision"]
-    assert LitHopfieldDEQ(**fast.hparams).deq.adjoint_precision == "auto"
-    switched = apply_fast_mode(lit_module_for(exp))
-    assert switched.deq.adjoint_precision == "auto" == switched.hparams["adjoint_precision"]
-    assert lit_module_for(exp).deq.adjoint_precision is None
-    monkeypatch.setitem(experiments.FAST_MODE, "adjoint_precision", "bf16")
-    assert lit_module_for(exp, fast=True).deq.adjoint_precision == "bf16"
-    monkeypatch.setitem(experiments.FAST_MODE, "backward", "unrolled")
-    assert lit_module_for(exp, fast=True).deq.adjoint_precision is None
-    assert apply_fast_mode(lit_module_for(exp)).deq.adjoint_precision is None
-    monkeypatch.setitem(experiments.FAST_MODE, "backward", "neumann")
-    monkeypatch.setitem(experiments.FAST_MODE, "adjoint_precision", "half")
-    with pytest.raises(ValueError, match=r"adjoint_precision\b.*'half'.*'bf16'"):
-        lit_module_for(exp, fast=True)
+    assert Mode.of(True) is FAST and Mode.of(False) is PAPER and Mode("fast") == FAST
+    assert PAPER.record() is None
+    assert FAST.record() == dict(tol=1e-4, precision=None, backward="neumann",
+                                 validation="fast", adjoint_precision=None)
+    exp = Experiment.from_key("CHN-DEQ-L3")
+    paper = exp.settings(PAPER)
+    assert (paper.train_forward, paper.val_forward, paper.train_precision) == (None, None, None)
+    assert paper.test_forward == exp.forward_kwargs and paper.backward == exp.backward_kwargs
+    assert exp.settings(FAST).test_forward == exp.forward_kwargs  # the test: paper settings
+    with pytest.raises(ValueError, match=r"tol\b.*-1"):
+        Mode("fast", tol=-1)
