@@ -5,8 +5,7 @@ Importing the package is cheap: ``deq_modules.experiments`` (the registry of Tab
 neither torch nor Lightning, so tools that only read results (``paper_figures``) stay light.
 The names below load their module on first use.
 """
-from importlib import import_module
-from typing import Any
+from .lazy import lazy_exports
 
 _LAZY = {
     "rho": "hopfield.activations", "rho_prime": "hopfield.activations",
@@ -22,12 +21,4 @@ _LAZY = {
 }
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'deq_modules' has no attribute {name!r}")
-    return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-
-
-def __dir__() -> list:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -32,7 +32,7 @@ from runner.result_files import BadResultFile, load_energy, merge_energy
 from runner.store import ENERGY
 
 from .cli import add_source_args, run_script, warn
-from .runs import RunRecord
+from .runs import RunRecord, row_files
 from .style import SMALL, TEXT_WIDTH, fix_tick_sizes, paper_style, save, saved_line
 from .table import table_of
 
@@ -59,12 +59,7 @@ def pooled_energy(records: Sequence[RunRecord], exp: Experiment
     (:func:`runner.result_files.merge_energy`); and the runs used. An unreadable file is
     skipped with a warning naming the run and the file."""
     used, data = [], []
-    for r in records:
-        if not (r.usable and (r.row, r.depth) == (exp.row, exp.depth) and r.directory):
-            continue
-        path = r.directory / ENERGY
-        if not path.is_file():
-            continue
+    for r, path in row_files(records, exp, ENERGY):
         try:
             d = load_energy(path)
             if np.ndim(d["mean_energy"]) != 1 or np.shape(d["mean_energy"]) != np.shape(

@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from deq_modules.experiments import Experiment, get_experiment, split_key, split_run_name
 from runner.config import device_count
@@ -161,6 +161,17 @@ def record_from(name: str, config: Mapping[str, Any], summary: Mapping[str, Any]
                      not_converged=not_converged, directory=directory,
                      problems=tuple(problems) if status == DAMAGED else (),
                      settings=settings_of(config), **_identity(name, config, summary))
+
+
+def row_files(records: Sequence[RunRecord], exp: Experiment,
+              filename: str) -> Iterator[tuple[RunRecord, Path]]:
+    """Each sound finished run of ``exp``'s row and depth that has the file ``filename``, with
+    the file's path (the per-run files the figures pool over seeds)."""
+    for r in records:
+        if r.usable and (r.row, r.depth) == (exp.row, exp.depth) and r.directory:
+            path = r.directory / filename
+            if path.is_file():
+                yield r, path
 
 
 def local_records(results: str | Path, sweep: str | None = None) -> list[RunRecord]:

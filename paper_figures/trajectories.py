@@ -37,7 +37,7 @@ from runner.store import FINISHED, TRAJECTORIES
 
 from .cli import SourceError, add_source_args, run_script, tol_label, warn
 from .heatmap import COUNTS_LABEL, HEATMAP_CMAP, plot_trajectory_heatmap
-from .runs import DAMAGED, RunRecord
+from .runs import DAMAGED, RunRecord, row_files
 from .style import NORMAL, SMALL, TEXT_WIDTH, fix_tick_sizes, paper_style, save
 
 STRUCTURES = ("onematrix", "evenodd")  # grid rows: plain, EO
@@ -80,12 +80,7 @@ def pooled_trajectories(records: Sequence[RunRecord], exp: Experiment
     used. An unreadable file, or one that cannot be pooled with the first, is skipped with a
     warning naming the run and the file."""
     used, data = [], []
-    for r in records:
-        if not (r.usable and (r.row, r.depth) == (exp.row, exp.depth) and r.directory):
-            continue
-        path = r.directory / TRAJECTORIES
-        if not path.is_file():
-            continue
+    for r, path in row_files(records, exp, TRAJECTORIES):
         try:
             d = load_npz(path, POOLED_KEYS)
             if data:

@@ -12,8 +12,7 @@ loader, the generated ``synthetic`` set and the LightningDataModule.
 Importing the package is cheap: the names below load their module on first use, so
 ``from deq_modules.data import DATASETS`` needs neither torch nor Lightning.
 """
-from importlib import import_module
-from typing import Any
+from ..lazy import lazy_exports
 
 _LAZY = {
     "DATASETS": "names", "NUM_CLASSES": "names", "SPLIT_IMAGES": "names",
@@ -28,12 +27,4 @@ _LAZY = {
 }
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'deq_modules.data' has no attribute {name!r}")
-    return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-
-
-def __dir__() -> list:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

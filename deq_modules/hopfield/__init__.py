@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Any, Sequence
 
+from ..lazy import lazy_exports
+
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -127,12 +129,4 @@ _LAZY = {
 }
 __all__ = sorted(["STRUCTURES", "Structure", "get_structure", "register_structure", *_LAZY])
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'deq_modules.hopfield' has no attribute {name!r}")
-    return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-
-
-def __dir__() -> list:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
