@@ -9,9 +9,16 @@ from torch import Tensor
 
 def rho(u: Tensor) -> Tensor:
     """Firing rate of a unit."""
-    # rho(u) = sigmoid(4u - 2) = sigmoid(4(u - 1/2)); the subtraction reuses the product's
-    # memory (autograd keeps neither: the gradient of a product by a number needs no input)
-    return torch.sigmoid(u.mul(4.0).sub_(2.0))
+    # rho(u) = sigmoid(4u - 2); the subtraction and the sigmoid reuse the product's memory
+    # (autograd keeps only the sigmoid's output: the gradient of a product by a number needs
+    # no input): one new tensor instead of three
+    return torch.sigmoid_(u.mul(4.0).sub_(2.0))
+
+
+def rho_(u: Tensor) -> Tensor:
+    """``rho(u)`` written over ``u`` itself, for a drive nothing else reads (autograd refuses
+    it where the graph still needs ``u``)."""
+    return torch.sigmoid_(u.mul_(4.0).sub_(2.0))
 
 
 def rho_prime(u: Tensor) -> Tensor:

@@ -80,13 +80,15 @@ class LayeredHopfield(nn.Module, abc.ABC):
         return f"layers={list(self.layers)}, model={self.model.name}"
 
     def preprocess_inputs(self, x: Tensor) -> Tensor:
-        """``U rho(x)``: the input's drive of layer 1, computed once per batch."""
-        return self.model.activation(x.reshape(x.shape[0], -1)) @ self.U
+        """``b_1 + U rho(x)``: the part of layer 1's drive that does not change while the
+        network settles (its bias and the clamped input's term), computed once per batch so
+        that no iteration adds the bias again."""
+        return torch.addmm(self.b[0], self.model.activation(x.reshape(x.shape[0], -1)), self.U)
 
     def _drive(self, k: int, Ux: Tensor, r: Sequence[Tensor | None]) -> Tensor:
-        # drive_k = b_k (+ U rho(x) on layer 1) + rho(s_{k-1}) W_{k-1} + rho(s_{k+1}) W_k^T;
-        # r holds rho of the state layers (only the neighbours of k are read).
-        d = self.b[k] + Ux if k == 0 else self.b[k]
+        # drive_k = b_k (+ U rho(x) on layer 1: Ux holds both) + rho(s_{k-1}) W_{k-1}
+        # + rho(s_{k+1}) W_k^T; r holds rho of the state layers (only k's neighbours are read).
+        d = Ux if k == 0 else self.b[k]
         if k > 0:
             d = torch.addmm(d, r[k - 1], self.W[k - 1])
         if k < self._H - 1:
@@ -137,7 +139,8 @@ class LayeredHopfield(nn.Module, abc.ABC):
         ``self_energy(s) - 1/2 rho^T W rho - b^T rho - (U rho(x))^T rho(s_1)``, with the model's
         term per layer (CHN: ``1/2 |s|^2``; HAM: ``s^T rho(s) - L(s)``).
         ``Ux``: ``preprocess_inputs(x)`` if already computed (the energy of many states of one
-        batch then skips that product, the largest of a 3-layer network).
+        batch then skips that product, the largest of a 3-layer network); it holds layer 1's
+        bias with the input's term, so ``-(b_1 + U rho(x))^T rho(s_1)`` is one product.
         """
         if Ux is None:
             Ux = self.preprocess_inputs(x)
@@ -145,7 +148,8 @@ class LayeredHopfield(nn.Module, abc.ABC):
         r = [self.model.activation(sk) for sk in s]
         E = -(Ux * r[0]).sum(-1) - self._interaction(r)
         for k in range(self._H):
-            E = E - r[k] @ self.b[k]
+            if k > 0:  # layer 1's bias is in Ux
+                E = E - r[k] @ self.b[k]
             E = E + self.model.self_energy(s[k], r[k])
         return E
 

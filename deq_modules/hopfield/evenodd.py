@@ -13,6 +13,11 @@ from .models import HopfieldModel
 from .onematrix import OneMatrixFunction
 
 
+def _cat(parts: Sequence[Tensor]) -> Tensor:
+    """The layers side by side; one layer is returned as it is (a 3-layer network's state)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 class EvenOddFunction(LayeredHopfield):
     """Even-odd (maximally parallel asynchronous) Hopfield map: odd layers, then even (Eq. 7-10).
 
@@ -70,9 +75,10 @@ class EvenOddFunction(LayeredHopfield):
     def forward(self, Ux: Tensor, z: Tensor) -> Tensor:
         rho = self.model.activation
         if not self._keeps_odd:  # exact half steps: the state is the even layers (Eq. 9-10)
+            # the odd layers' drives are their states, needed only as rates: rho in place
             odd = self._odd_from_even(Ux, z.split(self.even_sizes, dim=1))
-            r_odd = {k: rho(s) for k, s in zip(self._odd, odd)}
-            return torch.cat(self.drives(self._even, Ux, r_odd), dim=1)
+            r_odd = {k: self.model.activation_(s) for k, s in zip(self._odd, odd)}
+            return _cat(self.drives(self._even, Ux, r_odd))
         n_even = self._out.stop
         z_even, z_odd = z[:, :n_even], z[:, n_even:]
         inner = (self.inner_iter, self.inner_damping)

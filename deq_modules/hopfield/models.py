@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .activations import rho, rho_integral, rho_prime_from_rho
+from .activations import rho, rho_, rho_integral, rho_prime_from_rho
 
 
 class HopfieldModel:
@@ -30,6 +30,11 @@ class HopfieldModel:
     def activation(u: Tensor) -> Tensor:
         """The firing rate ``rho(u)`` of a unit."""
         return rho(u)
+
+    @staticmethod
+    def activation_(u: Tensor) -> Tensor:
+        """``activation(u)`` written over ``u``: for a drive that nothing else reads."""
+        return rho_(u)
 
     def update(self, drive: Tensor, r: Tensor) -> Tensor:
         """One synchronous step of a layer: its next state from its ``drive``, given

@@ -171,7 +171,7 @@ def test_chn_even_odd_single_undamped_inner_step():
     Ux = om.preprocess_inputs(x)
     r = [_sig(t) for t in s]
     W, b = om.W, om.b
-    s1 = 4 * r[0] * (1 - r[0]) * (Ux + b[0] + r[1] @ W[0].T)
+    s1 = 4 * r[0] * (1 - r[0]) * (_sig(x) @ om.U + b[0] + r[1] @ W[0].T)
     s3 = 4 * r[2] * (1 - r[2]) * (b[2] + r[1] @ W[1] + r[3] @ W[2].T)
     r1, r3 = _sig(s1), _sig(s3)
     s2 = 4 * r[1] * (1 - r[1]) * (b[1] + r1 @ W[0] + r3 @ W[1].T)
@@ -195,7 +195,7 @@ def test_chn_even_odd_damped_inner_steps_follow_eq7():
         return state
 
     r = [_sig(t) for t in s]
-    s1 = settle(s[0], Ux + b[0] + r[1] @ W[0].T)
+    s1 = settle(s[0], _sig(x) @ om.U + b[0] + r[1] @ W[0].T)
     s3 = settle(s[2], b[2] + r[1] @ W[1] + r[3] @ W[2].T)
     r1, r3 = _sig(s1), _sig(s3)
     s2 = settle(s[1], b[1] + r1 @ W[0] + r3 @ W[1].T)
