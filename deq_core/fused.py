@@ -10,6 +10,8 @@ minute, then cached by torch) and runs on CPU float32 states.
 """
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -25,19 +27,33 @@ class FusedUnavailable(RuntimeError):
     """The kernel could not be built (no compiler, no ninja): use the eager solver instead."""
 
 
+def build(name: str, source: Path, what: str, flags: Sequence[str] = ()) -> ModuleType:
+    """The C++ extension ``name`` compiled from ``source`` with ``-O3 -fopenmp-simd`` and
+    ``flags`` (cached by torch after the first build, which says so on stderr); a
+    :class:`FusedUnavailable` naming ``what`` when it cannot be built."""
+    from torch.utils import cpp_extension
+    try:
+        built = any(Path(cpp_extension._get_build_directory(name, False)).glob("*.so"))
+    except Exception:  # a private helper of torch's: only decides whether to say more
+        built = True
+    if not built:
+        print(f"{what}: compiling {source.name} (once per machine, about a minute)",
+              file=sys.stderr, flush=True)
+    try:
+        return cpp_extension.load(name, [str(source)],
+                                  extra_cflags=["-O3", "-fopenmp-simd", *flags], verbose=False)
+    except (RuntimeError, OSError, ImportError) as error:  # compiler or ninja missing
+        raise FusedUnavailable(
+            f"{what}: building {source.name} failed; it needs a C++ compiler and ninja "
+            f"(pip install ninja). Leave fused off to use the eager code. ({error})"
+        ) from error
+
+
 def load() -> ModuleType:
     """The compiled kernel, built at the first call."""
     global _module
     if _module is None:
-        from torch.utils.cpp_extension import load as build
-        try:
-            _module = build("deq_core_anderson_step", [str(SOURCE)],
-                            extra_cflags=["-O3", "-fopenmp-simd"], verbose=False)
-        except (RuntimeError, OSError, ImportError) as error:  # compiler or ninja missing
-            raise FusedUnavailable(
-                f"fused Anderson: building {SOURCE.name} failed; it needs a C++ compiler and "
-                f"ninja (pip install ninja). Leave fused off to use the eager solver. ({error})"
-            ) from error
+        _module = build("deq_core_anderson_step", SOURCE, "fused Anderson")
     return _module
 
 

@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -327,14 +328,14 @@ def test_later_steps_allocate_nothing_of_a_parameter_size():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_updates_are_bitwise_those_of_the_rule_written_plainly(dtype):
-    """The update in place (reused buffers, the bound as a number, no floor when eps >= tiny)
+    """The tensor operations' update in place (reused buffers, the bound as a number, no floor when eps >= tiny)
     rounds exactly like the rule written with fresh tensors and a tensor bound."""
     torch.manual_seed(5)
     p0 = torch.randn(40, 30, dtype=dtype) * 0.05
     grads = [torch.randn(40, 30, dtype=dtype) * 0.01 * (k % 3) for k in range(8)]
     lr, p_scale, g_bound, beta, eps = 0.01, 3.0, 3.0, 0.999, 1e-8
     p = torch.nn.Parameter(p0.clone())
-    opt = Madam([p], lr=lr, p_scale=p_scale, g_bound=g_bound, beta=beta, eps=eps)
+    opt = Madam([p], lr=lr, p_scale=p_scale, g_bound=g_bound, beta=beta, eps=eps, fused=False)
     q, v = p0.clone(), torch.zeros_like(p0)
     p_max = p_scale * q.square().mean().sqrt()
     for t, g in enumerate(grads, start=1):
@@ -357,3 +358,101 @@ def test_madam_is_importable_at_the_top_level_but_the_package_does_not_need_it()
                             text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True"]
+
+
+def _fused_and_eager(p0, grads, **kwargs):
+    """The parameter and the running mean after each gradient, with the fused kernel and with
+    the tensor operations."""
+    out = {}
+    for fused in (True, False):
+        p = torch.nn.Parameter(p0.clone())
+        opt = Madam([p], fused=fused, **kwargs)
+        trail = []
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+            trail.append((p.detach().clone(), opt.state[p]["exp_avg_sq"].clone()))
+        out[fused] = trail
+    return out[True], out[False]
+
+
+@pytest.mark.parametrize("case", ["project", "clamps", "eps0", "large-exponents"])
+def test_the_fused_step_agrees_with_the_tensor_operations(case):
+    """The C++ step (one pass) against the tensor operations, step by step, where each branch
+    of the rule acts: the project's settings; the magnitude bound and the gradient clamp; eps 0
+    after zero gradients (the floor); exponents up to +-10 (the kernel's own exp)."""
+    gen = torch.Generator().manual_seed(11)
+    p0 = torch.randn(129, 67, generator=gen) * 0.05  # odd sizes: the vector loop's tail
+    p0[0, :5] = 0.0  # zeros stay zero
+    settings = {"project": dict(lr=0.01, p_scale=1024.0, g_bound=3.0),
+                "clamps": dict(lr=0.05, p_scale=1.5, g_bound=0.5),
+                "eps0": dict(lr=0.01, p_scale=1024.0, g_bound=3.0, eps=0.0),
+                "large-exponents": dict(lr=1.0, p_scale=1e6, g_bound=10.0)}[case]
+    grads = [torch.randn(129, 67, generator=gen) * 10.0 ** -(k % 4) for k in range(30)]
+    if case == "eps0":
+        grads[:3] = [torch.zeros(129, 67)] * 3
+        grads[5][:, :10] = 0.0
+    fused, eager = _fused_and_eager(p0, grads, **settings)
+    for t, ((p_f, v_f), (p_e, v_e)) in enumerate(zip(fused, eager), start=1):
+        # each step's exp is within 2 float ulps: a relative 3e-7 per step at most
+        torch.testing.assert_close(p_f, p_e, rtol=3e-7 * t + 1e-6, atol=0.0, msg=f"step {t}")
+        torch.testing.assert_close(v_f, v_e, rtol=1e-6, atol=0.0, msg=f"step {t}")
+        assert torch.all(p_f[0, :5] == 0.0)
+    if case == "clamps":  # the bound acted, and the kernel put entries exactly on it
+        bound = settings["p_scale"] * p0.square().mean().sqrt()
+        on_bound = eager[-1][0].abs() == bound
+        assert on_bound.any() and torch.equal(fused[-1][0].abs() == bound, on_bound)
+
+
+def test_auto_uses_the_tensor_operations_where_the_kernel_does_not_run():
+    """float64 (and any non-CPU or non-float32 parameter) takes the tensor operations, bit for
+    bit; ``fused=True`` there is an error naming the dtype; a bad ``fused`` names itself."""
+    gen = torch.Generator().manual_seed(2)
+    p0 = torch.randn(30, 20, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(30, 20, generator=gen, dtype=torch.float64) for _ in range(4)]
+    runs = []
+    for fused in ("auto", False):
+        p = torch.nn.Parameter(p0.clone())
+        opt = Madam([p], lr=0.01, fused=fused)
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        runs.append(p.detach())
+    assert torch.equal(*runs)
+    p = torch.nn.Parameter(p0.clone())
+    p.grad = grads[0]
+    with pytest.raises(ValueError, match="float64"):
+        Madam([p], fused=True).step()
+    with pytest.raises(ValueError, match="'yes'"):
+        Madam([p], fused="yes")
+
+
+def test_auto_falls_back_to_the_tensor_operations_with_one_warning_when_the_kernel_cannot_be_built(
+        monkeypatch):
+    from deq_core.fused import FusedUnavailable
+    import deq_modules.optim as optim
+
+    def no_compiler():
+        raise FusedUnavailable("fused Madam: building madam_step.cpp failed (no compiler)")
+
+    monkeypatch.setattr(optim, "_load_kernel", no_compiler)
+    gen = torch.Generator().manual_seed(4)
+    p0 = torch.randn(50, 40, generator=gen)
+    grads = [torch.randn(50, 40, generator=gen) for _ in range(3)]
+    runs = []
+    for fused in ("auto", False):
+        p = torch.nn.Parameter(p0.clone())
+        opt = Madam([p], lr=0.01, fused=fused)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for g in grads:
+                p.grad = g.clone()
+                opt.step()
+        runs.append((p.detach(), [str(w.message) for w in caught]))
+    (p_auto, said), (p_eager, _) = runs
+    assert torch.equal(p_auto, p_eager)
+    assert len(said) == 1 and "no compiler" in said[0] and "tensor operations" in said[0]
+    p = torch.nn.Parameter(p0.clone())
+    p.grad = grads[0]
+    with pytest.raises(FusedUnavailable, match="no compiler"):
+        Madam([p], fused=True).step()
