@@ -1,43 +1,13 @@
 """Madam: a multiplicative Adam-style optimiser (Bernstein et al., 2020); `from madam import Madam`
 also works (madam.py re-exports it)."""
 
-import warnings
 from collections.abc import Callable, Iterable
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
-KERNEL_SOURCE = Path(__file__).with_name("csrc") / "madam_step.cpp"
-FUSED_CHOICES = (False, True, "auto")
-_kernel: ModuleType | None = None
-_kernel_failed: str | None = None  # why the kernel could not be built ("auto" then runs eager)
-
-
-def _load_kernel() -> ModuleType:
-    """The fused step (``csrc/madam_step.cpp``), built at the first call; raises
-    ``deq_core.fused.FusedUnavailable`` when it cannot be built."""
-    global _kernel, _kernel_failed
-    from deq_core.fused import FusedUnavailable, build
-    if _kernel is None:
-        if _kernel_failed is not None:
-            raise FusedUnavailable(_kernel_failed)
-        try:
-            # no trapping/errno semantics: lets the compiler vectorise the clamps and sqrt
-            # (the same values; 12x faster than the scalar loop)
-            _kernel = build("deq_modules_madam_step", KERNEL_SOURCE, "fused Madam",
-                            flags=("-fno-trapping-math", "-fno-math-errno"))
-        except FusedUnavailable as error:
-            _kernel_failed = str(error)
-            raise
-    return _kernel
-
-
-def _kernel_fits(p: torch.Tensor) -> bool:
-    """Whether the fused step runs on ``p`` (and its gradient and state, made alike)."""
-    return p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous()
+from . import kernels
 
 
 class Madam(Optimizer):
@@ -71,10 +41,9 @@ class Madam(Optimizer):
         beta: decay of the running mean of squared gradients.
         eps: added to the root-mean-square before dividing.
         fused: ``"auto"`` (default) updates each CPU float32 parameter in one pass of a C++
-            kernel (``csrc/madam_step.cpp``, compiled at the first step: a C++ compiler and
-            ninja; where it cannot be built, a warning and the tensor operations below),
-            any other parameter with the tensor operations; ``True`` insists on the kernel
-            (an error where it cannot run); ``False`` always uses the tensor operations.
+            kernel (:mod:`deq_modules.kernels`: compiled at the first step; where it cannot
+            be built, a warning and the tensor operations below), any other parameter with
+            the tensor operations; ``True`` insists on the kernel; ``False`` never uses it.
             The two agree to float rounding (the kernel's exponential is within 2 ulps).
     """
 
@@ -98,8 +67,7 @@ class Madam(Optimizer):
             raise ValueError(f"Invalid beta: {beta} (must be in [0, 1))")
         if not eps >= 0.0:
             raise ValueError(f"Invalid eps: {eps} (must be >= 0)")
-        if not any(fused is c or (isinstance(c, str) and fused == c) for c in FUSED_CHOICES):
-            raise ValueError(f"Invalid fused: {fused!r} (valid: {FUSED_CHOICES})")
+        kernels.check_fused(fused, "Madam")
         self.fused = fused
         defaults = dict(lr=lr, p_scale=p_scale, g_bound=g_bound, beta=beta, eps=eps)
         super().__init__(params, defaults)
@@ -116,30 +84,6 @@ class Madam(Optimizer):
         if pair is None or pair[0].numel() < p.numel():
             pair = buffers[key] = (p.new_empty(p.numel()), p.new_empty(p.numel()))
         return tuple(b[: p.numel()].view(p.shape) for b in pair)
-
-    def _kernel_for(self, p: torch.Tensor, grad: torch.Tensor,
-                    exp_avg_sq: torch.Tensor) -> ModuleType | None:
-        """The fused kernel where it updates ``p`` (``fused`` and the tensors decide), else
-        ``None``."""
-        fused = getattr(self, "fused", "auto")  # an optimiser pickled before the option
-        if fused is False:
-            return None
-        fits = all(_kernel_fits(t) for t in (p, grad, exp_avg_sq))
-        if fused is True:
-            if not fits:
-                raise ValueError(f"Madam(fused=True) runs on contiguous float32 CPU tensors, got "
-                                 f"{p.dtype} on {p.device}; use fused='auto' or False there")
-            return _load_kernel()
-        if not fits:
-            return None
-        from deq_core.fused import FusedUnavailable
-        try:
-            return _load_kernel()
-        except FusedUnavailable as error:
-            if not getattr(self, "_warned", False):
-                self._warned = True
-                warnings.warn(f"{error}; Madam runs its tensor operations instead", stacklevel=3)
-            return None
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -180,7 +124,9 @@ class Madam(Optimizer):
                 exp_avg_sq = state["exp_avg_sq"]
                 bias_correction = 1.0 - beta ** state["step"]
                 tiny = torch.finfo(p.dtype).tiny
-                kernel = self._kernel_for(p, grad, exp_avg_sq)
+                # an optimiser pickled before the option has no self.fused
+                kernel = kernels.get(getattr(self, "fused", "auto"), p, grad, exp_avg_sq,
+                                     where="Madam")
                 if kernel is not None:
                     kernel.madam_step(p, grad, exp_avg_sq, lr, beta, bias_correction, eps,
                                       0.0 if eps >= tiny else tiny, g_bound, p_max)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import kernels
 from .base import LayeredHopfield, check_n_states, is_int
 from .models import HopfieldModel
 from .onematrix import OneMatrixFunction
@@ -31,13 +32,15 @@ class EvenOddFunction(LayeredHopfield):
 
     def __init__(
         self, layers: Sequence[int], model: str | HopfieldModel = "ham",
-        inner_iter: int = 10, inner_damping: float = 0.5,
+        inner_iter: int = 10, inner_damping: float = 0.5, fused: bool | str = "auto",
     ) -> None:
         super().__init__(layers, model)
         if not is_int(inner_iter) or inner_iter < 1:
             raise ValueError(f"inner_iter must be an int >= 1, got {inner_iter!r}")
         if not 0.0 <= float(inner_damping) < 1.0:
             raise ValueError(f"inner_damping must satisfy 0 <= d < 1, got {inner_damping!r}")
+        kernels.check_fused(fused, "EvenOddFunction")
+        self.fused = fused  # the CHN's local equilibrium as one kernel (deq_modules.kernels)
         self.inner_iter = int(inner_iter)
         self.inner_damping = float(inner_damping)
         self._odd = tuple(range(0, self._H, 2))  # natural layers 1, 3, ...
@@ -81,7 +84,7 @@ class EvenOddFunction(LayeredHopfield):
             return _cat(self.drives(self._even, Ux, r_odd))
         n_even = self._out.stop
         z_even, z_odd = z[:, :n_even], z[:, n_even:]
-        inner = (self.inner_iter, self.inner_damping)
+        inner = (self.inner_iter, self.inner_damping, self.fused)
         r_even = dict(zip(self._even, rho(z_even).split(self.even_sizes, dim=1)))
         drive_odd = torch.cat(self.drives(self._odd, Ux, r_even), dim=1)
         odd = self.model.local_equilibrium(z_odd, drive_odd, *inner)  # Eq. 7, odd half

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import kernels
 from .activations import rho, rho_, rho_integral, rho_prime_from_rho
 
 
@@ -42,9 +43,10 @@ class HopfieldModel:
         raise NotImplementedError
 
     def local_equilibrium(self, s: Tensor, drive: Tensor, inner_iter: int,
-                          inner_damping: float) -> Tensor:
+                          inner_damping: float, fused: bool | str = False) -> Tensor:
         """The layer's equilibrium for a fixed ``drive``, from its current state ``s``
-        (``inner_iter`` steps damped by ``inner_damping`` where it takes iterations)."""
+        (``inner_iter`` steps damped by ``inner_damping`` where it takes iterations; ``fused``
+        as for :mod:`deq_modules.kernels`, where a model has a kernel for them)."""
         raise NotImplementedError
 
     def self_energy(self, s: Tensor, r: Tensor) -> Tensor:
@@ -65,7 +67,7 @@ class HAM(HopfieldModel):
         return drive
 
     def local_equilibrium(self, s: Tensor | None, drive: Tensor, inner_iter: int,
-                          inner_damping: float) -> Tensor:
+                          inner_damping: float, fused: bool | str = False) -> Tensor:
         return drive  # exact in one step: neither s nor the inner settings are used
 
     def self_energy(self, s: Tensor, r: Tensor) -> Tensor:
@@ -81,7 +83,10 @@ class CHN(HopfieldModel):
         return rho_prime_from_rho(r) * drive  # Eq. 5, reusing rho(s)
 
     def local_equilibrium(self, s: Tensor, drive: Tensor, inner_iter: int,
-                          inner_damping: float) -> Tensor:
+                          inner_damping: float, fused: bool | str = False) -> Tensor:
+        settled = kernels.chn_settle(s, drive, inner_iter, inner_damping, fused)
+        if settled is not None:  # the same steps, one pass per unit (kernels.cpp)
+            return settled
         # Eq. 7 half step: damped Picard on s = rho'(s) * drive (drive fixed: no same-parity
         # links), s <- d s + (1 - d) rho'(s) drive with rho'(s) = 4 r (1 - r), r = rho(s),
         # written as d s + 4 (1 - d) (r - r^2) drive: two fused multiply-adds instead of six
