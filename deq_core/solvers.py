@@ -24,6 +24,7 @@ Both solvers here are :class:`~deq_core.loop.Step` updates driven by the shared 
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .compaction import Restrict
+from .fused import MAX_M as MAX_FUSED_M
 from .loop import FixedPointMap, Step, iterate
 from .observe import EPS, IterateCallback, SolverStats, relative_residual
 from .registry import (check_choice, check_nonnegative, check_positive_int, check_restrict,
@@ -175,10 +177,29 @@ class AndersonKernelStep(_Anderson):
         return x[mask]
 
 
+_warned_unavailable = False
+
+
+def _kernel_builds() -> bool:
+    """Whether the fused kernel is (or can be) built; the first failure warns, once."""
+    global _warned_unavailable
+    from . import fused
+    try:
+        fused.load()
+        return True
+    except fused.FusedUnavailable as error:
+        if not _warned_unavailable:
+            _warned_unavailable = True
+            warnings.warn(f"{error}; fused='auto' runs Anderson's tensor operations instead",
+                          stacklevel=4)
+        return False
+
+
 def _anderson_step(x: Tensor, *, m: int, lam: float, fused: bool | str, tikhonov: str,
                    safeguard: str, returns: str) -> _Anderson:
     variant = dict(tikhonov=tikhonov, safeguard=safeguard, returns=returns)
-    if fused is True or (fused == "auto" and x.device.type == "cpu" and x.dtype == torch.float32):
+    if fused is True or (fused == "auto" and x.device.type == "cpu" and x.dtype == torch.float32
+                         and m <= MAX_FUSED_M and _kernel_builds()):
         return AndersonKernelStep(x, m=m, lam=lam, **variant)
     return AndersonStep(x, m=m, lam=lam, **variant)
 
@@ -227,8 +248,9 @@ def anderson(
     CPU float32 states; built at first use, which needs a C++ compiler and ninja): the same
     algorithm, to float rounding (its Gram matrix is updated a row at a time and solved in
     float64), 5 to 10x cheaper per iteration than these ~65 tensor operations.
-    ``fused="auto"`` runs the kernel where the state is on the CPU in float32 and the tensor
-    operations elsewhere (the same options then serve CPU and GPU runs).
+    ``fused="auto"`` runs the kernel where the state is on the CPU in float32 (and ``m`` at most
+    16), and the tensor operations elsewhere, or everywhere, with one warning, where the
+    kernel cannot be built: the same options then serve CPU and GPU runs and any machine.
 
     The published code's variant (``PUBLISHED_ANDERSON``) is three options away:
     ``tikhonov="absolute"`` regularises with ``lam`` itself; ``safeguard="before"`` decides

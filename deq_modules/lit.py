@@ -50,7 +50,8 @@ class LitHopfieldDEQ(L.LightningModule):
         compile_f: evaluate the Hopfield map through ``torch.compile`` (see
             :class:`deq_core.DEQ`); an opt-in for speed, never needed.
         fused_anderson: Anderson's per-iteration bookkeeping as one C++ kernel on CPU float32
-            states (see :class:`deq_core.DEQ`); an opt-in for speed, never needed.
+            states (the solver's ``fused="auto"``: the tensor operations elsewhere, or where the
+            kernel cannot be built); ``False``: always the tensor operations.
 
     The defaults are the registry's HAM-EO-DEQ row at 3 layers
     (:func:`~deq_modules.experiments.get_experiment`), the paper's headline model.
@@ -77,7 +78,7 @@ class LitHopfieldDEQ(L.LightningModule):
         train_precision: str | None = None,
         compile_f: bool = False,
         val_forward_kwargs: dict[str, Any] | None = None,
-        fused_anderson: bool = False,
+        fused_anderson: bool = True,
         lr_decay: bool = True,
     ) -> None:
         super().__init__()
@@ -205,15 +206,15 @@ class LitEvenOddDEQ(LitHopfieldDEQ):
 
 
 def lit_module_for(exp: Experiment, input_size: int | None = None, mode: Mode = PAPER,
-                   compile_f: bool = False, fused_anderson: bool = False) -> LitHopfieldDEQ:
+                   compile_f: bool = False, fused_anderson: bool = True) -> LitHopfieldDEQ:
     """The LightningModule of a registry :class:`~deq_modules.experiments.Experiment`.
 
     ``input_size`` replaces the first layer size (e.g. 3072 for CIFAR-10). ``mode`` is how it
     trains (:class:`~deq_modules.experiments.Mode`: the paper's settings or the fast mode);
     its solver options are ``exp.settings(mode)``, whose test keeps the paper's settings in
     every mode, so test metrics and trajectories mean the same. ``compile_f`` evaluates the
-    map through ``torch.compile``; ``fused_anderson`` runs Anderson's bookkeeping as one C++
-    kernel on CPU float32 states.
+    map through ``torch.compile``; ``fused_anderson`` (default) runs Anderson's bookkeeping as
+    one C++ kernel on CPU float32 states.
     """
     layers = list(exp.layers)
     if input_size is not None:

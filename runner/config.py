@@ -276,11 +276,11 @@ class RunConfig:
              "Triton on GPU): faster for the 3-layer rows after a minute or more of "
              "compiling; results agree to float rounding")
     fused_anderson: bool = option(
-        False, flag="--fused-anderson", machine=True,
-        help="run Anderson's per-iteration bookkeeping (the DEQ rows' forward solves) as one "
-             "C++ kernel on the CPU (built at the first run: needs a C++ compiler and ninja): "
-             "their training steps 1.2-1.7x faster at paper settings; results agree to float "
-             "rounding; no effect on a GPU")
+        True, flag="--no-fused-anderson", negate=True, machine=True,
+        help="run Anderson's per-iteration bookkeeping (the DEQ rows' solves) as tensor "
+             "operations instead of the default C++ kernel (CPU float32 states; built at the "
+             "first run with a C++ compiler and ninja, or skipped with a warning where it "
+             "cannot be); results agree to float rounding; a GPU always uses the operations")
     limit_train_batches: Batches = option(  # what is trained on
         None, flag="--limit-train-batches", defines=True, type=parse_batches,
         help="train on this many batches (whole number) or this fraction (0-1] per epoch")
@@ -461,3 +461,5 @@ def add_run_args(parser: argparse.ArgumentParser, default_name: str | None) -> N
             opt = replace(opt, help=opt.help.replace("{default}", "the --table name; quick "
                                                                   "with --quick"))
         opt.add_to(group, default_name if name == "sweep" else None if opt.unset else default)
+    # the kernel became the default; the old opt-in flag is still accepted, and does nothing
+    group.add_argument("--fused-anderson", action="store_true", help=argparse.SUPPRESS)

@@ -22,7 +22,7 @@ def test_help_documents_every_option(capsys):
     for flag in ("--row", "--layers", "--seed", "--dataset", "--data-dir", "--no-download",
                  "--epochs", "--limit-train-batches", "--limit-test-batches", "--results",
                  "--name", "--accelerator", "--devices", "--wandb", "--rerun", "--fast",
-                 "--compile", "--fused-anderson"):
+                 "--compile", "--no-fused-anderson"):
         assert flag in text
 
 
@@ -55,10 +55,13 @@ def test_two_process_ddp_run_on_cpu(tmp_path):
     assert summary["status"] == "finished"
 
 
-def test_fused_anderson_run_uses_the_kernel_and_records_a_finished_run(capsys, tmp_path,
-                                                                         monkeypatch):
-    """``--fused-anderson``: the run's Anderson solves go through the C++ kernel (counted),
-    in training, validation and test; the run is stored like any other."""
+@pytest.mark.parametrize("flags,kernel", [([], True), (["--fused-anderson"], True),
+                                          (["--no-fused-anderson"], False)])
+def test_anderson_runs_use_the_kernel_unless_told_not_to(capsys, tmp_path, monkeypatch, flags,
+                                                         kernel):
+    """By default the run's Anderson solves go through the C++ kernel (counted), in training,
+    validation and test; ``--no-fused-anderson`` keeps them to the tensor operations; the old
+    opt-in ``--fused-anderson`` is still accepted. The run is stored like any other."""
     from deq_core import fused
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
@@ -66,13 +69,13 @@ def test_fused_anderson_run_uses_the_kernel_and_records_a_finished_run(capsys, t
     step = fused.step
     monkeypatch.setattr(fused, "step", lambda *a: (calls.append(1), step(*a))[1])
     args = ["--row", "HAM-EO-DEQ", "--layers", "3", *TINY, "--results", str(tmp_path),
-            "--fused-anderson", "--fast", "--epochs", "2"]
+            *flags, "--fast", "--epochs", "2"]
     assert train.main(args) == 0
     assert "HAM-EO-DEQ-L3-s0: test accuracy " in capsys.readouterr().out
-    assert len(calls) > 0
+    assert (len(calls) > 0) == kernel
     run = tmp_path / "single" / "HAM-EO-DEQ-L3-s0"
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
-    assert json.loads((run / "config.json").read_text())["fused_anderson"] is True
+    assert json.loads((run / "config.json").read_text())["fused_anderson"] is kernel
 
 
 # -- every run error is one line and a non-zero exit (no traceback) ----------------------------

@@ -197,3 +197,31 @@ def test_fused_auto_runs_the_kernel_on_cpu_float32_states_only(monkeypatch):
     assert calls == [] and z64.dtype == torch.float64
     with pytest.raises(ValueError, match=r"\bfused\b.*'yes'"):
         DEQ(Tanh(), forward_kwargs=dict(forward, fused="yes"))
+
+
+def test_fused_auto_takes_the_tensor_operations_where_the_kernel_cannot_run_or_be_built(
+        monkeypatch):
+    """``fused="auto"`` never fails for the kernel's sake: a window over the kernel's largest
+    runs the tensor operations; so does every solve, after one warning, when the kernel cannot
+    be built (simulated), with the eager iterates exactly."""
+    import warnings
+
+    from deq_core import fused, solvers
+
+    f, _, z0 = tanh_problem()
+    eager, _ = anderson(f, z0, max_iter=12, m=17)
+    wide, _ = anderson(f, z0, max_iter=12, m=17, fused="auto")
+    assert torch.equal(wide, eager)
+
+    def no_compiler():
+        raise fused.FusedUnavailable("fused Anderson: building anderson_step.cpp failed (no g++)")
+
+    monkeypatch.setattr(fused, "load", no_compiler)
+    monkeypatch.setattr(solvers, "_warned_unavailable", False)
+    eager, _ = anderson(f, z0, max_iter=12)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runs = [anderson(f, z0, max_iter=12, fused="auto")[0] for _ in range(3)]
+    assert all(torch.equal(z, eager) for z in runs)
+    said = [str(w.message) for w in caught]
+    assert len(said) == 1 and "no g++" in said[0] and "tensor operations" in said[0]

@@ -33,7 +33,7 @@ def test_the_agents_command_fixes_what_defines_the_runs_and_no_machine_setting()
     assert set(given) == {"--wandb=online", "--name=table2", "--dataset=synthetic", "--fast",
                           "--epochs=2", "--lr=0.02", "--synthetic-sizes=300,100",
                           "--results=out"}
-    machine = _command(["--data-dir", "/data", "--no-download", "--compile", "--fused-anderson",
+    machine = _command(["--data-dir", "/data", "--no-download", "--compile", "--no-fused-anderson",
                         "--accelerator", "cpu", "--project", "p", "--entity", "e"])
     assert machine == _command([])
 
