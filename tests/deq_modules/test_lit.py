@@ -112,7 +112,10 @@ def test_registry_rows_build_their_models():
         f = model.f
         assert isinstance(f, EvenOddFunction if exp.structure == "evenodd" else OneMatrixFunction)
         assert f.model.name == exp.model and tuple(f.layers) == exp.layers
-        assert model.deq.forward_kwargs == exp.forward_kwargs
+        # Anderson's bookkeeping runs the C++ kernel where it can (the default)
+        kernel = {"fused": "auto"} if exp.solver == "anderson" else {}
+        assert model.deq.forward_kwargs == dict(exp.forward_kwargs, **kernel)
+        assert lit_module_for(exp, fused_anderson=False).deq.forward_kwargs == exp.forward_kwargs
         assert model.deq.damping_factor == exp.damping
         assert model.hparams.lr == exp.lr
     cifar = lit_module_for(EXPERIMENTS[-1], input_size=3072)
@@ -163,8 +166,8 @@ def test_fast_mode_trains_with_the_tolerance_stop_and_evaluates_with_paper_setti
     exp = get_experiment("HAM-EO-DEQ", 3)
     fast = lit_module_for(exp, input_size=784, mode=FAST)
     assert fast.deq.train_forward_kwargs == dict(exp.forward_kwargs, tol=FAST.tol,
-                                                 compact=True)
-    assert fast.deq.forward_kwargs == exp.forward_kwargs
+                                                 compact=True, fused="auto")
+    assert fast.deq.forward_kwargs == dict(exp.forward_kwargs, fused="auto")
     assert lit_module_for(exp, input_size=784, mode=PAPER).deq.train_forward_kwargs is None
     x = torch.rand(32, 784)
     y = torch.nn.functional.one_hot(torch.randint(0, 10, (32,)), 10).float()
@@ -195,7 +198,7 @@ def test_fast_mode_validates_with_its_training_forward_and_tests_with_paper_sett
         return module.deq.last_forward_stats.n_iter
 
     fast = lit_module_for(exp, input_size=784, mode=FAST)
-    assert fast.val_forward_kwargs == exp.settings(FAST).train_forward
+    assert fast.val_forward_kwargs == dict(exp.settings(FAST).train_forward, fused="auto")
     assert iterations(fast, "validation_step") < exp.forward_iter
     assert iterations(fast, "test_step") == exp.forward_iter
     fast.eval()
